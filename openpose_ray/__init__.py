@@ -1,0 +1,1 @@
+"""OpenPose-style multi-person pose estimation on Ray."""

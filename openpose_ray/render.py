@@ -1,0 +1,100 @@
+"""Drawing detected people onto images, in the OpenPose colours.
+
+Images are numpy arrays in OpenCV layout: uint8, BGR, ``[H, W, 3]``. Keypoints
+follow the project convention of :mod:`openpose_ray.skeleton` (pixel centres at
+integer coordinates, x right, y down) and are rounded to the nearest pixel for
+drawing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from openpose_ray.person import Person
+from openpose_ray.skeleton import COCO18, Skeleton
+
+# The CMU demo draws 4-pixel limbs and 4-pixel circles on ~656-pixel frames;
+# scaling by the short side keeps that look on small thumbnails and on 4K frames.
+_SHORT_SIDE_PER_LINE_PIXEL = 160
+_SHORT_SIDE_PER_RADIUS_PIXEL = 120
+
+
+def render(
+    image: np.ndarray,
+    persons: Sequence[Person],
+    skeleton: Skeleton = COCO18,
+    *,
+    thickness: int | None = None,
+    radius: int | None = None,
+) -> np.ndarray:
+    """Return a copy of ``image`` with the limbs and keypoints of ``persons`` drawn on it.
+
+    image: uint8 ``[H, W, 3]`` BGR. Also accepted, and converted to BGR first:
+        grayscale ``[H, W]`` or ``[H, W, 1]``, and BGRA ``[H, W, 4]`` (the alpha
+        channel is dropped). The input is never modified.
+    persons: each with keypoints float32 ``[K, 3]`` as x, y, confidence in the
+        pixels of ``image``, K = ``skeleton.num_parts``. Parts with confidence
+        <= 0 (the "not found" convention) or non-finite coordinates are skipped.
+    skeleton: part order and limbs of the keypoints. Limb ``i`` is drawn in
+        ``skeleton.part_colors_bgr[i]`` (the CMU demo colours limbs by their
+        index in limb order; the palette repeats if there are more limbs than
+        colours); only limbs with ``drawn`` set, and only when both parts were
+        found. Keypoints are drawn after the limbs, as filled circles in the
+        colour of their part.
+    thickness, radius: line thickness and circle radius in pixels; by default
+        they grow with the short side of the image so large frames stay legible.
+
+    Returns a new uint8 ``[H, W, 3]`` BGR image of the same height and width.
+    """
+    canvas = _to_bgr_copy(image)
+    height, width = canvas.shape[:2]
+    short_side = min(height, width)
+    if thickness is None:
+        thickness = max(1, round(short_side / _SHORT_SIDE_PER_LINE_PIXEL))
+    if radius is None:
+        radius = max(2, round(short_side / _SHORT_SIDE_PER_RADIUS_PIXEL))
+    if thickness < 1 or radius < 1:
+        raise ValueError(f"thickness and radius must be >= 1 pixel, got thickness={thickness}, radius={radius}")
+
+    colors = skeleton.part_colors_bgr
+    limb_parts = skeleton.limb_part_indices()
+    for person_index, person in enumerate(persons):
+        keypoints = np.asarray(person.keypoints)
+        if keypoints.shape != (skeleton.num_parts, 3):
+            raise ValueError(
+                f"person {person_index}: keypoints have shape {keypoints.shape}, expected "
+                f"({skeleton.num_parts}, 3) for skeleton {skeleton.name!r}; render with the model's skeleton"
+            )
+        found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
+        pixels = np.rint(np.where(found[:, None], keypoints[:, :2], 0)).astype(np.int64)
+
+        for limb_index, (limb, (a, b)) in enumerate(zip(skeleton.limbs, limb_parts)):
+            if limb.drawn and found[a] and found[b]:
+                color = colors[limb_index % len(colors)]
+                cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, thickness, cv2.LINE_AA)
+        for part_index in np.flatnonzero(found):
+            cv2.circle(canvas, _point(pixels[part_index]), radius, colors[part_index], cv2.FILLED, cv2.LINE_AA)
+    return canvas
+
+
+def _point(xy: np.ndarray) -> tuple[int, int]:
+    return int(xy[0]), int(xy[1])
+
+
+def _to_bgr_copy(image: np.ndarray) -> np.ndarray:
+    """A new contiguous uint8 [H, W, 3] BGR array made from a gray, BGR or BGRA image."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(
+            f"render expects a uint8 numpy image, got {kind}; convert it (e.g. with cv2.convertScaleAbs) first"
+        )
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image.copy()  # ndarray.copy is C-contiguous, as OpenCV wants
+    raise ValueError(f"render expects an [H, W], [H, W, 3] or [H, W, 4] image, got shape {image.shape}")
