@@ -25,10 +25,13 @@ else
     if [ "$VARIANT" = cuda ]; then
         # The package index's Linux build of torch is the CUDA one.
         "${PIP[@]}" install --quiet "torch==$TORCH_VERSION"
-    # A CPU wheel in pip's configured find-links folder (no index needed) ...
-    elif ! "${PIP[@]}" install --quiet --no-index "torch==$TORCH_VERSION" 2>/dev/null; then
-        # ... else PyTorch's CPU wheel index, so a CPU machine does not pull GBs of CUDA.
-        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    # A CPU wheel of this version in pip's configured find-links folder (the
+    # --no-index try succeeds only then); its dependencies come from the index.
+    elif "${PIP[@]}" install --quiet --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION"
+    else
+        # PyTorch's CPU wheel index, so a CPU machine does not pull GBs of CUDA.
+        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
     fi
 fi
 
