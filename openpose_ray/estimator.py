@@ -101,42 +101,42 @@ class PoseEstimator:
         inputs = [resize_to_input(_as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
         return self.run_network(inputs)
 
-    def fields(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, ResizeTransform]:
-        """Fields of one image averaged over the configured scales.
+    def fields(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
+        """Fields of each image averaged over the configured scales, one network batch per scale.
 
-        Returns (heatmaps float32[19, h, w], pafs float32[38, h, w], transform) with
-        h, w the valid field size at scale 1 (padding cropped).
+        Returns per image (heatmaps float32[19, h, w], pafs float32[38, h, w],
+        transform) with (w, h) the valid field size at scale 1 (padding cropped).
         """
-        image = _as_bgr(image)
+        images = [_as_bgr(image) for image in images]
         stride = self.input_spec.stride
-        base_input, base_transform = resize_to_input(image, self.input_spec, self.net_size)
-        out_w, out_h = base_transform.valid_field_size(stride)
-        heat_sum, paf_sum = None, None
+        sums: list[list[np.ndarray]] = []
+        base_transforms: list[ResizeTransform] = []
         for scale in self.inference.scales:
-            if scale == 1.0:
-                net_input, transform = base_input, base_transform
-            else:
-                net_input, transform = resize_to_input(image, self.input_spec, self.net_size, scale)
-            heat, paf = self.run_network([net_input])
-            valid_w, valid_h = transform.valid_field_size(stride)
-            heat, paf = heat[0, :, :valid_h, :valid_w], paf[0, :, :valid_h, :valid_w]
-            if (valid_w, valid_h) != (out_w, out_h):
-                heat, paf = (_resize_fields(f, (out_w, out_h)) for f in (heat, paf))
-            heat_sum = heat if heat_sum is None else heat_sum + heat
-            paf_sum = paf if paf_sum is None else paf_sum + paf
+            resized = [resize_to_input(image, self.input_spec, self.net_size, scale) for image in images]
+            heatmaps, pafs = self.run_network([net_input for net_input, _ in resized])
+            if not base_transforms:
+                base_transforms = [transform for _, transform in resized]
+            for i, (_, transform) in enumerate(resized):
+                valid_w, valid_h = transform.valid_field_size(stride)
+                heat, paf = heatmaps[i, :, :valid_h, :valid_w], pafs[i, :, :valid_h, :valid_w]
+                out_size = base_transforms[i].valid_field_size(stride)
+                if (valid_w, valid_h) != out_size:
+                    heat, paf = _resize_fields(heat, out_size), _resize_fields(paf, out_size)
+                if len(sums) <= i:
+                    sums.append([heat.copy(), paf.copy()])
+                else:
+                    sums[i][0] += heat
+                    sums[i][1] += paf
         n = len(self.inference.scales)
-        return heat_sum / n, paf_sum / n, base_transform
+        return [(heat / n, paf / n, transform) for (heat, paf), transform in zip(sums, base_transforms)]
 
     def estimate(self, images: Sequence[np.ndarray]) -> list[list[Person]]:
         """People in each BGR uint8 image [H, W, 3] (grayscale and BGRA are converted).
 
         Returns one list of :class:`Person` per image, keypoints in source pixels.
+        The network runs on the whole list as one batch per scale.
         """
-        results = []
-        for image in images:
-            heatmaps, pafs, transform = self.fields(image)
-            results.append(self.people_from_fields(heatmaps, pafs, transform))
-        return results
+        return [self.people_from_fields(heat, paf, transform) for heat, paf, transform in self.fields(images)]
 
     def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
         """Decode one image's fields (valid region, stride 8) into people in source pixels."""

@@ -1,0 +1,94 @@
+"""PoseEstimator: batching, multi-scale averaging, input formats, COCO-17 conversion, picklability."""
+
+from __future__ import annotations
+
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from openpose_ray import COCO18, InferenceConfig, Person, PostprocessConfig, to_coco17
+from openpose_ray.models.registry import get_entry, known_models, resolve
+from openpose_ray.preprocess import resize_to_input
+
+
+@pytest.fixture(scope="module")
+def photos(labelled_photos):
+    return [cv2.imread(str(p)) for p in labelled_photos]
+
+
+def test_batched_estimate_equals_one_image_at_a_time(estimator, photos):
+    batched = estimator.estimate(photos)
+    for image, people in zip(photos, batched):
+        assert estimator.estimate([image])[0] == people
+
+
+def test_keypoints_lie_inside_the_source_image(estimator, photos):
+    for image, people in zip(photos, estimator.estimate(photos)):
+        height, width = image.shape[:2]
+        for person in people:
+            found = person.keypoints[:, 2] > 0
+            assert person.keypoints.dtype == np.float32 and person.keypoints.shape == (18, 3)
+            assert np.all(person.keypoints[~found] == 0)
+            xy = person.keypoints[found, :2]
+            assert np.all(xy >= -0.5) and np.all(xy[:, 0] <= width - 0.5) and np.all(xy[:, 1] <= height - 0.5)
+
+
+def test_multi_scale_averages_the_fields_of_each_scale(estimator, photos):
+    image = photos[2]
+    multi = estimator.with_config(scales=(1.0, 0.5))
+    heat, paf, transform = multi.fields([image])[0]
+    full_h, full_p = estimator.run_network([resize_to_input(image, estimator.input_spec, estimator.net_size)[0]])
+    half_input, half_transform = resize_to_input(image, estimator.input_spec, estimator.net_size, 0.5)
+    assert half_transform.valid_size == (216, 184)
+    half_h, half_p = estimator.run_network([half_input])
+    size = transform.valid_field_size(8)
+    expected_h = (full_h[0] + np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in half_h[0]])) / 2
+    expected_p = (full_p[0] + np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in half_p[0]])) / 2
+    np.testing.assert_allclose(heat, expected_h, atol=1e-6)
+    np.testing.assert_allclose(paf, expected_p, atol=1e-6)
+    # Averaging with a coarser scale still finds the same four people.
+    assert len(multi.estimate([image])[0]) == 4
+
+
+def test_grayscale_and_bgra_inputs_are_converted(estimator, photos):
+    gray = cv2.cvtColor(photos[0], cv2.COLOR_BGR2GRAY)
+    as_bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    assert estimator.estimate([gray])[0] == estimator.estimate([as_bgr])[0]
+    bgra = cv2.cvtColor(photos[0], cv2.COLOR_BGR2BGRA)
+    assert estimator.estimate([bgra])[0] == estimator.estimate([photos[0]])[0]
+    with pytest.raises(ValueError, match="uint8"):
+        estimator.estimate([photos[0].astype(np.float32)])
+
+
+def test_to_coco17_drops_the_neck_and_reorders():
+    keypoints = np.zeros((18, 3), np.float32)
+    keypoints[:, 0] = np.arange(18)
+    keypoints[:, 2] = 1
+    coco = to_coco17(Person(keypoints=keypoints, score=1.0))
+    assert coco.shape == (17, 3)
+    # COCO-17 order from COCO-18 indices, as documented with the test data.
+    assert coco[:, 0].astype(int).tolist() == [0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10]
+    assert 1 not in coco[:, 0]
+
+
+@pytest.mark.parametrize("name", known_models())
+def test_every_registered_network_runs_on_random_input(name):
+    entry = get_entry(name)
+    torch.manual_seed(0)
+    network = resolve(entry.network)().eval()
+    with torch.inference_mode():
+        heatmaps, pafs = network(torch.rand(1, 3, 64, 72) * entry.input_spec.scale + entry.input_spec.offset)
+    assert heatmaps.shape == (1, entry.skeleton.num_parts + 1, 8, 9)
+    assert pafs.shape == (1, entry.skeleton.num_paf_channels, 8, 9)
+    assert torch.isfinite(heatmaps).all() and torch.isfinite(pafs).all()
+
+
+def test_everything_handed_to_workers_pickles(estimator, photos):
+    _, transform = resize_to_input(photos[0], estimator.input_spec, estimator.net_size)
+    person = estimator.estimate([photos[0]])[0][0]
+    for value in (PostprocessConfig(upsample=2), InferenceConfig(net_size=(656, 368), scales=(1.0, 0.5)),
+                  get_entry("mobilenet_thin"), get_entry("cmu_body"), COCO18, transform, person):
+        assert pickle.loads(pickle.dumps(value)) == value
