@@ -116,10 +116,14 @@ def pad_batch(images: list[np.ndarray], pad_value: int) -> np.ndarray:
 
 
 def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8[N, H, W, 3] (any device) -> float32[N, 3, H, W] = pixel * scale + offset."""
+    """uint8[N, H, W, 3] (any device) -> float32[N, 3, H, W] = pixel * scale + offset.
+
+    The result is in channels-last memory layout (the NHWC bytes reinterpreted,
+    no copy), which is what the convolutions run fastest on, CPU and GPU alike.
+    """
     x = batch.permute(0, 3, 1, 2).to(torch.float32)
     if spec.scale != 1.0:
         x = x * spec.scale
     if spec.offset != 0.0:
         x = x + spec.offset
-    return x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last)

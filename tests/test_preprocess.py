@@ -247,7 +247,7 @@ def test_normalize_cmu_is_pixel_over_256_minus_half_channel_first():
     batch = rng.integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
     batch[0, 0, 0] = (0, 128, 255)
     out = normalize(torch.from_numpy(batch), CMU)
-    assert out.shape == (2, 3, 5, 7) and out.dtype == torch.float32 and out.is_contiguous()
+    assert out.shape == (2, 3, 5, 7) and out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     assert out[0, :, 0, 0].tolist() == [-0.5, 0.0, 255 / 256 - 0.5]
     for n, y, x, c in [(0, 1, 2, 0), (1, 4, 6, 2), (1, 0, 3, 1)]:
         assert out[n, c, y, x].item() == pytest.approx(batch[n, y, x, c] / 256 - 0.5, abs=1e-7)
