@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import logging
 from collections.abc import Sequence
 
@@ -12,10 +13,10 @@ import torch
 from .config import InferenceConfig, PostprocessConfig
 from .models import weights as weights_mod
 from .models.loading import load_state_dict_strict
-from .models.registry import ModelEntry, get_entry, resolve
+from .models.registry import InputSpec, ModelEntry, get_entry, resolve
 from .person import Person
 from .postprocess import decode
-from .preprocess import ResizeTransform, normalize, pad_batch, resize_to_input
+from .preprocess import ResizeTransform, input_size_for, normalize, pad_batch, resize_to_input
 
 log = logging.getLogger(__name__)
 
@@ -99,37 +100,52 @@ class PoseEstimator:
         stride 8 of the resized input (padded to the largest input in the batch
         for fit-height models).
         """
-        inputs = [resize_to_input(_as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
+        inputs = [resize_to_input(as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
         return self.run_network(inputs)
 
-    def fields(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
-        """Fields of each image averaged over the configured scales, one network batch per scale.
+    def prepare(self, image: np.ndarray) -> "PreparedImage":
+        """Pre-process one image for :meth:`infer_fields` (CPU work, no network)."""
+        return prepare_image(image, self.input_spec, self.net_size, self.inference.scales)
 
-        Returns per image (heatmaps float32[19, h, w], pafs float32[38, h, w],
-        transform) with (w, h) the valid field size at scale 1 (padding cropped).
+    def infer_fields(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fields of each prepared image, averaged over its scales.
+
+        Inputs of equal shape are batched (at most ``batch_size`` per call);
+        inputs of different shapes never share a call, so a frame's fields do
+        not depend on what else is in the batch. Returns per image (heatmaps
+        float32[19, h, w], pafs float32[38, h, w]) cropped to the valid field
+        size at scale 1.
         """
-        images = [_as_bgr(image) for image in images]
         stride = self.input_spec.stride
-        sums: list[list[np.ndarray]] = []
-        base_transforms: list[ResizeTransform] = []
-        for scale in self.inference.scales:
-            resized = [resize_to_input(image, self.input_spec, self.net_size, scale) for image in images]
-            heatmaps, pafs = self.run_network([net_input for net_input, _ in resized])
-            if not base_transforms:
-                base_transforms = [transform for _, transform in resized]
-            for i, (_, transform) in enumerate(resized):
-                valid_w, valid_h = transform.valid_field_size(stride)
-                heat, paf = heatmaps[i, :, :valid_h, :valid_w], pafs[i, :, :valid_h, :valid_w]
-                out_size = base_transforms[i].valid_field_size(stride)
-                if (valid_w, valid_h) != out_size:
-                    heat, paf = _resize_fields(heat, out_size), _resize_fields(paf, out_size)
-                if len(sums) <= i:
-                    sums.append([heat.copy(), paf.copy()])
-                else:
-                    sums[i][0] += heat
-                    sums[i][1] += paf
-        n = len(self.inference.scales)
-        return [(heat / n, paf / n, transform) for (heat, paf), transform in zip(sums, base_transforms)]
+        num_scales = len(prepared[0].inputs) if prepared else 0
+        sums: list[list[np.ndarray] | None] = [None] * len(prepared)
+        for scale_index in range(num_scales):
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, item in enumerate(prepared):
+                by_shape.setdefault(item.inputs[scale_index].shape, []).append(i)
+            for indices in by_shape.values():
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    heatmaps, pafs = self.run_network([prepared[i].inputs[scale_index] for i in chunk])
+                    for row, i in enumerate(chunk):
+                        item = prepared[i]
+                        valid_w, valid_h = item.transforms[scale_index].valid_field_size(stride)
+                        heat, paf = heatmaps[row, :, :valid_h, :valid_w], pafs[row, :, :valid_h, :valid_w]
+                        out_size = item.base_transform.valid_field_size(stride)
+                        if (valid_w, valid_h) != out_size:
+                            heat, paf = _resize_fields(heat, out_size), _resize_fields(paf, out_size)
+                        if sums[i] is None:
+                            sums[i] = [heat.copy(), paf.copy()]
+                        else:
+                            sums[i][0] += heat
+                            sums[i][1] += paf
+        return [(heat / num_scales, paf / num_scales) for heat, paf in sums]
+
+    def fields(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
+        """(heatmaps, pafs, transform to source pixels) of each image, averaged over the scales."""
+        prepared = [self.prepare(image) for image in images]
+        fields = self.infer_fields(prepared, batch_size=max(1, len(prepared)))
+        return [(heat, paf, item.base_transform) for (heat, paf), item in zip(fields, prepared)]
 
     def estimate(self, images: Sequence[np.ndarray]) -> list[list[Person]]:
         """People in each BGR uint8 image [H, W, 3] (grayscale and BGRA are converted).
@@ -141,15 +157,49 @@ class PoseEstimator:
 
     def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
         """Decode one image's fields (valid region, stride 8) into people in source pixels."""
-        decoded = decode(heatmaps, pafs, self.skeleton, self.postprocess)
-        field_stride = self.input_spec.stride / self.postprocess.upsample
-        people = []
-        for keypoints, score in decoded:
-            out = keypoints.copy()
-            found = out[:, 2] > 0
-            out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
-            people.append(Person(keypoints=out, score=float(score)))
-        return people
+        return fields_to_people(heatmaps, pafs, transform, self.entry, self.postprocess)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedImage:
+    """One image ready for the network.
+
+    inputs: uint8[h, w, 3] network input per scale (in the model's colour order).
+    transforms: the ResizeTransform of each input.
+    base_transform: the transform at scale 1, in whose field geometry the
+        scales are averaged and from which people map back to source pixels.
+    """
+
+    inputs: tuple[np.ndarray, ...]
+    transforms: tuple[ResizeTransform, ...]
+    base_transform: ResizeTransform
+
+
+def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int], scales: Sequence[float]) -> PreparedImage:
+    """Resize one image (BGR, grayscale or BGRA uint8) to the network input at each scale."""
+    image = as_bgr(image)
+    resized = [resize_to_input(image, spec, net_size, scale) for scale in scales]
+    base = next((t for (_, t), scale in zip(resized, scales) if scale == 1.0), None)
+    if base is None:
+        source_size = (image.shape[1], image.shape[0])
+        valid = input_size_for(source_size, spec, net_size)
+        padded = tuple(-(-v // spec.stride) * spec.stride for v in valid)
+        base = ResizeTransform(source_size, valid, padded)
+    return PreparedImage(tuple(net_input for net_input, _ in resized), tuple(t for _, t in resized), base)
+
+
+def fields_to_people(heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform, entry: ModelEntry,
+                     config: PostprocessConfig) -> list[Person]:
+    """Decode one image's fields (valid region, at the model's stride) into people in source pixels."""
+    decoded = decode(heatmaps, pafs, entry.skeleton, config)
+    field_stride = entry.input_spec.stride / config.upsample
+    people = []
+    for keypoints, score in decoded:
+        out = keypoints.copy()
+        found = out[:, 2] > 0
+        out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
+        people.append(Person(keypoints=out, score=float(score)))
+    return people
 
 
 def _resize_fields(fields: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -159,7 +209,7 @@ def _resize_fields(fields: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in fields])
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
+def as_bgr(image: np.ndarray) -> np.ndarray:
     """Accept BGR, grayscale [H, W] / [H, W, 1] and BGRA uint8 images; return BGR uint8."""
     import cv2
 

@@ -1,0 +1,150 @@
+"""Configuration of the distributed annotation job, as frozen, picklable dataclasses.
+
+One dataclass per concern; YAML files (configs/*.yaml) map onto them key for
+key (see ``openpose_ray.config_loader``). Everything here crosses Ray
+boundaries, so it holds plain values only: no clients, no open files, and no
+credentials (those come from the standard AWS chain on each worker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import PostprocessConfig
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach S3 or an S3-compatible store (MinIO, Ceph, moto, ...).
+
+    endpoint_url: e.g. "http://127.0.0.1:9000"; None uses AWS (or the
+        AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 environment variables).
+    region: e.g. "eu-west-1"; None uses the AWS chain's default.
+    profile: named profile of ~/.aws/config; None uses the default chain.
+    max_attempts: attempts per S3 request, with exponential backoff, for
+        throttling, 5xx and connection errors.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """What is read and how it is cut into shards.
+
+    recursive: descend into sub-folders / sub-prefixes.
+    image_extensions, video_extensions, tar_extensions: lower-case file name
+        suffixes of each kind; anything else is skipped (and counted).
+    images_per_shard: images (loose or from one tar) per shard.
+    frames_per_segment: video frames per segment; a long video becomes
+        several segments processed in parallel.
+    follow_symlinks: follow symbolic links that lead out of a local input root.
+    max_image_pixels: larger images are refused with an error row (decoding
+        them would need width * height * 3 bytes).
+    """
+
+    recursive: bool = True
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+    tar_extensions: tuple[str, ...] = (".tar",)
+    images_per_shard: int = 64
+    frames_per_segment: int = 128
+    follow_symlinks: bool = False
+    max_image_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network and weights.
+
+    name: registry name (mobilenet_thin, cmu_body).
+    weights: None for the default weights, else a path or s3:// URI of a checkpoint.
+    weights_sha256: expected sha256 of ``weights`` (optional).
+    net_size: (width, height) of the network input; None for the model default.
+    scales: input scales averaged before decoding (multi-scale inference).
+    """
+
+    name: str = "mobilenet_thin"
+    weights: str | None = None
+    weights_sha256: str | None = None
+    net_size: tuple[int, int] | None = None
+    scales: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class InferencePoolConfig:
+    """The inference actor pool.
+
+    device: "auto" (a GPU when the cluster has one, else CPU), "cpu" or "cuda".
+    batch_size: frames per network call.
+    min_actors, max_actors: size of the actor pool; max_actors None sizes it
+        from the cluster (one per GPU, or CPUs / 2 on CPU-only clusters).
+    gpus_per_actor: GPUs reserved per actor when on GPU.
+    cpus_per_actor: CPUs reserved per actor; fractional so that actors never
+        starve the decode tasks of a small machine.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 16
+    min_actors: int = 1
+    max_actors: int | None = None
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 0.5
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    """How results are written under ``JobConfig.output``.
+
+    partition_by: Hive partition column of both tables: "source_kind"
+        (image / video / tar), "source_dir" (parent folder or prefix of the
+        input), "run_date" (UTC date of the run), or None for no partitioning.
+    compression: Parquet codec ("zstd", "snappy", "gzip", "none").
+    render_images: write annotated copies of images under media/images/.
+    render_videos: write annotated H.264 MP4s of videos under media/videos/.
+    """
+
+    partition_by: Literal["source_kind", "source_dir", "run_date"] | None = "source_kind"
+    compression: str = "zstd"
+    render_images: bool = False
+    render_videos: bool = False
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where the job runs.
+
+    address: Ray cluster address; None connects to the cluster of a
+        ``ray job submit`` (RAY_ADDRESS) or else starts Ray in-process.
+    num_cpus: CPUs of an in-process Ray (None: all of the machine).
+    object_store_memory: bytes of object store of an in-process Ray (None: Ray's default).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The whole job.
+
+    input: paths, globs or s3:// URIs (a single string is one input).
+    output: folder or s3:// prefix receiving people/, frames/, media/ and summary.json.
+    fail_on_error: exit non-zero when any input failed.
+    """
+
+    input: tuple[str, ...]
+    output: str
+    fail_on_error: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    inference: InferencePoolConfig = field(default_factory=InferencePoolConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    ray: RayConfig = field(default_factory=RayConfig)

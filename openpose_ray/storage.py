@@ -1,0 +1,113 @@
+"""Local paths and s3:// URIs behind one small interface.
+
+Inputs are read with boto3 (streaming listing, ranged and whole-object GETs);
+outputs are written through a pyarrow filesystem (local or S3), so Parquet
+writing is the same code for both. Clients are built on the worker that uses
+them from an :class:`~openpose_ray.jobconfig.S3Config` (plain values), never
+shipped across processes. Credentials come from the standard AWS chain and are
+never logged: :func:`redact` strips them from anything that is.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from .jobconfig import S3Config
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed path or URI. scheme is "s3" or "file"; for s3, bucket and key are set."""
+
+    scheme: str
+    bucket: str
+    key: str  # s3: object key or prefix; file: absolute or relative path
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else self.key
+
+    def join(self, *parts: str) -> "Location":
+        tail = "/".join(p.strip("/") for p in parts if p)
+        base = self.key.rstrip("/")
+        key = f"{base}/{tail}" if base else tail
+        return Location(self.scheme, self.bucket, key)
+
+
+def parse(uri: str) -> Location:
+    """Parse "s3://bucket/key", "file:///path" or a plain path."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"{uri!r} has no bucket; expected s3://bucket/prefix")
+        return Location("s3", parsed.netloc, parsed.path.lstrip("/"))
+    if parsed.scheme == "file":
+        return Location("file", "", urllib.parse.unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
+        raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {uri!r}; use a local path or s3://")
+    return Location("file", "", uri)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+@functools.lru_cache(maxsize=8)
+def s3_client(config: S3Config):
+    """A boto3 S3 client for ``config`` (cached per process; S3Config is hashable)."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(profile_name=config.profile) if config.profile else boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=config.endpoint_url,
+        region_name=config.region,
+        config=Config(retries={"max_attempts": config.max_attempts, "mode": "adaptive"}, connect_timeout=10, read_timeout=60),
+    )
+
+
+def arrow_filesystem(location: Location, config: S3Config):
+    """(pyarrow filesystem, path inside it) for writing under ``location``."""
+    import pyarrow.fs as pafs
+
+    if location.scheme != "s3":
+        return pafs.LocalFileSystem(), location.key
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=config.max_attempts)}
+    endpoint = config.endpoint_url
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    if config.region:
+        kwargs["region"] = config.region
+    credentials = _session_credentials(config)
+    if credentials is not None:
+        kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key, session_token=credentials.token)
+    return pafs.S3FileSystem(**kwargs), f"{location.bucket}/{location.key}".rstrip("/")
+
+
+def _session_credentials(config: S3Config):
+    """Credentials from boto3's chain (env, profiles, instance roles), so both libraries agree."""
+    import boto3
+
+    session = boto3.session.Session(profile_name=config.profile) if config.profile else boto3.session.Session()
+    credentials = session.get_credentials()
+    return credentials.get_frozen_credentials() if credentials else None
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+", re.IGNORECASE),
+    re.compile(r"((?:aws_)?(?:secret_access_key|secret_key|session_token|access_key_id|access_key)['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}]+", re.IGNORECASE),
+    re.compile(r"(Authorization:\s*)[^\r\n]+", re.IGNORECASE),
+)
+
+
+def redact(text: str) -> str:
+    """Remove credentials and signed-URL signatures from a message before it is logged or stored."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1<redacted>", text)
+    return text
