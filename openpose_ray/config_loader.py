@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import InferenceConfig
 from .jobconfig import JobConfig
 from .storage import redact
 
@@ -65,10 +64,6 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> JobCo
     config = _build(JobConfig, raw, "")
     if not config.input or not all(config.input) or not config.output:
         raise ConfigError(f"input and output must be non-empty, got {list(config.input)} and {config.output!r}")
-    try:  # ModelConfig has no checks of its own: run the estimator's now rather than on an actor
-        InferenceConfig(net_size=config.model.net_size, scales=config.model.scales)
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc}") from None
     return config
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .config import InferenceConfig as EstimatorInferenceConfig
 from .config import PostprocessConfig
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class S3Config:
     region: str | None = None
     profile: str | None = None
     max_attempts: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.max_attempts >= 1, "s3.max_attempts must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,11 @@ class SourcesConfig:
     follow_symlinks: bool = False
     max_image_pixels: int = 100_000_000
 
+    def __post_init__(self) -> None:
+        _require(self.images_per_shard >= 1, "sources.images_per_shard must be >= 1")
+        _require(self.frames_per_segment >= 1, "sources.frames_per_segment must be >= 1")
+        _require(self.max_image_pixels >= 64, "sources.max_image_pixels must be >= 64")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -73,6 +87,10 @@ class ModelConfig:
     weights_sha256: str | None = None
     net_size: tuple[int, int] | None = None
     scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        # The estimator's own checks, so a bad value fails on the driver, not on an actor.
+        EstimatorInferenceConfig(net_size=self.net_size, scales=self.scales)
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,13 @@ class InferencePoolConfig:
     max_actors: int | None = None
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "inference.batch_size must be >= 1")
+        _require(self.min_actors >= 1, "inference.min_actors must be >= 1")
+        _require(self.max_actors is None or self.max_actors >= self.min_actors, "inference.max_actors must be >= min_actors")
+        _require(self.gpus_per_actor > 0, "inference.gpus_per_actor must be > 0")
+        _require(self.cpus_per_actor > 0, "inference.cpus_per_actor must be > 0")
 
 
 @dataclass(frozen=True)
