@@ -11,6 +11,7 @@ never logged: :func:`redact` strips them from anything that is.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -39,16 +40,23 @@ class Location:
 
 def parse(uri: str) -> Location:
     """Parse "s3://bucket/key", "file:///path" or a plain path."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
+    if uri.startswith("s3://"):
+        # Not urlparse: '?' and '#' are legal in object keys.
+        bucket, _, key = uri[5:].partition("/")
+        if not bucket:
             raise ValueError(f"{uri!r} has no bucket; expected s3://bucket/prefix")
-        return Location("s3", parsed.netloc, parsed.path.lstrip("/"))
+        return Location("s3", bucket, key)
+    parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "file":
         return Location("file", "", urllib.parse.unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
         raise ValueError(f"unsupported URI scheme {parsed.scheme!r} in {uri!r}; use a local path or s3://")
     return Location("file", "", uri)
+
+
+def stable_id(text: str, length: int = 16) -> str:
+    """A short deterministic id of a string (sha1 hex prefix), for file and shard names."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
 def is_s3(uri: str) -> bool:

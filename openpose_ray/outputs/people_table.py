@@ -30,7 +30,21 @@ convention), never NULL, so filter on the confidence before using positions::
     WHERE r_wrist.confidence > 0 AND neck.confidence > 0
 
 All columns above are non-nullable. Frames in which nobody was found have no
-rows. The schema metadata key ``openpose_ray.skeleton`` holds the skeleton name.
+rows (the frames table has one row per frame, people or not). The schema metadata
+key ``openpose_ray.skeleton`` holds the skeleton name.
+
+The annotation job appends :data:`PEOPLE_EXTRA_FIELDS`, the same per-frame
+columns as the frames table, so either table can be filtered without a join:
+
+==================  ==================  =============================================
+run_id              string              identifier of the run
+member              string, nullable    member name inside a tar; NULL otherwise
+source_kind         string              "image", "video" or "tar"
+timestamp           float64, nullable   seconds, from the container's pts; NULL for stills
+shard_id            string              the shard (and output file) the row belongs to
+model               string              registry name of the network
+config_fingerprint  string              hash of the settings that change results
+==================  ==================  =============================================
 """
 
 from __future__ import annotations
@@ -59,6 +73,19 @@ _PERSON_FIELDS = (
     pa.field("person_index", pa.int32(), nullable=False),
     pa.field("score", pa.float32(), nullable=False),
     pa.field("num_parts", pa.int16(), nullable=False),
+)
+
+
+# Per-frame columns of the annotation job's people table (see the module docstring);
+# the frames table has the same names and types.
+PEOPLE_EXTRA_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("member", pa.string(), nullable=True),
+    pa.field("source_kind", pa.string(), nullable=False),
+    pa.field("timestamp", pa.float64(), nullable=True),
+    pa.field("shard_id", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("config_fingerprint", pa.string(), nullable=False),
 )
 
 

@@ -1,0 +1,94 @@
+"""A Ray Data datasource that lists the inputs lazily and streams work items.
+
+Each input root (path, glob or s3:// prefix) becomes one read task that walks
+its listing as a generator and yields small blocks of work items as it goes:
+image shards (grouped while listing), videos and tars to plan, and skipped
+objects to count. The driver never holds the listing, and work on the first
+shards starts while later pages are still being listed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from collections.abc import Iterator
+
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from ..jobconfig import JobConfig
+from ..sources.listing import SourceObject, iter_objects
+from ..sources.planning import group_images
+
+# Work items per yielded block: small, so downstream stages start early.
+_ITEMS_PER_BLOCK = 16
+
+WORK_ITEM_SCHEMA = pa.schema([("kind", pa.string()), ("uri", pa.string()), ("payload", pa.binary())])
+
+
+def iter_work_items(input_uri: str, config: JobConfig) -> Iterator[dict]:
+    """Work items of one input root, in listing order.
+
+    kind "images": payload is a pickled Shard; "video" / "tar": a pickled
+    SourceObject still to be planned; "skipped": a pickled SourceObject that is
+    not processed (unsupported type), counted in the summary.
+    """
+    objects = iter_objects(input_uri, config.sources, config.s3)
+    pending_images: list[SourceObject] = []
+
+    def flush() -> Iterator[dict]:
+        for shard in group_images(pending_images, config.sources.images_per_shard):
+            yield {"kind": "images", "uri": shard.uris[0], "payload": pickle.dumps(shard)}
+        pending_images.clear()
+
+    for obj in objects:
+        if obj.kind == "image":
+            # A shard never spans two folders, so it falls in one partition whatever partition_by is.
+            if pending_images and _parent(pending_images[-1].uri) != _parent(obj.uri):
+                yield from flush()
+            pending_images.append(obj)
+            if len(pending_images) >= config.sources.images_per_shard:
+                yield from flush()
+        elif obj.kind in ("video", "tar"):
+            yield {"kind": obj.kind, "uri": obj.uri, "payload": pickle.dumps(obj)}
+        else:
+            yield {"kind": "skipped", "uri": obj.uri, "payload": pickle.dumps(obj)}
+    yield from flush()
+
+
+def _parent(uri: str) -> str:
+    return uri.rsplit("/", 1)[0]
+
+
+def _blocks(input_uri: str, config: JobConfig) -> Iterator[pa.Table]:
+    items = iter_work_items(input_uri, config)
+    while True:
+        chunk = list(itertools.islice(items, _ITEMS_PER_BLOCK))
+        if not chunk:
+            return
+        yield pa.Table.from_pylist(chunk, schema=WORK_ITEM_SCHEMA)
+
+
+class ListingDatasource(Datasource):
+    """One streaming read task per input root of ``config.input``."""
+
+    def __init__(self, config: JobConfig):
+        self._config = config
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        config = self._config
+        return [
+            ReadTask(
+                lambda uri=uri: _blocks(uri, config),
+                BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
+                schema=WORK_ITEM_SCHEMA,
+            )
+            for uri in config.input
+        ]
+
+    def get_name(self) -> str:
+        return "ListInputs"

@@ -1,0 +1,89 @@
+"""Rendered media: annotated images, and annotated videos assembled from segments.
+
+Rendering decodes the shard again instead of carrying full-size frames through
+the pipeline: memory stays bounded by the network inputs, and the cost is paid
+only when rendering is asked for. A video's segments are encoded in parallel
+as H.264 MP4s under ``media/.segments/`` and joined without re-encoding into
+``media/videos/<name>.mp4`` when the job has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import ray
+
+from ..jobconfig import JobConfig
+from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
+from ..outputs.writer import output_filesystem, write_bytes
+from ..render import render
+from ..sources.decoding import decode_shard as decode_frames
+from ..sources.s3io import read_bytes
+from ..storage import parse
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_FPS = 30.0
+
+
+def _output_uri(config: JobConfig, relative: str) -> str:
+    """URI of a path relative to the job's output root (media_path_for paths start with media/)."""
+    return parse(config.output).join(relative).uri
+
+
+def render_work(work, config: JobConfig) -> dict:
+    """Draw the people of ``work`` (a ShardWork) on its frames; return what was written."""
+    people_by_frame = {(meta.source, meta.member, meta.frame_index): persons
+                       for meta, persons in zip(work.frames, work.people) if meta.status == "ok"}
+    if work.source_kind == "video":
+        return _render_video_segment(work, people_by_frame, config)
+    written = 0
+    for frame in decode_frames(work.shard, config.sources, config.s3):
+        persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
+        if frame.status != "ok" or persons is None:
+            continue
+        ext = ".png" if (frame.member or frame.source).lower().endswith(".png") else ".jpg"
+        relative = media_path_for(frame.source, frame.member, kind="images", ext=ext)
+        write_bytes(_output_uri(config, relative), encode_image(render(frame.image, persons), ext), config.s3)
+        written += 1
+    return {"images": written}
+
+
+def _render_video_segment(work, people_by_frame: dict, config: JobConfig) -> dict:
+    frames, timestamps = [], []
+    for frame in decode_frames(work.shard, config.sources, config.s3):
+        persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
+        if frame.status != "ok" or persons is None:
+            continue
+        frames.append(render(frame.image, persons))
+        timestamps.append(frame.timestamp)
+    if not frames:
+        return {}
+    source = work.frames[0].source
+    steps = np.diff(timestamps)
+    fps = float(1.0 / np.median(steps)) if len(steps) and np.median(steps) > 0 else _DEFAULT_FPS
+    video_path = media_path_for(source, None, kind="videos", ext=".mp4")
+    # media/videos/x.mp4 -> media/.segments/videos/x.mp4/<first frame>.mp4, joined at the end of the job.
+    segment = _output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{work.shard.start_frame:010d}.mp4")
+    write_bytes(segment, encode_segment(frames, timestamps, fps), config.s3)
+    return {"video": source, "start_frame": work.shard.start_frame, "segment": segment, "frames": len(frames)}
+
+
+@ray.remote(num_cpus=1)
+def _assemble_video(source: str, segments: list[str], config: JobConfig) -> str:
+    data = concat_segments([read_bytes(uri, config.s3) for uri in segments])
+    target = _output_uri(config, media_path_for(source, None, kind="videos", ext=".mp4"))
+    write_bytes(target, data, config.s3)
+    for uri in segments:
+        location = parse(uri)
+        filesystem, path = output_filesystem(location, config.s3)
+        filesystem.delete_file(path)
+    return target
+
+
+def assemble_videos(segments_by_video: dict[str, list[tuple[int, str]]], config: JobConfig) -> list[str]:
+    """Join each video's segment MP4s in frame order into one MP4; return the written URIs."""
+    refs = [_assemble_video.remote(source, [uri for _, uri in sorted(segments)], config)
+            for source, segments in sorted(segments_by_video.items())]
+    return ray.get(refs)

@@ -1,0 +1,179 @@
+"""Wiring of the annotation job: Ray Data stages from a JobConfig, run, summary.
+
+    ListInputs (read tasks, streaming listing)
+      -> plan_item (flat_map: videos cut into segments)
+      -> decode_shard (map, 1 CPU: decode + resize to uint8 network inputs)
+      -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors)
+      -> postprocess_and_write (map, 1 CPU: decode people, write the shard's Parquet)
+      -> render_shard (optional)
+    then, on the driver: progress, rendered-video assembly, summary.json.
+
+Stages get different CPU reservations on purpose: Ray Data fuses adjacent
+operators with equal resources into one task, and a fused plan+decode would
+decode all segments of a video in one task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from .. import __version__
+from ..config_loader import config_fingerprint
+from ..jobconfig import JobConfig
+from ..models.registry import get_entry
+from ..models.weights import read_uri
+from ..outputs.provenance import Provenance
+from ..outputs.writer import write_summary
+from ..storage import redact
+from .listing_source import ListingDatasource
+from .stages import InferenceActor, decode_shard, plan_item, postprocess_and_write, render_shard
+
+log = logging.getLogger(__name__)
+
+# CPU reservations per stage (see the module docstring on fusion).
+_LIST_CPUS = 0.25
+_PLAN_CPUS = 0.5
+_WORK_CPUS = 1.0
+_PROGRESS_EVERY_S = 10.0
+
+
+def init_ray(config: JobConfig) -> None:
+    """Connect to the configured / submitting cluster, or start Ray in-process."""
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, object_store_memory=config.ray.object_store_memory,
+                 include_dashboard=False)
+
+
+def make_provenance(config: JobConfig) -> Provenance:
+    entry = get_entry(config.model.name)
+    if config.model.weights is None:
+        weights_sha = entry.source.sha256 if entry.source else ""
+    else:
+        import hashlib
+
+        weights_sha = config.model.weights_sha256 or hashlib.sha256(read_uri(config.model.weights)).hexdigest()
+    now = datetime.now(timezone.utc)
+    return Provenance(
+        run_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        model=entry.name,
+        weights_sha256=weights_sha,
+        net_size=tuple(config.model.net_size or entry.input_spec.net_size),
+        scales=tuple(config.model.scales),
+        code_version=__version__,
+        config_fingerprint=config_fingerprint(config),
+        created_at=now.isoformat(timespec="seconds"),
+    )
+
+
+def inference_resources(config: JobConfig) -> dict:
+    """Device, per-actor resources and pool size from the config and the cluster."""
+    pool = config.inference
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    device = pool.device
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    if device == "cuda" and gpus == 0:
+        raise RuntimeError("inference.device is cuda but the Ray cluster has no GPU")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if device == "cuda":
+        max_actors = pool.max_actors or max(1, int(gpus / pool.gpus_per_actor))
+        num_gpus = pool.gpus_per_actor
+    else:
+        max_actors = pool.max_actors or max(1, cpus // 2)
+        num_gpus = 0
+    min_actors = min(pool.min_actors, max_actors)
+    # Each CPU actor gets an equal share of the cores for torch's intra-op threads
+    # (Ray would otherwise pin a fractional-CPU actor to one thread).
+    threads = max(1, cpus // max_actors)
+    return {"device": device, "num_gpus": num_gpus, "num_cpus": pool.cpus_per_actor,
+            "min_actors": min_actors, "max_actors": max_actors, "torch_threads": threads}
+
+
+def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) -> ray.data.Dataset:
+    ds = ray.data.read_datasource(ListingDatasource(config), num_cpus=_LIST_CPUS)
+    ds = ds.flat_map(plan_item, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
+    ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
+    ds = ds.map(
+        InferenceActor,
+        fn_constructor_kwargs={"config": config, "device": resources["device"], "torch_threads": resources["torch_threads"]},
+        compute=ActorPoolStrategy(min_size=resources["min_actors"], max_size=resources["max_actors"]),
+        num_cpus=resources["num_cpus"],
+        num_gpus=resources["num_gpus"],
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
+    if config.write.render_images or config.write.render_videos:
+        ds = ds.map(render_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
+    return ds
+
+
+def run_job(config: JobConfig) -> dict:
+    """Run the job to completion; return the summary (also written as summary.json)."""
+    started = time.time()
+    init_ray(config)
+    provenance = make_provenance(config)
+    resources = inference_resources(config)
+    log.info("run %s: %d input(s) -> %s; inference on %s, %d-%d actor(s)", provenance.run_id, len(config.input),
+             redact(config.output), resources["device"], resources["min_actors"], resources["max_actors"])
+    ds = build_dataset(config, provenance, resources)
+
+    totals: dict[str, float] = defaultdict(float)
+    segments_by_video: dict[str, list] = defaultdict(list)
+    first_frame_at = None
+    last_log = time.time()
+    for row in ds.iter_rows():
+        content = pickle.loads(row["payload"])
+        stats = content["stats"]
+        if row["kind"] == "skipped":
+            totals["skipped"] += 1
+            continue
+        first_frame_at = first_frame_at or time.time()
+        for key in ("frames", "failed", "people", "decode_s", "infer_s", "post_s"):
+            totals[key] += stats.get(key, 0)
+        totals["shards"] += 1
+        totals.update({k: totals[k] + v for k, v in stats.get("inputs", {}).items()})
+        media = stats.get("media") or {}
+        if media.get("segment"):
+            segments_by_video[media["video"]].append((media["start_frame"], media["segment"]))
+        if time.time() - last_log > _PROGRESS_EVERY_S:
+            last_log = time.time()
+            log.info("progress: %d shards, %d frames (%d failed), %d people, %.1f frames/s", totals["shards"],
+                     totals["frames"], totals["failed"], totals["people"], totals["frames"] / (time.time() - started))
+
+    from .rendering import assemble_videos
+
+    videos_written = assemble_videos(segments_by_video, config) if segments_by_video else []
+    wall = time.time() - started
+    summary = {
+        "run_id": provenance.run_id,
+        "output": redact(config.output),
+        "inputs": {"images": int(totals["image_inputs"]), "videos": int(totals["video_inputs"]),
+                   "tars": int(totals["tar_inputs"]), "skipped": int(totals["skipped"])},
+        "shards": int(totals["shards"]),
+        "frames": int(totals["frames"]),
+        "frames_failed": int(totals["failed"]),
+        "people": int(totals["people"]),
+        "wall_time_s": round(wall, 2),
+        "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
+        "stage_seconds": {k: round(totals[k], 2) for k in ("decode_s", "infer_s", "post_s")},
+        "rendered_videos": videos_written,
+        "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},
+    }
+    write_summary(config.output, config.s3, summary)
+    return summary

@@ -1,0 +1,263 @@
+"""Decoding shards into frames: BGR uint8 pixels with where they came from.
+
+:func:`decode_shard` never raises for bad input: an unreadable object, a corrupt image,
+a broken tar member or an undecodable video frame each become a :class:`Frame` with
+status "error" and a message saying what was wrong, so the job writes an error row and
+goes on. Messages pass through :func:`~openpose_ray.storage.redact`.
+
+What each kind yields:
+
+* images: one Frame per URI, in shard order (frame_index 0, timestamp None);
+* video: exactly one Frame per planned frame, frame_index = start_frame + rank in
+  presentation order, timestamp = pts * time_base in seconds. Frames are yielded as the
+  decoder outputs them (presentation order); frames that could not be decoded follow
+  as error Frames, with their index and timestamp;
+* tar: one Frame per image member (by extension, regular files only), in archive order
+  (the archive is read as a stream, one pass, so members cannot be sorted);
+  frame_index = index among the image members. A corrupt member gives an error Frame
+  and decoding goes on; a broken archive gives one error Frame and ends the shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..jobconfig import S3Config, SourcesConfig
+from ..storage import redact
+from .errors import SourceError
+from .images import ImageDecodeError, decode_image
+from .listing import classify
+from .planning import Shard
+from .s3io import open_stream, open_uri, read_bytes
+
+logger = logging.getLogger(__name__)
+
+_MAX_BYTES_PER_PIXEL = 8  # uncompressed 16-bit RGBA: the largest an image file of N pixels needs
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded image or video frame, or the record of one that could not be decoded.
+
+    source: URI of the image, video or tar. member: name of the tar member, else None.
+    frame_index: video frame in presentation order / index of the image among a tar's
+        image members / 0 for a loose image.
+    timestamp: seconds (pts * time_base) for video frames, None for still images.
+    image: uint8[H, W, 3] BGR, None when status is "error". width, height: pixels (0 when unknown).
+    status: "ok" or "error". error: what went wrong, None when ok.
+    """
+
+    source: str
+    member: str | None
+    frame_index: int
+    timestamp: float | None
+    image: np.ndarray | None
+    width: int
+    height: int
+    status: str
+    error: str | None
+
+
+def _ok(source: str, member: str | None, index: int, timestamp: float | None, image: np.ndarray) -> Frame:
+    return Frame(source, member, index, timestamp, image, image.shape[1], image.shape[0], "ok", None)
+
+
+def _error(source, member, index, timestamp, message: str, width: int = 0, height: int = 0) -> Frame:
+    return Frame(source, member, index, timestamp, None, width, height, "error", redact(message))
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, (SourceError, ImageDecodeError)) else f"{type(error).__name__}: {error}"
+
+
+def decode_shard(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+    """Frames of a shard (see module docstring); never raises for bad input."""
+    decoders = {"images": _decode_images, "video": _decode_video, "tar": _decode_tar}
+    source = shard.uris[0] if shard.uris else shard.shard_id
+    decoder = decoders.get(shard.kind)
+    if decoder is None:
+        yield _error(source, None, 0, None, f"unknown shard kind {shard.kind!r} (expected images, video or tar)")
+        return
+    try:
+        yield from decoder(shard, sources, s3)
+    except Exception as error:  # a bug or an unforeseen failure: still one row, never a crashed task
+        logger.exception("decoding shard %s failed", shard.shard_id)
+        yield _error(source, None, shard.start_frame or 0, None, f"internal error while decoding: {_describe(error)}")
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+def _decode_images(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+    for uri, version in zip(shard.uris, shard.versions):
+        try:
+            image = decode_image(read_bytes(uri, s3, expected_version=version or None), sources.max_image_pixels)
+        except ImageDecodeError as error:
+            yield _error(uri, None, 0, None, str(error), error.width, error.height)
+        except Exception as error:  # missing, changed, access denied, network
+            yield _error(uri, None, 0, None, f"cannot read image: {_describe(error)}")
+        else:
+            yield _ok(uri, None, 0, None, image)
+
+
+# --- tar ----------------------------------------------------------------------------------
+
+
+def _decode_tar(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+    uri, version = shard.uris[0], shard.versions[0]
+    max_member_bytes = _MAX_BYTES_PER_PIXEL * sources.max_image_pixels + (1 << 20)
+    index, member_name = 0, None
+    try:
+        with contextlib.closing(open_stream(uri, s3, expected_version=version or None)) as file, tarfile.open(
+            fileobj=file, mode="r|*", tarinfo=_StrictTarInfo
+        ) as archive:
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # tarfile keeps every header; a stream needs none of them
+                if not member.isfile() or classify(member.name, sources) != "image":
+                    continue
+                member_name = member.name
+                if member.size > max_member_bytes:  # skipped unread: the stream moves past it
+                    message = (
+                        f"tar member of {member.size} bytes exceeds what an image of max_image_pixels "
+                        f"({sources.max_image_pixels}) can take"
+                    )
+                    frame = _error(uri, member.name, index, None, message)
+                else:
+                    data = archive.extractfile(member).read()
+                    try:
+                        frame = _ok(uri, member.name, index, None, decode_image(data, sources.max_image_pixels))
+                    except ImageDecodeError as error:
+                        frame = _error(uri, member.name, index, None, str(error), error.width, error.height)
+                yield frame
+                index, member_name = index + 1, None
+    except Exception as error:  # not a tar, truncated, missing, network
+        where = f" at member {member_name!r}" if member_name else ""
+        yield _error(uri, member_name, index, None, f"cannot read tar archive{where}: {_describe(error)}")
+
+
+class _TruncatedTar(SourceError):
+    pass
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Fails on a truncated or corrupt header; tarfile takes one after the first member for the end of the archive."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except (tarfile.TruncatedHeaderError, tarfile.EmptyHeaderError, tarfile.InvalidHeaderError) as error:
+            if archive.offset == 0:
+                raise  # tarfile says "empty file" / "not a tar" itself
+            raise _TruncatedTar(f"truncated or corrupt after byte {archive.offset} ({error})") from error
+
+
+# --- video --------------------------------------------------------------------------------
+
+
+class _NoVideoStream(SourceError):
+    """The planned stream is not a video stream (the shard does not belong to this file)."""
+
+
+class _MissedSeek(Exception):
+    """Seeking failed or landed after the key frame the segment needs; decode from the start instead."""
+
+
+def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+    uri = shard.uris[0]
+    time_base = Fraction(*shard.time_base)
+    emitted: set[int] = set()  # ranks within the segment already yielded
+    notes: list[str] = []  # decode errors of single packets / frames
+    problem: Exception | None = None  # an error that ended decoding early
+    seek_ts = shard.seek_ts
+    while True:
+        try:
+            for rank, image in _segment_images(shard, s3, seek_ts, emitted, notes):
+                emitted.add(rank)
+                timestamp = float(shard.frame_pts[rank] * time_base)
+                yield _ok(uri, None, shard.start_frame + rank, timestamp, image)
+        except _MissedSeek:
+            seek_ts = None
+            continue
+        except Exception as error:
+            problem = error
+        break
+    missing = [rank for rank in range(len(shard.frame_pts)) if rank not in emitted]
+    if isinstance(problem, _NoVideoStream):  # nothing planned applies: one row, not one per frame
+        missing = missing[:1]
+    if isinstance(problem, SourceError):
+        message = str(problem)
+    elif problem is not None:
+        message = f"cannot decode video: {_describe(problem)}"
+    else:
+        detail = f" (last decoder error: {notes[-1]})" if notes else ""
+        message = f"video frame not decoded: corrupt or missing data{detail}"
+    for rank in missing:
+        yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message)
+
+
+def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str]):
+    """(rank, uint8[H, W, 3] BGR) of the segment's frames as the decoder outputs them.
+
+    The caller adds each yielded rank to ``emitted`` before asking for the next one;
+    decoding stops once every rank is there.
+    """
+    import av
+
+    wanted = len(shard.frame_pts)
+    rank_of = {pts: rank for rank, pts in enumerate(shard.frame_pts)}
+    last_pts = shard.frame_pts[-1]
+    file = open_uri(shard.uris[0], s3, expected_version=shard.versions[0] or None)
+    with file, av.open(file, "r") as container:
+        if shard.stream_index >= len(container.streams) or container.streams[shard.stream_index].type != "video":
+            raise _NoVideoStream(f"video has no video stream at index {shard.stream_index}")
+        stream = container.streams[shard.stream_index]
+        # PyAV's default slice threading: frame threading ("AUTO") is barely faster here and,
+        # after a corrupt packet, leaves frames stuck in the decoder (EAGAIN on every later packet).
+        if seek_ts is not None:
+            try:
+                container.seek(seek_ts, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as error:
+                raise _MissedSeek() from error
+        first, output_rank = True, 0
+        for packet in container.demux(stream):
+            if packet.size and first:
+                first = False
+                landed = packet.dts if packet.dts is not None else packet.pts
+                if seek_ts is not None and landed is not None and landed > seek_ts:
+                    raise _MissedSeek()
+            # A packet decoded after the segment's last pts means every packet of the segment
+            # has been sent (dts <= pts): flush the decoder instead, and stop reading.
+            past_end = bool(packet.size) and packet.dts is not None and packet.dts > last_pts
+            past_end = past_end and not shard.order_by_output
+            try:
+                frames = stream.codec_context.decode(None) if past_end else packet.decode()
+            except av.FFmpegError as error:  # a corrupt packet: skip it, its frame is reported missing
+                notes.append(str(error))
+                if isinstance(error, BlockingIOError):  # the decoder is stuck: reset it (until the next key frame)
+                    stream.codec_context.flush_buffers()
+                frames = []
+            for frame in frames:
+                if shard.order_by_output:
+                    rank, output_rank = output_rank, output_rank + 1
+                else:
+                    rank = rank_of.get(frame.pts if frame.pts is not None else frame.dts)
+                if rank is None or rank >= wanted or rank in emitted:
+                    continue
+                try:
+                    image = frame.to_ndarray(format="bgr24")
+                except (av.FFmpegError, ValueError) as error:
+                    notes.append(str(error))
+                    continue
+                yield rank, image
+                if len(emitted) == wanted:
+                    return
+            if past_end:
+                return

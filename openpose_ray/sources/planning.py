@@ -1,0 +1,202 @@
+"""Cutting listed objects into shards: the units of work the decode stage reads.
+
+A shard is a frozen, picklable value with a deterministic id: the same objects (same
+URIs and versions) planned with the same settings give the same ids, so a re-run can
+tell which shards it already wrote. The id is ``<kind>-`` + 16 hex digits of the SHA-1
+of the fields that define the content (kind, URIs, versions and, for a video segment,
+the stream and frame range).
+
+* images: consecutive loose images, ``images_per_shard`` at a time (:func:`group_images`);
+* video: one shard per segment of ``frames_per_segment`` frames (:func:`plan_video`);
+* tar: one shard per archive (:func:`plan_tar`): its members are only known after
+  reading every header, which for S3 means reading the whole archive, so the decode
+  stage streams it in a single pass instead of planning inside it.
+
+Video frames are numbered in presentation order: the packets' pts, sorted (a packet
+without pts uses its dts). Timestamps are ``pts * time_base`` of the container, never
+index / fps, so variable frame rates and gaps are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ..jobconfig import S3Config
+from ..storage import redact
+from .errors import SourceError, UnreadableVideo
+from .listing import SourceObject
+from .s3io import open_uri
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of decoding work.
+
+    shard_id: "<kind>-<16 hex digits>", deterministic (see module docstring).
+    kind: "images" | "video" | "tar".
+    uris, versions: the image URIs of an images shard, or the one video / tar URI; versions
+        parallel to uris (S3 ETag or local mtime_ns, checked when reading).
+    Video segments only (None / () otherwise):
+    start_frame, end_frame: frame indices [start, end) in presentation order.
+    stream_index: index of the video stream in the container.
+    frame_pts: the sorted pts of the segment's frames (end - start values), in time_base units.
+    time_base: (numerator, denominator) of the stream's time base; seconds = pts * num / den.
+    seek_ts: timestamp (time_base units) to seek backward from to reach the key frame the
+        segment must be decoded from; None to decode from the start of the file.
+    order_by_output: the container's pts are not trustworthy (B-frames in a container
+        without pts, e.g. AVI): frames are numbered in the order the decoder outputs them
+        and the video is a single segment decoded from the start.
+    """
+
+    shard_id: str
+    kind: str
+    uris: tuple[str, ...]
+    versions: tuple[str, ...]
+    start_frame: int | None = None
+    end_frame: int | None = None
+    stream_index: int | None = None
+    frame_pts: tuple[int, ...] = ()
+    time_base: tuple[int, int] | None = None
+    seek_ts: int | None = None
+    order_by_output: bool = False
+
+
+def shard_id(kind: str, *content) -> str:
+    """Deterministic id of a shard from the JSON-serialisable values that define its content."""
+    digest = hashlib.sha1(json.dumps([kind, *content], separators=(",", ":")).encode()).hexdigest()
+    return f"{kind}-{digest[:16]}"
+
+
+def group_images(objects: Iterable[SourceObject], images_per_shard: int) -> Iterator[Shard]:
+    """Consecutive image objects, ``images_per_shard`` per shard (the last one may be smaller); others are ignored."""
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    batch: list[SourceObject] = []
+    for obj in objects:
+        if obj.kind != "image":
+            continue
+        batch.append(obj)
+        if len(batch) == images_per_shard:
+            yield _images_shard(batch)
+            batch = []
+    if batch:
+        yield _images_shard(batch)
+
+
+def _images_shard(batch: list[SourceObject]) -> Shard:
+    uris = tuple(obj.uri for obj in batch)
+    versions = tuple(obj.version for obj in batch)
+    return Shard(shard_id("images", uris, versions), "images", uris, versions)
+
+
+def plan_tar(obj: SourceObject) -> list[Shard]:
+    """One shard for the whole archive (see module docstring)."""
+    return [Shard(shard_id("tar", obj.uri, obj.version), "tar", (obj.uri,), (obj.version,))]
+
+
+def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list[Shard]:
+    """Segments of ``frames_per_segment`` frames of the first video stream, from its packets (nothing is decoded).
+
+    Reads the whole file once (demuxing), through ranged GETs for S3. Raises
+    UnreadableVideo (a SourceError) when the file is not a video PyAV can demux, has no
+    video stream or no frames; ObjectMissing / ObjectChanged when the object vanished or
+    changed since it was listed.
+    """
+    import av
+
+    if frames_per_segment < 1:
+        raise ValueError(f"frames_per_segment must be >= 1, got {frames_per_segment}")
+    try:
+        with open_uri(obj.uri, s3, expected_version=obj.version or None) as file, av.open(file, "r") as container:
+            stream = video_stream(container)
+            if stream is None:
+                raise UnreadableVideo(f"video has no video stream: {redact(obj.uri)}")
+            index, time_base = stream.index, stream.time_base
+            if time_base is None:
+                raise UnreadableVideo(f"video stream without a time base: {redact(obj.uri)}")
+            unordered_pts = _has_b_frames(stream)
+            # Packet timestamps in decode order, compactly: an hour at 60 fps is 216k packets.
+            ts, dts, keys = array("q"), array("q"), array("q")
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.is_discard:  # flush markers; frames the decoder drops (edit lists)
+                    continue
+                value = packet.pts if packet.pts is not None else packet.dts
+                if value is None:
+                    raise UnreadableVideo(f"video packet without timestamps (pts and dts) in {redact(obj.uri)}")
+                if packet.is_keyframe:
+                    keys.append(len(ts))
+                ts.append(value)
+                dts.append(packet.dts if packet.dts is not None else value)
+    except SourceError:
+        raise
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise UnreadableVideo(f"not a readable video: {redact(obj.uri)}: {redact(str(error))}") from error
+    if not ts:
+        raise UnreadableVideo(f"video has no frames: {redact(obj.uri)}")
+    if unordered_pts and all(a < b for a, b in zip(ts, ts[1:])):
+        # B-frames, yet pts increase in decode order: the container made them up from dts.
+        return [_segment(obj, index, time_base, 0, sorted(set(ts)), None, order_by_output=True)]
+    presented = sorted(set(ts))  # a duplicated pts is one frame (the decoder outputs one of them)
+    first_decoded = {}  # pts -> decode index of its packet
+    for decode_index, value in enumerate(ts):
+        first_decoded.setdefault(value, decode_index)
+    shards = []
+    for start in range(0, len(presented), frames_per_segment):
+        segment_pts = presented[start : start + frames_per_segment]
+        earliest = min(first_decoded[p] for p in segment_pts)
+        seek_ts = _seek_target(keys, ts, dts, earliest, segment_pts[0])
+        shards.append(_segment(obj, index, time_base, start, segment_pts, seek_ts))
+    return shards
+
+
+def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: int) -> int | None:
+    """Timestamp to seek backward from: the last key frame decoded at or before ``earliest``
+    that is not presented after the segment's first frame (so no frame of the segment is a
+    leading frame of an open GOP). None: decode from the start."""
+    k = bisect.bisect_right(keys, earliest) - 1
+    while k >= 0 and ts[keys[k]] > first_pts:
+        k -= 1
+    if k < 0 or keys[k] == 0:
+        return None
+    # Demuxers index key frames by dts or by pts; the smaller of the two lands on this key
+    # frame or an earlier one, both correct (decode_shard checks where it landed).
+    return min(ts[keys[k]], dts[keys[k]])
+
+
+def _segment(obj, index, time_base, start, segment_pts, seek_ts, order_by_output=False) -> Shard:
+    end = start + len(segment_pts)
+    return Shard(
+        shard_id=shard_id("video", obj.uri, obj.version, index, start, end),
+        kind="video",
+        uris=(obj.uri,),
+        versions=(obj.version,),
+        start_frame=start,
+        end_frame=end,
+        stream_index=index,
+        frame_pts=tuple(segment_pts),
+        time_base=(time_base.numerator, time_base.denominator),
+        seek_ts=seek_ts,
+        order_by_output=order_by_output,
+    )
+
+
+def video_stream(container):
+    """The first video stream that is not an attached picture (cover art), or None."""
+    import av
+
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+def _has_b_frames(stream) -> bool:
+    try:
+        return bool(stream.codec_context.has_b_frames)
+    except AttributeError:
+        return False
