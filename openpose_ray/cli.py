@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openpose_ray import run_command
 from openpose_ray.atomic import atomic_path
 from openpose_ray.config import InferenceConfig
 from openpose_ray.estimator import PoseEstimator
@@ -89,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="input scales whose network outputs are averaged, e.g. 1.0,0.5 (default 1.0)")
     predict.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     predict.set_defaults(run=_predict)
+
+    run = commands.add_parser(
+        "run", parents=[common], help="run the distributed annotation job (Ray) from a YAML config",
+        description="Annotate images, videos and tar shards from local folders or S3 with Ray; write Parquet "
+                    "people/frames tables and rendered media. See configs/ for documented YAML files.")
+    run_command.add_arguments(run)
+    run.set_defaults(run=run_command.run_from_args)
 
     weights = commands.add_parser("weights", help="list models; fetch their default weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")

@@ -43,3 +43,46 @@ def labelled_photos(data_dir: Path) -> list[Path]:
 def estimator() -> PoseEstimator:
     """mobilenet_thin with its default weights at the default 432x368 input, on the CPU; do not mutate."""
     return PoseEstimator.from_pretrained()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One in-process Ray for the whole test session (ray.init takes seconds); 2 CPUs like CI."""
+    import ray
+
+    # Ray's workers inherit the environment at ray.init: give them the (dummy)
+    # credentials that the loopback S3 server of the S3 tests accepts.
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(name, value)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_data_context(ray_session):
+    """Ray Data's global DataContext, restored after the test (Ray's own tests do the same)."""
+    import copy
+
+    import ray.data
+
+    original = copy.deepcopy(ray.data.DataContext.get_current())
+    yield ray.data.DataContext.get_current()
+    ray.data.DataContext._set_current(original)
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3 HTTP server (moto) on 127.0.0.1 for the session: yields its endpoint URL.
+
+    Tests set AWS_* variables for the credentials chain themselves (monkeypatch).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
