@@ -79,8 +79,11 @@ def moto_s3():
 
     Tests set AWS_* variables for the credentials chain themselves (monkeypatch).
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per HTTP request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -9,22 +9,25 @@ as H.264 MP4s under ``media/.segments/`` and joined without re-encoding into
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import numpy as np
 import ray
 
 from ..jobconfig import JobConfig
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
-from ..outputs.writer import output_filesystem, write_bytes
+from ..outputs.writer import write_bytes
 from ..render import render
 from ..sources.decoding import decode_shard as decode_frames
 from ..sources.s3io import read_bytes
-from ..storage import parse
+from ..storage import parse, s3_client
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_FPS = 30.0
+_S3_DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 
 
 def _output_uri(config: JobConfig, relative: str) -> str:
@@ -75,11 +78,51 @@ def _assemble_video(source: str, segments: list[str], config: JobConfig) -> str:
     data = concat_segments([read_bytes(uri, config.s3) for uri in segments])
     target = _output_uri(config, media_path_for(source, None, kind="videos", ext=".mp4"))
     write_bytes(target, data, config.s3)
+    _delete_segments(segments, config)
+    return target
+
+
+def _delete_segments(segments: list[str], config: JobConfig) -> None:
+    """Remove a joined video's segment files, leaving nothing behind under media/.segments/.
+
+    On S3 the objects are deleted with boto3, not with pyarrow's filesystem: its
+    delete_file (and delete_dir) writes an empty "<parent>/" marker object so that the
+    parent "folder" keeps existing, which would leave one object per video behind.
+    Locally, the folders emptied by the deletion are removed up to media/.segments.
+    """
+    keys_by_bucket: dict[str, list[str]] = {}
+    local_folders = set()
     for uri in segments:
         location = parse(uri)
-        filesystem, path = output_filesystem(location, config.s3)
-        filesystem.delete_file(path)
-    return target
+        if location.scheme == "s3":
+            keys_by_bucket.setdefault(location.bucket, []).append(location.key)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(location.key)
+            local_folders.add(os.path.dirname(location.key))
+    for folder in local_folders:
+        _remove_empty_folders(folder, config)
+    for bucket, keys in keys_by_bucket.items():
+        client = s3_client(config.s3)
+        for start in range(0, len(keys), _S3_DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + _S3_DELETE_BATCH]]
+            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            if response.get("Errors"):
+                error = response["Errors"][0]
+                log.warning("could not delete %d segment object(s) of s3://%s, e.g. %s: %s", len(response["Errors"]),
+                            bucket, error.get("Key"), error.get("Message") or error.get("Code"))
+
+
+def _remove_empty_folders(folder: str, config: JobConfig) -> None:
+    """rmdir ``folder`` and its parents while empty, up to and including <output>/media/.segments."""
+    last = os.path.normpath(parse(_output_uri(config, "media/.segments")).key)
+    folder = os.path.normpath(folder)
+    while folder == last or folder.startswith(last + os.sep):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: another video's segments are still there
+            return
+        folder = os.path.dirname(folder)
 
 
 def assemble_videos(segments_by_video: dict[str, list[tuple[int, str]]], config: JobConfig) -> list[str]:

@@ -1,0 +1,178 @@
+"""The distributed job end to end on real media, with a real (in-process) Ray.
+
+One run over ../shared/data (4 labelled photos, 20 photos, 2 videos) with
+rendering; its tables are checked against PoseEstimator.estimate on the same
+decoded frames, its media decoded back, and the README's SQL run on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import av
+import cv2
+import duckdb
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from openpose_ray.config_loader import load_config
+from openpose_ray.jobconfig import S3Config, SourcesConfig
+from openpose_ray.outputs.people_table import read_keypoints
+from openpose_ray.pipeline.runner import run_job
+from openpose_ray.sources.decoding import decode_shard
+from openpose_ray.sources.listing import SourceObject
+from openpose_ray.sources.planning import plan_video
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VIDEO_FRAMES = {"street_720p_h264.avi": (205, 50.0), "sports_994p_vp9.mp4": (230, 30.0)}
+
+
+def _table(output: Path, name: str):
+    return pads.dataset(str(output / name), format="parquet", partitioning="hive").to_table()
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_session, data_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("job") / "out"
+    inputs = [str(data_dir / d) for d in ("coco_val2017_mini", "coco_val2014_samples", "videos")]
+    config = load_config(REPO_ROOT / "configs" / "local.yaml", [
+        f"input={json.dumps(inputs)}", f"output={output}", "write.render_images=true", "write.render_videos=true",
+        "sources.images_per_shard=8", "sources.frames_per_segment=100",
+    ])
+    summary = run_job(config)
+    return config, output, summary
+
+
+def test_summary_counts_every_input(local_run):
+    _, output, summary = local_run
+    assert summary["inputs"] == {"images": 24, "videos": 2, "tars": 0, "skipped": 1}
+    assert summary["frames"] == 24 + 205 + 230 and summary["frames_failed"] == 0
+    assert json.loads((output / "summary.json").read_text()) == summary
+    assert summary["frames_per_s"] > 0 and summary["people"] > 0
+
+
+def test_frames_table_has_every_frame_with_container_timestamps(local_run):
+    _, output, _ = local_run
+    frames = _table(output, "frames").to_pylist()
+    assert len(frames) == 459 and all(f["status"] == "ok" and f["error"] is None for f in frames)
+    for name, (count, fps) in VIDEO_FRAMES.items():
+        rows = sorted((f for f in frames if f["source"].endswith(name)), key=lambda f: f["frame_index"])
+        assert [f["frame_index"] for f in rows] == list(range(count))
+        assert [f["timestamp"] for f in rows] == pytest.approx([i / fps for i in range(count)], abs=1e-9)
+        assert {f["source_kind"] for f in rows} == {"video"}
+    images = [f for f in frames if f["source_kind"] == "image"]
+    assert len(images) == 24 and all(f["frame_index"] == 0 and f["timestamp"] is None for f in images)
+    assert {f["model"] for f in frames} == {"mobilenet_thin"}
+    assert len({f["run_id"] for f in frames}) == 1
+
+
+def _decoded_frames(data_dir: Path):
+    """Every frame of the inputs, decoded like the job does (videos as one segment each)."""
+    sources, s3 = SourcesConfig(), S3Config()
+    for photo in sorted((data_dir / "coco_val2017_mini").glob("*.jpg")) + sorted((data_dir / "coco_val2014_samples").glob("*.jpg")):
+        yield str(photo), 0, cv2.imread(str(photo))
+    for name in VIDEO_FRAMES:
+        path = data_dir / "videos" / name
+        obj = SourceObject(str(path), "video", path.stat().st_size, str(path.stat().st_mtime_ns))
+        for shard in plan_video(obj, 10_000, s3):
+            for frame in decode_shard(shard, sources, s3):
+                assert frame.status == "ok"
+                yield frame.source, frame.frame_index, frame.image
+
+
+def test_people_rows_equal_estimate_on_the_same_frames(local_run, estimator, data_dir):
+    config, output, _ = local_run
+    people = _table(output, "people")
+    keypoints = read_keypoints(people)
+    rows: dict[tuple[str, int], list[int]] = {}
+    for i, (source, frame_index) in enumerate(zip(people.column("source").to_pylist(), people.column("frame_index").to_pylist())):
+        rows.setdefault((source, frame_index), []).append(i)
+    person_index = people.column("person_index").to_pylist()
+    scores = people.column("score").to_numpy()
+    job_estimator = estimator.with_config(postprocess=config.postprocess)
+    checked = 0
+    for source, frame_index, image in _decoded_frames(data_dir):
+        expected = job_estimator.estimate([image])[0]
+        got = sorted(rows.pop((source, frame_index), []), key=lambda i: person_index[i])
+        assert len(got) == len(expected), f"{source} frame {frame_index}"
+        for row, person in zip(got, expected):
+            assert np.array_equal(keypoints[row], person.keypoints), f"{source} frame {frame_index}"
+            assert scores[row] == np.float32(person.score)
+        checked += 1
+    assert checked == 459 and not rows, f"rows for frames that were not decoded: {list(rows)[:3]}"
+
+
+def test_rendered_images_and_videos(local_run, data_dir):
+    _, output, summary = local_run
+    images = sorted((output / "media" / "images").glob("*"))
+    assert len(images) == 24
+    sizes = {cv2.imread(str(p)).shape for p in (data_dir / "coco_val2014_samples").glob("*.jpg")}
+    sizes |= {cv2.imread(str(p)).shape for p in (data_dir / "coco_val2017_mini").glob("*.jpg")}
+    assert {cv2.imread(str(p)).shape for p in images} <= sizes
+    videos = sorted((output / "media" / "videos").glob("*.mp4"))
+    assert len(videos) == 2 and sorted(summary["rendered_videos"]) == sorted(str(v) for v in videos)
+    assert not (output / "media" / ".segments").exists(), "segment files must be removed"
+    for video in videos:
+        name = next(n for n in VIDEO_FRAMES if video.name.startswith(Path(n).stem))
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264"
+            assert sum(1 for _ in container.decode(stream)) == VIDEO_FRAMES[name][0]
+
+
+def _readme_queries() -> dict[str, str]:
+    """The ```sql blocks of the README, by their first-line comment (-- name)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    queries = {}
+    for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S):
+        name, _, body = block.partition("\n")
+        queries[name.removeprefix("--").strip()] = body
+    return queries
+
+
+def test_readme_sql_runs_on_the_output(local_run):
+    _, output, _ = local_run
+    queries = _readme_queries()
+    assert {"people per frame", "people per video", "mean confidence of a joint", "frames with nobody"} <= set(queries)
+
+    def run(name):
+        return duckdb.sql(queries[name].replace("out/local", str(output))).fetchall()
+
+    frames = _table(output, "frames").to_pylist()
+    people = _table(output, "people")
+    per_frame = run("people per frame")
+    assert len(per_frame) == 459
+    assert sum(r[-1] for r in per_frame) == people.num_rows
+
+    per_video = {r[0]: r[1] for r in run("people per video")}
+    sources = people.column("source").to_pylist()
+    kinds = people.column("source_kind").to_pylist()
+    assert per_video == {s: sum(1 for x, k in zip(sources, kinds) if x == s and k == "video") for s in set(sources) if s.endswith((".avi", ".mp4"))}
+
+    confidence = read_keypoints(people)[:, 4, 2]  # r_wrist
+    (mean_conf,) = run("mean confidence of a joint")[0]
+    assert mean_conf == pytest.approx(float(confidence[confidence > 0].mean()), rel=1e-6)
+
+    nobody = run("frames with nobody")
+    assert len(nobody) == sum(1 for f in frames if f["status"] == "ok" and f["num_people"] == 0)
+
+
+def test_segments_give_the_same_rows_as_one_segment(ray_session, data_dir, tmp_path):
+    """Cutting a video into segments (processed in parallel) changes nothing in the tables."""
+    video = data_dir / "videos" / "sports_994p_vp9.mp4"
+    common = [f"input=[{video}]", "write.render_images=false", "write.render_videos=false", "model.net_size=[216,184]"]
+    results = {}
+    for segment in (40, 1000):
+        output = tmp_path / f"seg{segment}"
+        summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml",
+                                      common + [f"output={output}", f"sources.frames_per_segment={segment}"]))
+        assert summary["shards"] == (6 if segment == 40 else 1)
+        people = _table(output, "people").sort_by([("frame_index", "ascending"), ("person_index", "ascending")])
+        frames = _table(output, "frames").sort_by("frame_index")
+        results[segment] = (people.drop_columns(["run_id", "shard_id"]), frames.drop_columns(["run_id", "shard_id"]))
+    assert results[40][1].num_rows == 230
+    assert results[40][0].equals(results[1000][0])
+    assert results[40][1].equals(results[1000][1])
