@@ -12,12 +12,15 @@ and ``fail_on_error`` is set; 2 for a configuration error.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from .config_loader import ConfigError, load_config, redacted_dict
+from .storage import is_s3, parse
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
+        _check_local_inputs(config.input)
     except (ConfigError, OSError) as exc:
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +49,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     if failed:
         log.warning("%d frame(s) or input(s) failed; see the frames table (status = 'error')", failed)
     return 1 if failed and config.fail_on_error else 0
+
+
+def _check_local_inputs(inputs: Sequence[str]) -> None:
+    """A local input root that does not exist is a mistake in the command, not bad data: say so before starting Ray."""
+    for uri in inputs:
+        if is_s3(uri) or glob.has_magic(uri):
+            continue
+        path = parse(uri).key
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"input {uri!r} does not exist (working directory {os.getcwd()})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

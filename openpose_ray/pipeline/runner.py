@@ -114,8 +114,8 @@ def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) ->
         compute=ActorPoolStrategy(min_size=resources["min_actors"], max_size=resources["max_actors"]),
         num_cpus=resources["num_cpus"],
         num_gpus=resources["num_gpus"],
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data restarts a lost actor and retries its tasks without limit by default
+        # (max_restarts=-1, max_task_retries=-1), so a vanished GPU node costs time, not rows.
     )
     ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
     if config.write.render_images or config.write.render_videos:
