@@ -191,7 +191,12 @@ def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int],
 def fields_to_people(heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform, entry: ModelEntry,
                      config: PostprocessConfig) -> list[Person]:
     """Decode one image's fields (valid region, at the model's stride) into people in source pixels."""
-    decoded = decode(heatmaps, pafs, entry.skeleton, config)
+    return decoded_to_people(decode(heatmaps, pafs, entry.skeleton, config), transform, entry, config)
+
+
+def decoded_to_people(decoded: list[tuple[np.ndarray, float]], transform: ResizeTransform, entry: ModelEntry,
+                      config: PostprocessConfig) -> list[Person]:
+    """Map decoded people (keypoints in upsampled-field pixels, see postprocess.decode) to source pixels."""
     field_stride = entry.input_spec.stride / config.upsample
     people = []
     for keypoints, score in decoded:

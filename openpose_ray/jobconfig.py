@@ -104,6 +104,11 @@ class InferencePoolConfig:
     gpus_per_actor: GPUs reserved per actor when on GPU.
     cpus_per_actor: CPUs reserved per actor; fractional so that actors never
         starve the decode tasks of a small machine.
+    peaks_on: where heatmaps are upsampled, smoothed and searched for peaks:
+        "device" (in the actor, next to the network: on a GPU this takes the
+        most expensive post-processing step off the CPU workers and ships only
+        the peaks and the PAFs), "cpu" (on the CPU workers, with the exact
+        numpy code of PoseEstimator.estimate), or "auto" (device on GPU, else cpu).
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -112,6 +117,7 @@ class InferencePoolConfig:
     max_actors: int | None = None
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5
+    peaks_on: Literal["auto", "cpu", "device"] = "auto"
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "inference.batch_size must be >= 1")

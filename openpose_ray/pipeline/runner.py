@@ -100,8 +100,9 @@ def inference_resources(config: JobConfig) -> dict:
     # Each CPU actor gets an equal share of the cores for torch's intra-op threads
     # (Ray would otherwise pin a fractional-CPU actor to one thread).
     threads = max(1, cpus // max_actors)
-    return {"device": device, "num_gpus": num_gpus, "num_cpus": pool.cpus_per_actor,
-            "min_actors": min_actors, "max_actors": max_actors, "torch_threads": threads}
+    peaks_on_device = pool.peaks_on == "device" or (pool.peaks_on == "auto" and device == "cuda")
+    return {"device": device, "num_gpus": num_gpus, "num_cpus": pool.cpus_per_actor, "min_actors": min_actors,
+            "max_actors": max_actors, "torch_threads": threads, "peaks_on_device": peaks_on_device}
 
 
 def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) -> ray.data.Dataset:
@@ -110,7 +111,8 @@ def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) ->
     ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
     ds = ds.map(
         InferenceActor,
-        fn_constructor_kwargs={"config": config, "device": resources["device"], "torch_threads": resources["torch_threads"]},
+        fn_constructor_kwargs={"config": config, "device": resources["device"], "torch_threads": resources["torch_threads"],
+                               "peaks_on_device": resources["peaks_on_device"]},
         compute=ActorPoolStrategy(min_size=resources["min_actors"], max_size=resources["max_actors"]),
         num_cpus=resources["num_cpus"],
         num_gpus=resources["num_gpus"],
@@ -129,8 +131,9 @@ def run_job(config: JobConfig) -> dict:
     init_ray(config)
     provenance = make_provenance(config)
     resources = inference_resources(config)
-    log.info("run %s: %d input(s) -> %s; inference on %s, %d-%d actor(s)", provenance.run_id, len(config.input),
-             redact(config.output), resources["device"], resources["min_actors"], resources["max_actors"])
+    log.info("run %s: %d input(s) -> %s; inference on %s, %d-%d actor(s), peaks on %s", provenance.run_id,
+             len(config.input), redact(config.output), resources["device"], resources["min_actors"],
+             resources["max_actors"], "the inference device" if resources["peaks_on_device"] else "CPU workers")
     ds = build_dataset(config, provenance, resources)
 
     totals: dict[str, float] = defaultdict(float)

@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..estimator import PoseEstimator, PreparedImage, fields_to_people, prepare_image
+from ..estimator import PoseEstimator, PreparedImage, decoded_to_people, fields_to_people, prepare_image
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
 from ..outputs.frames_table import ShardTablesBuilder
 from ..outputs.provenance import Provenance
 from ..outputs.writer import ShardWriter, partition_value
 from ..person import Person
+from ..postprocess import Peaks, decode_peaks, find_peaks_torch, upsample
+from ..postprocess.peaks import upsample_torch
 from ..preprocess import ResizeTransform
 from ..sources.decoding import decode_shard as decode_frames
 from ..sources.planning import Shard, plan_tar, plan_video
@@ -61,7 +63,9 @@ class ShardWork:
     frames: one FrameMeta per decoded frame or failed input.
     transforms: per frame, the scale-1 ResizeTransform back to source pixels (None for failed frames).
     prepared: per frame, the network inputs (None for failed frames); dropped after inference.
-    fields: per frame, (heatmaps, pafs) (None for failed frames); dropped after post-processing.
+    fields: per frame, (heatmaps, pafs) (None for failed frames); heatmaps are None when
+        the peaks were found on the inference device; dropped after post-processing.
+    peaks: per frame, the Peaks found on the inference device, or None.
     people: per frame, the people found; kept only when rendering.
     """
 
@@ -71,7 +75,8 @@ class ShardWork:
     frames: list[FrameMeta]
     transforms: list[ResizeTransform | None] = field(default_factory=list)
     prepared: list[PreparedImage | None] | None = None
-    fields: list[tuple[np.ndarray, np.ndarray] | None] | None = None
+    fields: list[tuple[np.ndarray | None, np.ndarray] | None] | None = None
+    peaks: list[Peaks | None] | None = None
     people: list[list[Person]] | None = None
     decode_seconds: float = 0.0
     infer_seconds: float = 0.0
@@ -144,14 +149,15 @@ def decode_shard(row: dict, config: JobConfig) -> dict:
 
 
 class InferenceActor:
-    """Holds the network on its device; turns prepared frames into fields."""
+    """Holds the network on its device; turns prepared frames into fields (and peaks)."""
 
-    def __init__(self, config: JobConfig, device: str, torch_threads: int):
+    def __init__(self, config: JobConfig, device: str, torch_threads: int, peaks_on_device: bool):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(torch_threads)
         self.config = config
+        self.peaks_on_device = peaks_on_device
         model = config.model
         self.estimator = PoseEstimator.from_pretrained(
             model.name, device=device, net_size=model.net_size, weights=model.weights,
@@ -168,9 +174,43 @@ class InferenceActor:
         work.fields = [None] * len(work.frames)
         for i, frame_fields in zip(ok, fields):
             work.fields[i] = frame_fields
+        if self.peaks_on_device:
+            work.peaks = [None] * len(work.frames)
+            for i, frame_peaks in zip(ok, self._device_peaks([f[0] for f in fields])):
+                work.peaks[i] = frame_peaks
+                work.fields[i] = (None, work.fields[i][1])  # the heatmaps are no longer needed
         work.prepared = None
         work.infer_seconds = time.perf_counter() - start
         return _row("shard", row["shard_id"], work)
+
+
+    def _device_peaks(self, heatmaps: list[np.ndarray]) -> list[Peaks]:
+        """Upsample, smooth and search the heatmaps of a shard on the actor's device, by equal shapes."""
+        import torch
+
+        estimator, cfg = self.estimator, self.config.postprocess
+        num_parts = estimator.skeleton.num_parts
+        result: list[Peaks | None] = [None] * len(heatmaps)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, heat in enumerate(heatmaps):
+            by_shape.setdefault(heat.shape, []).append(i)
+        for indices in by_shape.values():
+            batch = torch.from_numpy(np.stack([heatmaps[i][:num_parts] for i in indices])).to(estimator.device)
+            with torch.inference_mode():
+                peaks = find_peaks_torch(upsample_torch(batch, cfg.upsample, cfg.upsample_interpolation), cfg, num_parts)
+            for i, frame_peaks in zip(indices, peaks):
+                result[i] = frame_peaks
+        return result
+
+
+def _decode_frame(frame_fields, frame_peaks, transform, entry, config: JobConfig) -> list[Person]:
+    """People of one frame from its fields, or from device peaks plus its PAFs."""
+    heatmaps, pafs = frame_fields
+    cfg = config.postprocess
+    if frame_peaks is None:
+        return fields_to_people(heatmaps, pafs, transform, entry, cfg)
+    pafs_up = upsample(pafs, cfg.upsample, cfg.upsample_interpolation)
+    return decoded_to_people(decode_peaks(frame_peaks, pafs_up, entry.skeleton, cfg), transform, entry, cfg)
 
 
 def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) -> dict:
@@ -185,11 +225,9 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
     entry = get_entry(config.model.name)
     start = time.perf_counter()
     people: list[list[Person]] = []
-    for frame_fields, transform in zip(work.fields, work.transforms):
-        if frame_fields is None:
-            people.append([])
-            continue
-        people.append(fields_to_people(frame_fields[0], frame_fields[1], transform, entry, config.postprocess))
+    frame_peaks = work.peaks or [None] * len(work.frames)
+    for frame_fields, peaks, transform in zip(work.fields, frame_peaks, work.transforms):
+        people.append([] if frame_fields is None else _decode_frame(frame_fields, peaks, transform, entry, config))
     post_seconds = time.perf_counter() - start
 
     tables = ShardTablesBuilder(provenance, work.shard_id, entry.skeleton)
@@ -206,7 +244,7 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
     writer = ShardWriter(config.output, config.write, config.s3, provenance)
     files = writer.write_shard(work.shard_id, people_table, frames_table, partition)
 
-    work.fields = None
+    work.fields = work.peaks = None
     work.people = people
     work.stats = {
         "frames": len(work.frames),

@@ -112,6 +112,24 @@ def find_peaks(heatmaps_up: np.ndarray, config: PostprocessConfig, num_parts: in
     return Peaks(part.astype(np.int64), xy, parts[part, y, x].astype(np.float32))
 
 
+_TORCH_MODES = {"cubic": "bicubic", "linear": "bilinear", "nearest": "nearest"}
+
+
+def upsample_torch(fields, factor: int, interpolation: str = "cubic"):
+    """torch float32[N, C, h, w] -> [N, C, factor*h, factor*w] on the tensor's device.
+
+    Half-pixel aligned like :func:`upsample` (same cubic kernel, a = -0.75, and
+    replicated borders), equal to it up to float rounding.
+    """
+    import torch.nn.functional as F
+
+    if factor == 1:
+        return fields.clone()
+    mode = _TORCH_MODES[interpolation]
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(fields, scale_factor=factor, mode=mode, **kwargs)
+
+
 def find_peaks_torch(heatmaps_up, config: PostprocessConfig, num_parts: int) -> list[Peaks]:
     """Batched peak finding on the tensor's device.
 
