@@ -3,8 +3,8 @@
 Runs the job in a fresh process (so Ray's start-up is counted) and reports:
 wall time including start-up, frames/s over the whole run, steady-state
 frames/s (between the first and the last finished shard), per-stage seconds,
-and the peak memory of all processes of the run (driver + Ray workers +
-object store), sampled every 0.5 s.
+and the peak memory (PSS) of all processes of the run (driver + Ray
+workers + object store), sampled every 0.5 s.
 
     python benchmarks/bench_job.py --config configs/local.yaml --set output=/tmp/bench-out [--set ...]
 """
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-import psutil
+import os
 
 _CHILD = r"""
 import json, logging, pickle, sys, time
@@ -40,13 +40,31 @@ print("BENCH " + json.dumps({"summary": summary, "start": t0, "end": time.time()
 """
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
+def _tree_pss(root_pid: int) -> int:
+    """Proportional set size (bytes) of a process and all its descendants (Linux /proc).
+
+    PSS, not RSS: the object store's shared memory is mapped by many Ray
+    processes and RSS would count it once per process. Ray's raylet, GCS and
+    workers descend from the driver when Ray runs in-process."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            with open(f"/proc/{entry}/smaps_rollup") as f:
+                pss = next(line for line in f if line.startswith("Pss:"))
+            rss[int(entry)] = int(pss.split()[1]) * 1024
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(child for child, parent in parents.items() if parent == pid)
     return total
 
 
@@ -61,10 +79,8 @@ def main() -> None:
     peak = [0]
 
     def sample() -> None:
-        root = psutil.Process(child.pid)
         while child.poll() is None:
-            # Ray's raylet/GCS are children of the driver when Ray runs in-process.
-            peak[0] = max(peak[0], _tree_rss(root))
+            peak[0] = max(peak[0], _tree_pss(child.pid))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -89,7 +105,7 @@ def main() -> None:
         "frames_per_s_overall": round(frames / wall, 2),
         "frames_per_s_steady_state": round(steady, 2) if steady else None,
         "stage_seconds": summary["stage_seconds"],
-        "peak_memory_mib_all_processes": round(peak[0] / 2**20),
+        "peak_memory_pss_mib_all_processes": round(peak[0] / 2**20),
     }, indent=2))
 
 

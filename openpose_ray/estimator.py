@@ -44,7 +44,8 @@ class PoseEstimator:
     @classmethod
     def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = (432, 368),
                         weights: str | None = None, *, scales: Sequence[float] = (1.0,),
-                        postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None) -> "PoseEstimator":
+                        postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
+                        s3=None) -> "PoseEstimator":
         """Load a registered network.
 
         name: registry name (``openpose_ray.models.registry.known_models()``).
@@ -54,6 +55,8 @@ class PoseEstimator:
             first use), or a path / file:// / s3:// URI of a checkpoint in the
             model's documented layout.
         scales: input scales averaged before decoding (multi-scale inference).
+        s3: an ``openpose_ray.jobconfig.S3Config`` for s3:// weights (endpoint,
+            region, profile); default: boto3's standard chain.
         """
         entry = get_entry(name)
         network = resolve(entry.network)()
@@ -61,7 +64,7 @@ class PoseEstimator:
             state_dict = weights_mod.default_state_dict(entry)
             source, file_sha = f"default weights of {name}", entry.source.sha256 if entry.source else None
         else:
-            state_dict, file_sha = weights_mod.user_state_dict(entry, weights, sha256=weights_sha256)
+            state_dict, file_sha = weights_mod.user_state_dict(entry, weights, sha256=weights_sha256, s3=s3)
             source = weights
         load_state_dict_strict(network, state_dict, source=source)
         inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, scales=tuple(scales))

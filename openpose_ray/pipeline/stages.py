@@ -161,7 +161,7 @@ class InferenceActor:
         model = config.model
         self.estimator = PoseEstimator.from_pretrained(
             model.name, device=device, net_size=model.net_size, weights=model.weights,
-            scales=model.scales, postprocess=config.postprocess, weights_sha256=model.weights_sha256,
+            scales=model.scales, postprocess=config.postprocess, weights_sha256=model.weights_sha256, s3=config.s3,
         )
 
     def __call__(self, row: dict) -> dict:
