@@ -7,13 +7,14 @@ any process. S3 clients are built where they are used, from an S3Config.
 """
 
 from .decoding import Frame, decode_shard
-from .errors import ObjectChanged, ObjectMissing, SourceError, UnreadableVideo
+from .errors import AccessDenied, ObjectChanged, ObjectMissing, SourceError, UnreadableVideo
 from .images import ImageDecodeError, decode_image, probe_image
 from .listing import SourceObject, classify, iter_objects
 from .planning import Shard, group_images, plan_tar, plan_video, shard_id
 from .s3io import S3RangeReader, open_stream, open_uri, read_bytes
 
 __all__ = [
+    "AccessDenied",
     "Frame",
     "ImageDecodeError",
     "ObjectChanged",

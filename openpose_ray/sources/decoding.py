@@ -11,7 +11,11 @@ What each kind yields:
 * video: exactly one Frame per planned frame, frame_index = start_frame + rank in
   presentation order, timestamp = pts * time_base in seconds. Frames are yielded as the
   decoder outputs them (presentation order); frames that could not be decoded follow
-  as error Frames, with their index and timestamp;
+  as error Frames, with their index and timestamp. After a corrupt packet, the frames up
+  to the next key frame are errors too (the decoder would only guess their pixels), so
+  a damaged video gives the same rows however it is cut into segments. Only damage the
+  decoder detects is reported: VP9, for one, has no checksums, and noise inside a frame's
+  data can decode to wrong pixels without an error;
 * tar: one Frame per image member (by extension, regular files only), in archive order
   (the archive is read as a stream, one pass, so members cannot be sorted);
   frame_index = index among the image members. A corrupt member gives an error Frame
@@ -198,7 +202,7 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
         message = f"cannot decode video: {_describe(problem)}"
     else:
         detail = f" (last decoder error: {notes[-1]})" if notes else ""
-        message = f"video frame not decoded: corrupt or missing data{detail}"
+        message = f"video frame not decoded: corrupt or missing data in it or in a frame it depends on{detail}"
     for rank in missing:
         yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message)
 
@@ -227,6 +231,11 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
             except av.FFmpegError as error:
                 raise _MissedSeek() from error
         first, output_rank = True, 0
+        # After a packet failed to decode, the decoder conceals the damage: the frames it outputs
+        # until the next key frame are predicted from missing or corrupt references, so their
+        # pixels are not the video's. They are dropped (reported missing), conservatively: also a
+        # frame decoded before the failure but output after it (B-frame reordering).
+        references_broken = False
         for packet in container.demux(stream):
             if packet.size and first:
                 first = False
@@ -241,6 +250,7 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
                 frames = stream.codec_context.decode(None) if past_end else packet.decode()
             except av.FFmpegError as error:  # a corrupt packet: skip it, its frame is reported missing
                 notes.append(str(error))
+                references_broken = True
                 if isinstance(error, BlockingIOError):  # the decoder is stuck: reset it (until the next key frame)
                     stream.codec_context.flush_buffers()
                 frames = []
@@ -249,6 +259,10 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
                     rank, output_rank = output_rank, output_rank + 1
                 else:
                     rank = rank_of.get(frame.pts if frame.pts is not None else frame.dts)
+                if references_broken:
+                    if not frame.key_frame:
+                        continue
+                    references_broken = False
                 if rank is None or rank >= wanted or rank in emitted:
                     continue
                 try:

@@ -15,5 +15,9 @@ class ObjectChanged(SourceError):
     """The object was replaced after it was listed (S3 ETag or local mtime differs); its plan no longer applies."""
 
 
+class AccessDenied(SourceError):
+    """The object exists but the job may not read it (HTTP 403): credentials or a policy forbid it, or it is archived."""
+
+
 class UnreadableVideo(SourceError):
     """A file with a video extension is not a video PyAV can demux, or has no video stream or no frames."""

@@ -12,7 +12,8 @@ Three ways to read, chosen by the consumer:
 ``expected_version`` is the version recorded at listing time (S3 ETag, or the local
 mtime in nanoseconds as a string). When given, a read of a different version raises
 :class:`ObjectChanged` instead of silently decoding other content than was planned
-(for S3 every GET carries ``If-Match``). A vanished object raises :class:`ObjectMissing`.
+(for S3 every GET carries ``If-Match``). A vanished object raises :class:`ObjectMissing`;
+one the job may not read (HTTP 403: a policy, or an archived object) :class:`AccessDenied`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import BinaryIO
 
 from ..jobconfig import S3Config
 from ..storage import Location, parse, redact, s3_client
-from .errors import ObjectChanged, ObjectMissing
+from .errors import AccessDenied, ObjectChanged, ObjectMissing
 
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024  # bytes per ranged GET
 DEFAULT_CACHE_BLOCKS = 4  # blocks kept by each open reader (LRU)
@@ -209,11 +210,22 @@ def _if_match(version: str | None) -> dict:
 
 
 def _translate(error: Exception, uri: str) -> Exception:
-    """botocore's ClientError -> ObjectMissing / ObjectChanged; anything else is returned as is."""
+    """botocore's ClientError -> ObjectMissing / ObjectChanged / AccessDenied; anything else is returned as is."""
     response = getattr(error, "response", None)
-    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    if not isinstance(response, dict):
+        return error
+    details = response.get("Error", {})
+    code = str(details.get("Code", ""))
     if code in _MISSING_CODES:
         return ObjectMissing(f"object disappeared since it was listed: {redact(uri)}")
     if code in _CHANGED_CODES:
         return ObjectChanged(f"object changed since it was listed (ETag differs): {redact(uri)}")
+    if code == "InvalidObjectState":  # HTTP 403 for an object in an archive storage class
+        storage_class = details.get("StorageClass") or "an archive storage class"
+        return AccessDenied(f"access denied (HTTP 403 InvalidObjectState): {redact(uri)} is archived ({storage_class}); "
+                            "restore it before reading it")
+    if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403 or code == "AccessDenied":
+        reason = code if code and not code.isdigit() else "Forbidden"  # a HEAD's 403 has no body: code "403"
+        return AccessDenied(f"access denied (HTTP 403 {reason}): {redact(uri)}; check the credentials of "
+                            "the job's workers and the bucket and object policies")
     return error
