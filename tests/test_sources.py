@@ -13,9 +13,7 @@ import logging
 import os
 import pickle
 import shutil
-import struct
 import tarfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
+from synthetic_media import encode, forged_png, jpeg_with_orientation
 from openpose_ray.jobconfig import S3Config, SourcesConfig
 from openpose_ray.sources import (
     Frame,
@@ -56,12 +55,6 @@ def local_object(path: Path) -> SourceObject:
 
 def decode_all(shards, sources=SOURCES, s3=LOCAL) -> list[Frame]:
     return [frame for shard in shards for frame in decode_shard(shard, sources, s3)]
-
-
-def encode(image: np.ndarray, ext: str) -> bytes:
-    ok, buffer = cv2.imencode(ext, image)
-    assert ok
-    return buffer.tobytes()
 
 
 def gradient(height: int = 24, width: int = 40) -> np.ndarray:
@@ -430,14 +423,6 @@ def test_grey_16bit_and_rgba_become_bgr_uint8(tmp_path):
     assert np.array_equal(frames["rgba.png"].image, gradient())  # alpha dropped
 
 
-def forged_png(width: int, height: int) -> bytes:
-    """An 8x8 PNG whose IHDR (with a valid CRC) claims width x height."""
-    data = bytearray(encode(gradient(8, 8), ".png"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def test_oversized_image_refused_before_decoding(tmp_path, monkeypatch):
     calls = []
     real_imdecode = cv2.imdecode
@@ -453,15 +438,6 @@ def test_oversized_image_refused_before_decoding(tmp_path, monkeypatch):
 def test_header_probe_reads_dimensions(ext):
     fmt, width, height, complete = probe_image(encode(gradient(23, 37), ext))
     assert (width, height, complete) == (37, 23, True)
-
-
-def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
-    """A JPEG with an EXIF APP1 segment holding only the Orientation tag (big-endian TIFF)."""
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
-    payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    data = encode(image, ".jpg")
-    return data[:2] + app1 + data[2:]
 
 
 def test_exif_orientation_is_applied(tmp_path):
