@@ -54,6 +54,10 @@ class SourcesConfig:
     follow_symlinks: follow symbolic links that lead out of a local input root.
     max_image_pixels: larger images are refused with an error row (decoding
         them would need width * height * 3 bytes).
+    max_tar_members: members (of any type) read from one tar; past it the rest
+        of the archive is refused with an error row (a tar bomb of empty
+        entries otherwise costs unbounded time).
+    max_tar_bytes: total member bytes read from one tar; past it likewise.
     """
 
     recursive: bool = True
@@ -64,11 +68,15 @@ class SourcesConfig:
     frames_per_segment: int = 128
     follow_symlinks: bool = False
     max_image_pixels: int = 100_000_000
+    max_tar_members: int = 1_000_000
+    max_tar_bytes: int = 1 << 40
 
     def __post_init__(self) -> None:
         _require(self.images_per_shard >= 1, "sources.images_per_shard must be >= 1")
         _require(self.frames_per_segment >= 1, "sources.frames_per_segment must be >= 1")
         _require(self.max_image_pixels >= 64, "sources.max_image_pixels must be >= 64")
+        _require(self.max_tar_members >= 1, "sources.max_tar_members must be >= 1")
+        _require(self.max_tar_bytes >= 1, "sources.max_tar_bytes must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -118,12 +118,21 @@ def _decode_tar(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[
     uri, version = shard.uris[0], shard.versions[0]
     max_member_bytes = _MAX_BYTES_PER_PIXEL * sources.max_image_pixels + (1 << 20)
     index, member_name = 0, None
+    members_read = bytes_read = 0
     try:
         with contextlib.closing(open_stream(uri, s3, expected_version=version or None)) as file, tarfile.open(
             fileobj=file, mode="r|*", tarinfo=_StrictTarInfo
         ) as archive:
             while (member := archive.next()) is not None:
                 archive.members.clear()  # tarfile keeps every header; a stream needs none of them
+                members_read += 1
+                bytes_read += max(member.size, 0)
+                if members_read > sources.max_tar_members or bytes_read > sources.max_tar_bytes:
+                    limit = (f"max_tar_members ({sources.max_tar_members})" if members_read > sources.max_tar_members
+                             else f"max_tar_bytes ({sources.max_tar_bytes})")
+                    yield _error(uri, member.name, index, None,
+                                 f"tar archive exceeds {limit}: member {member.name!r} and the rest are not read")
+                    return
                 if not member.isfile() or classify(member.name, sources) != "image":
                     continue
                 member_name = member.name
