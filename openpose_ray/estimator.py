@@ -16,7 +16,7 @@ from .models.loading import load_state_dict_strict
 from .models.registry import InputSpec, ModelEntry, get_entry, resolve
 from .person import Person
 from .postprocess import decode
-from .preprocess import ResizeTransform, input_size_for, normalize, pad_batch, resize_to_input
+from .preprocess import ResizeTransform, normalize, pad_batch, resize_to_input, transform_for
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,7 @@ def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int],
     """Resize one image (BGR, grayscale or BGRA uint8) to the network input at each scale."""
     image = as_bgr(image)
     resized = [resize_to_input(image, spec, net_size, scale) for scale in scales]
-    base = next((t for (_, t), scale in zip(resized, scales) if scale == 1.0), None)
-    if base is None:
-        source_size = (image.shape[1], image.shape[0])
-        valid = input_size_for(source_size, spec, net_size)
-        padded = tuple(-(-v // spec.stride) * spec.stride for v in valid)
-        base = ResizeTransform(source_size, valid, padded)
+    base = transform_for((image.shape[1], image.shape[0]), spec, net_size)
     return PreparedImage(tuple(net_input for net_input, _ in resized), tuple(t for _, t in resized), base)
 
 

@@ -93,16 +93,22 @@ def resize_to_input(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a BGR uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-    source_size = (image.shape[1], image.shape[0])
-    valid = input_size_for(source_size, spec, net_size or spec.net_size, scale)
+    transform = transform_for((image.shape[1], image.shape[0]), spec, net_size, scale)
+    valid, (padded_w, padded_h) = transform.valid_size, transform.input_size
     resized = cv2.resize(image, valid, interpolation=_INTERPOLATION[spec.interpolation])
-    padded_w = math.ceil(valid[0] / spec.stride) * spec.stride
-    padded_h = math.ceil(valid[1] / spec.stride) * spec.stride
     if (padded_w, padded_h) != valid:
         resized = cv2.copyMakeBorder(resized, 0, padded_h - valid[1], 0, padded_w - valid[0], cv2.BORDER_CONSTANT, value=(spec.pad_value,) * 3)
     if spec.color_order == "RGB":
         resized = resized[:, :, ::-1]
-    return np.ascontiguousarray(resized), ResizeTransform(source_size, valid, (padded_w, padded_h))
+    return np.ascontiguousarray(resized), transform
+
+
+def transform_for(source_size: tuple[int, int], spec: InputSpec, net_size: tuple[int, int] | None = None,
+                  scale: float = 1.0) -> ResizeTransform:
+    """The ResizeTransform that :func:`resize_to_input` uses for a source of ``source_size``, without resizing."""
+    valid = input_size_for(source_size, spec, net_size or spec.net_size, scale)
+    padded = (math.ceil(valid[0] / spec.stride) * spec.stride, math.ceil(valid[1] / spec.stride) * spec.stride)
+    return ResizeTransform(source_size, valid, padded)
 
 
 def pad_batch(images: list[np.ndarray], pad_value: int) -> np.ndarray:
