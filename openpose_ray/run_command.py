@@ -2,7 +2,11 @@
 
 Both entry points take the same arguments::
 
-    --config configs/NAME.yaml [--set dotted.key=value ...] [-v]
+    --config configs/NAME.yaml [--set dotted.key=value ...] [--force] [-v]
+
+Runs are incremental: inputs the output's manifest says were annotated with the
+same model, weights and result-changing settings are left out (``--force``
+annotates them again).
 
 and print the job summary as JSON on stdout at the end (it is also written as
 summary.json next to the tables). Exit code: 0 on success; 1 when inputs failed
@@ -29,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE.yaml", help="job configuration (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set input=/data/photos --set inference.batch_size=8 (repeatable)")
+    parser.add_argument("--force", action="store_true",
+                        help="annotate every input again, also those already done in this output")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -43,7 +49,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if logging.getLogger("openpose_ray").getEffectiveLevel() > logging.INFO:
         logging.getLogger("openpose_ray").setLevel(logging.INFO)  # a job always reports its progress
     log.info("configuration: %s", json.dumps(redacted_dict(config)))
-    summary = run_job(config)
+    summary = run_job(config, force=args.force)
     print(json.dumps(summary, indent=2))
     failed = summary["frames_failed"]
     if failed:

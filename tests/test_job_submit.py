@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from ray_processes import signal_all, wait_gone
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -103,49 +104,6 @@ def _tail(path: Path, lines: int = 40) -> str:
         return f"({path} unreadable: {exc})"
 
 
-def _cluster_processes(temp_dir: Path, group: int) -> dict[int, str]:
-    """Live processes of the cluster, {pid: command line}.
-
-    The head's daemons are in the process group of `ray start`; workers and
-    actors run in sessions of their own, but their stdout/stderr are log files
-    under the cluster's temp dir, so they are found by their open files.
-    """
-    root = str(temp_dir)
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            if state in ("Z", "X"):
-                continue
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            ours = int(pgrp) == group or any(a == root or root + "/" in a or a.endswith("=" + root) for a in args)
-            if not ours:
-                ours = any(os.readlink(fd) == root or os.readlink(fd).startswith(root + "/")
-                           for fd in (entry / "fd").iterdir())
-        except (OSError, ValueError):  # gone meanwhile, or not ours to inspect
-            continue
-        if ours:
-            found[int(entry.name)] = " ".join(args).strip()[:160]
-    return found
-
-
-def _signal_all(pids, sig) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(temp_dir: Path, group: int, timeout: float) -> dict[int, str]:
-    deadline = time.monotonic() + timeout
-    while (left := _cluster_processes(temp_dir, group)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
 def _stop_cluster(head: subprocess.Popen, temp_dir: Path) -> dict[int, str]:
     """Stop every process of this cluster and no other; return those still alive (should be none)."""
     if head.poll() is None:
@@ -154,12 +112,12 @@ def _stop_cluster(head: subprocess.Popen, temp_dir: Path) -> dict[int, str]:
             head.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pass
-    left = _wait_gone(temp_dir, head.pid, 5)
+    left = wait_gone(temp_dir, head.pid, 5)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not left:
             break
-        _signal_all(left, sig)
-        left = _wait_gone(temp_dir, head.pid, 10)
+        signal_all(left, sig)
+        left = wait_gone(temp_dir, head.pid, 10)
     if head.poll() is None:
         head.kill()
     head.wait(timeout=10)

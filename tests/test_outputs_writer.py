@@ -69,8 +69,8 @@ def test_two_shards_are_one_hive_partitioned_dataset(tmp_path):
 
     out = tmp_path / "out"
     assert _files(out) == sorted([
-        "people/source_kind=tar/part-a.parquet", "frames/source_kind=tar/part-a.parquet",
-        "people/source_kind=video/part-v.parquet", "frames/source_kind=video/part-v.parquet",
+        "people/source_kind=tar/part-a-run-0001.parquet", "frames/source_kind=tar/part-a-run-0001.parquet",
+        "people/source_kind=video/part-v-run-0001.parquet", "frames/source_kind=video/part-v-run-0001.parquet",
     ]), "exactly one file per table and shard, no temporary files left behind"
     assert sorted(written) == sorted(str(out / f) for f in _files(out))
 
@@ -92,9 +92,9 @@ def test_two_shards_are_one_hive_partitioned_dataset(tmp_path):
         schema = pq.read_schema(path)
         assert Provenance.from_metadata(schema.metadata) == PROVENANCE
         assert "source_kind" not in schema.names, "the partition column lives in the path only"
-    people_file = pq.read_table(out / "people/source_kind=tar/part-a.parquet")
+    people_file = pq.read_table(out / "people/source_kind=tar/part-a-run-0001.parquet")
     np.testing.assert_array_equal(read_keypoints(people_file), keypoints_a)
-    assert pq.read_schema(out / "people/source_kind=tar/part-a.parquet").metadata[b"openpose_ray.skeleton"] == b"coco18"
+    assert pq.read_schema(out / "people/source_kind=tar/part-a-run-0001.parquet").metadata[b"openpose_ray.skeleton"] == b"coco18"
 
     dataset = ds.dataset(out / "frames", partitioning="hive").to_table()
     assert sorted(set(dataset.column("source_kind").to_pylist())) == ["tar", "video"]
@@ -105,10 +105,10 @@ def test_rewriting_a_shard_replaces_its_files(tmp_path):
     writer.write_shard("s1", *_shard("s1", "tar")[:2], None)
     people, frames, _ = _shard("s1", "tar", people_per_frame=(1, 1), seed=5)
     writer.write_shard("s1", people, frames, None)
-    assert _files(tmp_path) == ["frames/part-s1.parquet", "people/part-s1.parquet"]
+    assert _files(tmp_path) == ["frames/part-s1-run-0001.parquet", "people/part-s1-run-0001.parquet"]
     assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path}/people/*.parquet'").fetchall()[0][0] == 2
     assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path}/frames/*.parquet'").fetchall()[0][0] == 3
-    assert pq.ParquetFile(tmp_path / "people/part-s1.parquet").metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert pq.ParquetFile(tmp_path / "people/part-s1-run-0001.parquet").metadata.row_group(0).column(0).compression == "SNAPPY"
 
 
 def test_a_shard_without_people_still_writes_an_empty_people_file(tmp_path):
@@ -116,10 +116,8 @@ def test_a_shard_without_people_still_writes_an_empty_people_file(tmp_path):
     people, frames, _ = _shard("empty", "tar", people_per_frame=(0, 0))
     value = partition_value("run_date", "/data/photos/album.tar", "tar", PROVENANCE)
     assert value == "2024-05-01"
-    assert not writer.is_committed("empty", value)
     writer.write_shard("empty", people, frames, value)
-    assert writer.is_committed("empty", value)
-    empty = pq.read_table(tmp_path / "people/run_date=2024-05-01/part-empty.parquet")
+    empty = pq.read_table(tmp_path / "people/run_date=2024-05-01/part-empty-run-0001.parquet")
     assert empty.num_rows == 0
     assert empty.schema.equals(people_schema(COCO18, PEOPLE_EXTRA_FIELDS), check_metadata=False)
 
@@ -230,11 +228,11 @@ def test_shards_on_s3(moto_endpoint, monkeypatch):
     written = writer.write_shard("v", people_v, frames_v, "video")
     write_summary("s3://results/run1", s3, {"shards": 2})
 
-    assert written[1] == "s3://results/run1/frames/source_kind=video/part-v.parquet"
+    assert written[1] == "s3://results/run1/frames/source_kind=video/part-v-run-0001.parquet"
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="results")["Contents"])
     assert keys == sorted([
-        "run1/frames/source_kind=tar/part-a.parquet", "run1/frames/source_kind=video/part-v.parquet",
-        "run1/people/source_kind=tar/part-a.parquet", "run1/people/source_kind=video/part-v.parquet",
+        "run1/frames/source_kind=tar/part-a-run-0001.parquet", "run1/frames/source_kind=video/part-v-run-0001.parquet",
+        "run1/people/source_kind=tar/part-a-run-0001.parquet", "run1/people/source_kind=video/part-v-run-0001.parquet",
         "run1/summary.json",
     ])
     filesystem = pafs.S3FileSystem(endpoint_override=moto_endpoint.removeprefix("http://"), scheme="http",
@@ -242,9 +240,8 @@ def test_shards_on_s3(moto_endpoint, monkeypatch):
     people = ds.dataset("results/run1/people", filesystem=filesystem, format="parquet", partitioning="hive").to_table()
     assert people.num_rows == people_a.num_rows + people_v.num_rows
     assert sorted(set(people.column("source_kind").to_pylist())) == ["tar", "video"]
-    frames_schema = pq.read_schema("results/run1/frames/source_kind=video/part-v.parquet", filesystem=filesystem)
+    frames_schema = pq.read_schema("results/run1/frames/source_kind=video/part-v-run-0001.parquet", filesystem=filesystem)
     assert Provenance.from_metadata(frames_schema.metadata) == PROVENANCE
-    assert writer.is_committed("v", "video")
     head = client.head_object(Bucket="results", Key="run1/summary.json")
     assert head["ContentType"] == "application/json"
     assert json.loads(client.get_object(Bucket="results", Key="run1/summary.json")["Body"].read()) == {"shards": 2}

@@ -12,6 +12,7 @@ it was made::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -55,6 +56,13 @@ class Provenance:
                 f"provenance created_at must be in UTC (offset +00:00 or 'Z'), got {self.created_at!r}; "
                 "use utc_now_iso()"
             )
+
+    @property
+    def generation(self) -> str:
+        """16 hex digits identifying how results are made: model, weights sha256 and the
+        result-changing settings. Runs of one generation over the same input give the same rows."""
+        text = json.dumps([self.model, self.weights_sha256, self.config_fingerprint])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def run_date(self) -> str:

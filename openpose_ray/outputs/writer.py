@@ -2,11 +2,12 @@
 
 Layout under the output folder or s3:// prefix (Hive partitioning)::
 
-    people/<partition_by>=<value>/part-<shard_id>.parquet
-    frames/<partition_by>=<value>/part-<shard_id>.parquet
+    people/<partition_by>=<value>/part-<shard_id>-<run_id>.parquet
+    frames/<partition_by>=<value>/part-<shard_id>-<run_id>.parquet
+    _manifest/...   (see openpose_ray.outputs.manifest)
     summary.json
 
-or ``people/part-<shard_id>.parquet`` when ``WriteConfig.partition_by`` is None.
+or ``people/part-<shard_id>-<run_id>.parquet`` when ``WriteConfig.partition_by`` is None.
 The partition column is not stored inside the files: it lives in the path, and
 Hive-aware readers put it back as a column::
 
@@ -18,12 +19,12 @@ Partition values are percent-encoded for the path (anything but ASCII letters,
 digits, "-", "_" and "."; a value of only dots is encoded entirely), and both
 DuckDB and pyarrow decode them, so the column reads back as the original value.
 
-A shard is committed when both its files exist. Every shard writes both, also
-when nobody was found (a people file with 0 rows and the full schema), and the
-frames file is written last, so "frames file present" means "shard done".
-Writing a shard again replaces its two files (same names): re-running a shard
-never duplicates rows. Each file is serialised in memory and then published in
-one step: locally to a temporary file beside the target and renamed over it
+Every shard writes both files, also when nobody was found (a people file with
+0 rows and the full schema). A shard is committed when its record is in the
+manifest (:mod:`openpose_ray.outputs.manifest`), written after both files. The
+run id in the file names means a later run never overwrites a committed file;
+within a run, writing a shard again (a retried task) replaces its two files.
+Each file is serialised in memory and then published in one step: locally to a temporary file beside the target and renamed over it
 (readers see the old file or the new one, never half), on S3 as one object
 that appears when its upload completes.
 """
@@ -41,7 +42,6 @@ import urllib.parse
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from openpose_ray.atomic import write_bytes_atomic
@@ -62,6 +62,7 @@ TABLES = ("people", "frames")
 ROW_GROUP_ROWS = 128 * 1024
 _MAX_SEGMENT_CHARS = 200  # below the 255-byte file name limit of common filesystems
 _FILESYSTEM_TTL_S = 15 * 60  # rebuild S3 filesystems before temporary credentials expire
+_S3_DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 _filesystems: dict[tuple[str, S3Config], tuple[float, object]] = {}
 
 
@@ -91,7 +92,7 @@ class ShardWriter:
             )
         partition = () if partition_value is None else (
             f"{self.write.partition_by}={encode_path_segment(partition_value)}",)
-        name = f"part-{encode_path_segment(shard_id)}.parquet"
+        name = f"part-{encode_path_segment(shard_id)}-{encode_path_segment(self.provenance.run_id)}.parquet"
         return {table: self._root.join(table, *partition, name).uri for table in TABLES}
 
     def write_shard(self, shard_id: str, people: pa.Table, frames: pa.Table,
@@ -110,19 +111,13 @@ class ShardWriter:
         uris = self.shard_uris(shard_id, partition_value)
         metadata = self.provenance.to_metadata()
         written = []
-        for name, table in (("people", people), ("frames", frames)):  # frames last: the commit marker
+        for name, table in (("people", people), ("frames", frames)):
             table = self._drop_partition_column(shard_id, name, table, partition_value)
-            write_bytes(uris[name], _parquet_bytes(table, self.write.compression, metadata), self.s3)
+            write_bytes(uris[name], parquet_bytes(table, self.write.compression, metadata), self.s3)
             written.append(uris[name])
         log.debug("shard %s: wrote %d people rows, %d frames rows to %s", shard_id, people.num_rows,
                   frames.num_rows, redact(uris["frames"]))
         return written
-
-    def is_committed(self, shard_id: str, partition_value: str | None) -> bool:
-        """Whether a previous run finished ``shard_id`` (its frames file, written last, exists)."""
-        location = parse(self.shard_uris(shard_id, partition_value)["frames"])
-        filesystem, path = output_filesystem(location, self.s3)
-        return filesystem.get_file_info(path).type == pafs.FileType.File
 
     def _drop_partition_column(self, shard_id: str, name: str, table: pa.Table,
                                partition_value: str | None) -> pa.Table:
@@ -208,6 +203,36 @@ def write_bytes(uri_or_path: str, data: bytes | memoryview | pa.Buffer, s3: S3Co
         out.write(data)
 
 
+def delete_uris(uris: list[str], s3: S3Config) -> None:
+    """Delete local files and S3 objects; missing ones are fine.
+
+    S3 objects are deleted with boto3's DeleteObjects (1000 keys per request), not
+    with pyarrow's filesystem: its delete_file writes an empty "<parent>/" marker
+    object so that the parent "folder" keeps existing, leaving one object behind.
+    """
+    from openpose_ray.storage import s3_client
+
+    keys_by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        location = parse(uri)
+        if location.scheme == "s3":
+            keys_by_bucket.setdefault(location.bucket, []).append(location.key)
+        else:
+            try:
+                os.remove(location.key)
+            except FileNotFoundError:
+                pass
+    for bucket, keys in keys_by_bucket.items():
+        client = s3_client(s3)
+        for start in range(0, len(keys), _S3_DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + _S3_DELETE_BATCH]]
+            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            if response.get("Errors"):
+                error = response["Errors"][0]
+                log.warning("could not delete %d object(s) of s3://%s, e.g. %s: %s", len(response["Errors"]),
+                            bucket, error.get("Key"), error.get("Message") or error.get("Code"))
+
+
 def output_filesystem(location: Location, s3: S3Config):
     """(pyarrow filesystem, path) for ``location``, cached per process and bucket."""
     if location.scheme != "s3":
@@ -221,7 +246,7 @@ def output_filesystem(location: Location, s3: S3Config):
     return cached[1], f"{location.bucket}/{location.key}"
 
 
-def _parquet_bytes(table: pa.Table, compression: str, metadata: dict[bytes, bytes]) -> pa.Buffer:
+def parquet_bytes(table: pa.Table, compression: str, metadata: dict[bytes, bytes]) -> pa.Buffer:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     # Strings (source, run id, kind, model, ...) repeat on every row of a frame or shard:
     # dictionary-encode them. Keypoint floats rarely repeat, so they are stored plain.

@@ -14,28 +14,35 @@ import pickle
 from collections.abc import Iterator
 
 import pyarrow as pa
+import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ..jobconfig import JobConfig
+from ..outputs.manifest import NEW, DoneIndex
 from ..sources.listing import SourceObject, iter_objects
 from ..sources.planning import group_images
 
 # Work items per yielded block: small, so downstream stages start early.
 _ITEMS_PER_BLOCK = 16
+# Inputs already done are counted, not passed on one by one: one "done" item per this many.
+_DONE_PER_ITEM = 10_000
 
 WORK_ITEM_SCHEMA = pa.schema([("kind", pa.string()), ("uri", pa.string()), ("payload", pa.binary())])
 
 
-def iter_work_items(input_uri: str, config: JobConfig) -> Iterator[dict]:
+def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = None) -> Iterator[dict]:
     """Work items of one input root, in listing order.
 
     kind "images": payload is a pickled Shard; "video" / "tar": a pickled
-    SourceObject still to be planned; "skipped": a pickled SourceObject that is
-    not processed (unsupported type), counted in the summary.
+    (SourceObject, Todo) still to be planned; "skipped": a pickled SourceObject that is
+    not processed (unsupported type), counted in the summary; "done": a pickled count
+    of inputs that ``done`` (the manifest of earlier runs) says need no work.
+    Images already done are left out before grouping, so new images form new shards.
     """
     objects = iter_objects(input_uri, config.sources, config.s3)
     pending_images: list[SourceObject] = []
+    already_done = 0
 
     def flush() -> Iterator[dict]:
         for shard in group_images(pending_images, config.sources.images_per_shard):
@@ -43,6 +50,13 @@ def iter_work_items(input_uri: str, config: JobConfig) -> Iterator[dict]:
         pending_images.clear()
 
     for obj in objects:
+        todo = done.todo(obj.uri, obj.version) if done is not None and obj.kind in ("image", "video", "tar") else NEW
+        if todo.action == "done":
+            already_done += 1
+            if already_done == _DONE_PER_ITEM:
+                yield {"kind": "done", "uri": "", "payload": pickle.dumps(already_done)}
+                already_done = 0
+            continue
         if obj.kind == "image":
             # A shard never spans two folders, so it falls in one partition whatever partition_by is.
             if pending_images and _parent(pending_images[-1].uri) != _parent(obj.uri):
@@ -51,18 +65,20 @@ def iter_work_items(input_uri: str, config: JobConfig) -> Iterator[dict]:
             if len(pending_images) >= config.sources.images_per_shard:
                 yield from flush()
         elif obj.kind in ("video", "tar"):
-            yield {"kind": obj.kind, "uri": obj.uri, "payload": pickle.dumps(obj)}
+            yield {"kind": obj.kind, "uri": obj.uri, "payload": pickle.dumps((obj, todo))}
         else:
             yield {"kind": "skipped", "uri": obj.uri, "payload": pickle.dumps(obj)}
     yield from flush()
+    if already_done:
+        yield {"kind": "done", "uri": "", "payload": pickle.dumps(already_done)}
 
 
 def _parent(uri: str) -> str:
     return uri.rsplit("/", 1)[0]
 
 
-def _blocks(input_uri: str, config: JobConfig) -> Iterator[pa.Table]:
-    items = iter_work_items(input_uri, config)
+def _blocks(input_uri: str, config: JobConfig, done_ref) -> Iterator[pa.Table]:
+    items = iter_work_items(input_uri, config, ray.get(done_ref) if done_ref is not None else None)
     while True:
         chunk = list(itertools.islice(items, _ITEMS_PER_BLOCK))
         if not chunk:
@@ -71,19 +87,25 @@ def _blocks(input_uri: str, config: JobConfig) -> Iterator[pa.Table]:
 
 
 class ListingDatasource(Datasource):
-    """One streaming read task per input root of ``config.input``."""
+    """One streaming read task per input root of ``config.input``.
 
-    def __init__(self, config: JobConfig):
+    done_ref: an ObjectRef of the run's DoneIndex (inputs to leave out), or None to
+    process everything; a reference so that a large index is stored once, not
+    pickled into every read task.
+    """
+
+    def __init__(self, config: JobConfig, done_ref=None):
         self._config = config
+        self._done_ref = done_ref
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        config = self._config
+        config, done_ref = self._config, self._done_ref
         return [
             ReadTask(
-                lambda uri=uri: _blocks(uri, config),
+                lambda uri=uri: _blocks(uri, config, done_ref),
                 BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
                 schema=WORK_ITEM_SCHEMA,
             )

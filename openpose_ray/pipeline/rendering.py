@@ -9,25 +9,24 @@ as H.264 MP4s under ``media/.segments/`` and joined without re-encoding into
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 
 from ..jobconfig import JobConfig
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
-from ..outputs.writer import write_bytes
+from ..outputs.writer import delete_uris, write_bytes
 from ..render import render
 from ..sources.decoding import decode_shard as decode_frames
 from ..sources.s3io import read_bytes
-from ..storage import parse, s3_client
+from ..storage import parse
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_FPS = 30.0
-_S3_DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 limit)
 
 
 def _output_uri(config: JobConfig, relative: str) -> str:
@@ -83,34 +82,11 @@ def _assemble_video(source: str, segments: list[str], config: JobConfig) -> str:
 
 
 def _delete_segments(segments: list[str], config: JobConfig) -> None:
-    """Remove a joined video's segment files, leaving nothing behind under media/.segments/.
-
-    On S3 the objects are deleted with boto3, not with pyarrow's filesystem: its
-    delete_file (and delete_dir) writes an empty "<parent>/" marker object so that the
-    parent "folder" keeps existing, which would leave one object per video behind.
-    Locally, the folders emptied by the deletion are removed up to media/.segments.
-    """
-    keys_by_bucket: dict[str, list[str]] = {}
-    local_folders = set()
-    for uri in segments:
-        location = parse(uri)
-        if location.scheme == "s3":
-            keys_by_bucket.setdefault(location.bucket, []).append(location.key)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(location.key)
-            local_folders.add(os.path.dirname(location.key))
-    for folder in local_folders:
+    """Remove a joined video's segment files, leaving nothing behind under media/.segments/
+    (locally, the folders emptied by the deletion are removed up to media/.segments)."""
+    delete_uris(segments, config.s3)
+    for folder in {os.path.dirname(parse(uri).key) for uri in segments if parse(uri).scheme != "s3"}:
         _remove_empty_folders(folder, config)
-    for bucket, keys in keys_by_bucket.items():
-        client = s3_client(config.s3)
-        for start in range(0, len(keys), _S3_DELETE_BATCH):
-            batch = [{"Key": key} for key in keys[start : start + _S3_DELETE_BATCH]]
-            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            if response.get("Errors"):
-                error = response["Errors"][0]
-                log.warning("could not delete %d segment object(s) of s3://%s, e.g. %s: %s", len(response["Errors"]),
-                            bucket, error.get("Key"), error.get("Message") or error.get("Code"))
 
 
 def _remove_empty_folders(folder: str, config: JobConfig) -> None:
@@ -125,8 +101,30 @@ def _remove_empty_folders(folder: str, config: JobConfig) -> None:
         folder = os.path.dirname(folder)
 
 
-def assemble_videos(segments_by_video: dict[str, list[tuple[int, str]]], config: JobConfig) -> list[str]:
-    """Join each video's segment MP4s in frame order into one MP4; return the written URIs."""
-    refs = [_assemble_video.remote(source, [uri for _, uri in sorted(segments)], config)
-            for source, segments in sorted(segments_by_video.items())]
+def assemble_pending_videos(complete_sources: list[str], config: JobConfig) -> list[str]:
+    """Join the segment MP4s of every complete video that has segments waiting; return the written URIs.
+
+    The segments are found under media/.segments/ whichever run wrote them, so a
+    video annotated over several runs (a resumed crash) is joined whole, and one
+    whose last segment was committed just before the driver died is joined by
+    the next run. ``complete_sources``: videos whose every frame is committed.
+    """
+    from ..outputs.writer import output_filesystem
+
+    root = parse(config.output)
+    filesystem, base = output_filesystem(root.join("media/.segments"), config.s3)
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    waiting: dict[str, list[str]] = {}
+    for info in filesystem.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.path.endswith(".mp4"):
+            folder, name = info.path.rsplit("/", 1)
+            waiting.setdefault(folder, []).append(name)
+    refs = []
+    for source in complete_sources:
+        video_path = media_path_for(source, None, kind="videos", ext=".mp4")
+        folder = f"{base}/{video_path.split('/', 1)[1]}"
+        if folder in waiting:
+            segments = [_output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{name}")
+                        for name in sorted(waiting[folder])]  # names are zero-padded first frames
+            refs.append(_assemble_video.remote(source, segments, config))
     return ray.get(refs)

@@ -6,7 +6,21 @@
       -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors)
       -> postprocess_and_write (map, 1 CPU: decode people, write the shard's Parquet)
       -> render_shard (optional)
-    then, on the driver: progress, rendered-video assembly, summary.json.
+    then, on the driver: progress, the manifest (snapshot, garbage collection),
+    rendered-video assembly, summary.json.
+
+Incremental and crash-safe (see openpose_ray.outputs.manifest): before the
+pipeline starts, the driver reads the output's manifest and hands the listing
+the inputs already done in this run's generation; every shard commits itself
+after its files are published. Killing the driver or any worker at any moment
+loses at most uncommitted work, which the next run does again.
+
+Retries on worker loss are Ray Data's, stated here rather than left implicit:
+map tasks are resubmitted without limit when their worker dies
+(``max_retries=-1``), inference actors are restarted without limit and their
+tasks resubmitted (``max_restarts=-1``, ``max_task_retries=-1``). Exceptions
+raised by our own code are retried ``_MAP_RETRIES`` times (after the storage
+layer's own retries) and then fail the job, never silently dropping a shard.
 
 Stages get different CPU reservations on purpose: Ray Data fuses adjacent
 operators with equal resources into one task, and a fused plan+decode would
@@ -32,6 +46,7 @@ from ..jobconfig import JobConfig
 from ..models.registry import get_entry
 from ..models.weights import read_uri
 from ..outputs.provenance import Provenance
+from ..outputs import manifest
 from ..outputs.writer import write_summary
 from ..storage import redact
 from .listing_source import ListingDatasource
@@ -44,6 +59,8 @@ _LIST_CPUS = 0.25
 _PLAN_CPUS = 0.5
 _WORK_CPUS = 1.0
 _PROGRESS_EVERY_S = 10.0
+_MAP_RETRIES = 2  # attempts after the first for a map task whose code raised
+_ACTOR_INIT_DEATHS = 3  # inference actors that may die while starting (e.g. out of memory) before the job fails
 
 
 def init_ray(config: JobConfig) -> None:
@@ -105,8 +122,16 @@ def inference_resources(config: JobConfig) -> dict:
             "max_actors": max_actors, "torch_threads": threads, "peaks_on_device": peaks_on_device}
 
 
-def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) -> ray.data.Dataset:
-    ds = ray.data.read_datasource(ListingDatasource(config), num_cpus=_LIST_CPUS)
+def configure_retries() -> None:
+    """Set the retry policy of the current Ray Data context (see the module docstring)."""
+    context = ray.data.DataContext.get_current()
+    context.retried_map_errors = True
+    context.max_map_retries = _MAP_RETRIES
+    context.max_consecutive_actor_init_deaths = _ACTOR_INIT_DEATHS
+
+
+def build_dataset(config: JobConfig, provenance: Provenance, resources: dict, done_ref=None) -> ray.data.Dataset:
+    ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
     ds = ds.flat_map(plan_item, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
     ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
     ds = ds.map(
@@ -121,60 +146,73 @@ def build_dataset(config: JobConfig, provenance: Provenance, resources: dict) ->
     )
     ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
     if config.write.render_images or config.write.render_videos:
-        ds = ds.map(render_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
+        ds = ds.map(render_shard, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
     return ds
 
 
-def run_job(config: JobConfig) -> dict:
-    """Run the job to completion; return the summary (also written as summary.json)."""
+def run_job(config: JobConfig, force: bool = False) -> dict:
+    """Run the job to completion; return the summary (also written as summary.json).
+
+    force: annotate every input again, also those the manifest says are done.
+    """
     started = time.time()
     init_ray(config)
+    configure_retries()
     provenance = make_provenance(config)
     resources = inference_resources(config)
     log.info("run %s: %d input(s) -> %s; inference on %s, %d-%d actor(s), peaks on %s", provenance.run_id,
              len(config.input), redact(config.output), resources["device"], resources["min_actors"],
              resources["max_actors"], "the inference device" if resources["peaks_on_device"] else "CPU workers")
-    ds = build_dataset(config, provenance, resources)
+    done = manifest.done_index(manifest.resolve(manifest.load(config.output, config.s3).records), provenance.generation)
+    if force:
+        log.info("--force: annotating every input again (%d done in generation %s)", len(done), provenance.generation)
+    else:
+        log.info("manifest: %d input(s) already done in generation %s", len(done), provenance.generation)
+    ds = build_dataset(config, provenance, resources, None if force or not len(done) else ray.put(done))
 
     totals: dict[str, float] = defaultdict(float)
-    segments_by_video: dict[str, list] = defaultdict(list)
     first_frame_at = None
     last_log = time.time()
     for row in ds.iter_rows():
         content = pickle.loads(row["payload"])
         stats = content["stats"]
-        if row["kind"] == "skipped":
-            totals["skipped"] += 1
+        if row["kind"] in ("skipped", "done"):
+            totals["skipped"] += stats.get("skipped", 0)
+            totals["already_done"] += stats.get("already_done", 0)
             continue
         first_frame_at = first_frame_at or time.time()
-        for key in ("frames", "failed", "people", "decode_s", "infer_s", "post_s"):
+        for key in ("frames", "failed", "people", "inferred", "decode_s", "infer_s", "post_s"):
             totals[key] += stats.get(key, 0)
         totals["shards"] += 1
         totals.update({k: totals[k] + v for k, v in stats.get("inputs", {}).items()})
-        media = stats.get("media") or {}
-        if media.get("segment"):
-            segments_by_video[media["video"]].append((media["start_frame"], media["segment"]))
+        totals["images_rendered"] += (stats.get("media") or {}).get("images", 0)
         if time.time() - last_log > _PROGRESS_EVERY_S:
             last_log = time.time()
             log.info("progress: %d shards, %d frames (%d failed), %d people, %.1f frames/s", totals["shards"],
                      totals["frames"], totals["failed"], totals["people"], totals["frames"] / (time.time() - started))
 
-    from .rendering import assemble_videos
+    from .rendering import assemble_pending_videos
 
-    videos_written = assemble_videos(segments_by_video, config) if segments_by_video else []
+    live, folded = manifest.finalize(config.output, config.s3, config.write.compression)
+    videos_written = assemble_pending_videos(manifest.complete_videos(live), config) if config.write.render_videos else []
     wall = time.time() - started
     summary = {
         "run_id": provenance.run_id,
         "output": redact(config.output),
         "inputs": {"images": int(totals["image_inputs"]), "videos": int(totals["video_inputs"]),
-                   "tars": int(totals["tar_inputs"]), "skipped": int(totals["skipped"])},
+                   "tars": int(totals["tar_inputs"]), "skipped": int(totals["skipped"]),
+                   "already_done": int(totals["already_done"])},
+        "forced": force,
         "shards": int(totals["shards"]),
         "frames": int(totals["frames"]),
         "frames_failed": int(totals["failed"]),
+        "frames_inferred": int(totals["inferred"]),
         "people": int(totals["people"]),
+        "manifest": {"generation": provenance.generation, **folded},
         "wall_time_s": round(wall, 2),
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
         "stage_seconds": {k: round(totals[k], 2) for k in ("decode_s", "infer_s", "post_s")},
+        "rendered_images": int(totals["images_rendered"]),
         "rendered_videos": videos_written,
         "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},
     }

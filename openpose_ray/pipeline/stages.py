@@ -26,6 +26,7 @@ from ..estimator import PoseEstimator, PreparedImage, decoded_to_people, fields_
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
 from ..outputs.frames_table import ShardTablesBuilder
+from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
 from ..outputs.writer import ShardWriter, partition_value
 from ..person import Person
@@ -59,7 +60,8 @@ class ShardWork:
 
     shard_id: deterministic id; the shard's output files are named after it.
     source_kind: "image", "video" or "tar".
-    shard: the planned shard, None when planning failed (then ``frames`` holds the error).
+    shard: the planned shard, None when planning failed (then ``frames`` holds the error
+        and ``failed`` says which input).
     frames: one FrameMeta per decoded frame or failed input.
     transforms: per frame, the scale-1 ResizeTransform back to source pixels (None for failed frames).
     prepared: per frame, the network inputs (None for failed frames); dropped after inference.
@@ -67,6 +69,8 @@ class ShardWork:
         the peaks were found on the inference device; dropped after post-processing.
     peaks: per frame, the Peaks found on the inference device, or None.
     people: per frame, the people found; kept only when rendering.
+    inferred: frames that went through the network.
+    records: the shard's manifest records, written by :func:`commit` once its outputs are published.
     """
 
     shard_id: str
@@ -78,8 +82,11 @@ class ShardWork:
     fields: list[tuple[np.ndarray | None, np.ndarray] | None] | None = None
     peaks: list[Peaks | None] | None = None
     people: list[list[Person]] | None = None
+    failed: "FailedInput | None" = None
     decode_seconds: float = 0.0
     infer_seconds: float = 0.0
+    inferred: int = 0
+    records: list[dict] | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -95,24 +102,35 @@ class FailedInput:
     source_kind: str
     uri: str
     error: str
+    version: str = ""
+    size: int = 0
 
 
 _SOURCE_KIND = {"images": "image", "video": "video", "tar": "tar"}
 
 
 def plan_item(row: dict, config: JobConfig) -> list[dict]:
-    """Turn a listed work item into shards (videos are cut into segments here)."""
+    """Turn a listed work item into shards (videos are cut into segments here).
+
+    A video partly done by an earlier run is cut as it was then, and the segments
+    it committed are left out.
+    """
     kind, payload = row["kind"], pickle.loads(row["payload"])
     if kind == "images":
         return [_row("shard", payload.shard_id, payload)]
-    if kind == "skipped":
-        return [_row("skipped", "", payload)]
+    if kind in ("skipped", "done"):
+        return [_row(kind, "", payload)]
+    obj, todo = payload
     try:
-        shards = plan_video(payload, config.sources.frames_per_segment, config.s3) if kind == "video" else plan_tar(payload)
+        if kind == "video":
+            shards = plan_video(obj, todo.frames_per_segment or config.sources.frames_per_segment, config.s3)
+            shards = [shard for shard in shards if shard.start_frame not in todo.done_starts]
+        else:
+            shards = plan_tar(obj)
     except Exception as exc:  # a broken input is data: record it and go on
         message = redact(f"cannot read {kind}: {exc}")
-        log.warning("%s: %s", redact(payload.uri), message)
-        failed = FailedInput(f"{kind}-failed-{stable_id(payload.uri)}", kind, payload.uri, message)
+        log.warning("%s: %s", redact(obj.uri), message)
+        failed = FailedInput(f"{kind}-failed-{stable_id(obj.uri)}", kind, obj.uri, message, obj.version, obj.size)
         return [_row("failed", failed.shard_id, failed)]
     return [_row("shard", shard.shard_id, shard) for shard in shards]
 
@@ -122,7 +140,7 @@ def decode_shard(row: dict, config: JobConfig) -> dict:
     if row["kind"] == "failed":
         failed: FailedInput = pickle.loads(row["payload"])
         meta = FrameMeta(failed.uri, None, 0, None, 0, 0, "error", failed.error)
-        work = ShardWork(failed.shard_id, failed.source_kind, None, [meta], [None], prepared=[None])
+        work = ShardWork(failed.shard_id, failed.source_kind, None, [meta], [None], prepared=[None], failed=failed)
         return _row("shard", failed.shard_id, work)
     if row["kind"] != "shard":
         return row
@@ -157,12 +175,21 @@ class InferenceActor:
         if device == "cpu":
             torch.set_num_threads(torch_threads)
         self.config = config
+        self.device = device
         self.peaks_on_device = peaks_on_device
-        model = config.model
-        self.estimator = PoseEstimator.from_pretrained(
-            model.name, device=device, net_size=model.net_size, weights=model.weights,
-            scales=model.scales, postprocess=config.postprocess, weights_sha256=model.weights_sha256, s3=config.s3,
-        )
+        self._estimator: PoseEstimator | None = None
+
+    @property
+    def estimator(self) -> PoseEstimator:
+        """The network, loaded on first use: a run with nothing left to do loads no weights."""
+        if self._estimator is None:
+            model = self.config.model
+            self._estimator = PoseEstimator.from_pretrained(
+                model.name, device=self.device, net_size=model.net_size, weights=model.weights,
+                scales=model.scales, postprocess=self.config.postprocess, weights_sha256=model.weights_sha256,
+                s3=self.config.s3,
+            )
+        return self._estimator
 
     def __call__(self, row: dict) -> dict:
         if row["kind"] != "shard":
@@ -170,7 +197,8 @@ class InferenceActor:
         work: ShardWork = pickle.loads(row["payload"])
         start = time.perf_counter()
         ok = [i for i, item in enumerate(work.prepared) if item is not None]
-        fields = self.estimator.infer_fields([work.prepared[i] for i in ok], batch_size=self.config.inference.batch_size)
+        fields = self.estimator.infer_fields([work.prepared[i] for i in ok], batch_size=self.config.inference.batch_size) if ok else []
+        work.inferred = len(ok)
         work.fields = [None] * len(work.frames)
         for i, frame_fields in zip(ok, fields):
             work.fields[i] = frame_fields
@@ -182,7 +210,6 @@ class InferenceActor:
         work.prepared = None
         work.infer_seconds = time.perf_counter() - start
         return _row("shard", row["shard_id"], work)
-
 
     def _device_peaks(self, heatmaps: list[np.ndarray]) -> list[Peaks]:
         """Upsample, smooth and search the heatmaps of a shard on the actor's device, by equal shapes."""
@@ -246,17 +273,60 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
 
     work.fields = work.peaks = None
     work.people = people
+    work.records = shard_records(work, [relative_to_output(config.output, uri) for uri in files], provenance)
     work.stats = {
         "frames": len(work.frames),
         "failed": sum(f.status != "ok" for f in work.frames),
         "people": sum(len(p) for p in people),
+        "inferred": work.inferred,
         "decode_s": work.decode_seconds,
         "infer_s": work.infer_seconds,
         "post_s": post_seconds,
         "files": files,
         "inputs": _inputs_counted(work),
     }
-    return _summary_row("shard", work.shard_id, work, work if _renders(work, config) else None)
+    if _renders(work, config):
+        return _summary_row("shard", work.shard_id, work, work)  # committed by render_shard, after the media
+    commit(work, config, provenance)
+    return _summary_row("shard", work.shard_id, work, None)
+
+
+def shard_records(work: ShardWork, files: list[str], provenance: Provenance) -> list[dict]:
+    """The manifest records of a written shard: one per image, per tar, per video segment or failed input.
+
+    files: [people file, frames file] relative to the output root.
+    """
+    common = {"shard_id": work.shard_id, "run_id": provenance.run_id, "generation": provenance.generation,
+              "model": provenance.model, "weights_sha256": provenance.weights_sha256,
+              "config_fingerprint": provenance.config_fingerprint, "people_file": files[0], "frames_file": files[1],
+              "video_frames": None, "frames_per_segment": None}
+    failed = sum(meta.status != "ok" for meta in work.frames)
+    people = sum(len(p) for p in work.people)
+    if work.shard is None:  # planning failed: one error row
+        f = work.failed
+        video = {"video_frames": 0} if f.source_kind == "video" else {}
+        return [{**common, **video, "source": f.uri, "version": f.version, "size": f.size,
+                 "source_kind": f.source_kind, "start_frame": 0, "end_frame": 0, "frames": len(work.frames),
+                 "frames_failed": failed, "people": people}]
+    shard = work.shard
+    sizes = shard.sizes or (0,) * len(shard.uris)
+    if shard.kind == "images":
+        inputs = {uri: (version, size) for uri, version, size in zip(shard.uris, shard.versions, sizes)}
+        return [{**common, "source": meta.source, "version": inputs[meta.source][0], "size": inputs[meta.source][1],
+                 "source_kind": "image", "start_frame": 0, "end_frame": 1, "frames": 1,
+                 "frames_failed": int(meta.status != "ok"), "people": len(persons)}
+                for meta, persons in zip(work.frames, work.people)]
+    record = {**common, "source": shard.uris[0], "version": shard.versions[0], "size": sizes[0],
+              "source_kind": work.source_kind, "frames": len(work.frames), "frames_failed": failed, "people": people}
+    if shard.kind == "video":
+        return [{**record, "start_frame": shard.start_frame, "end_frame": shard.end_frame,
+                 "video_frames": shard.video_frames, "frames_per_segment": shard.frames_per_segment}]
+    return [{**record, "start_frame": 0, "end_frame": len(work.frames)}]
+
+
+def commit(work: ShardWork, config: JobConfig, provenance: Provenance) -> None:
+    """Record the shard in the manifest: from now on it is done and its rows are visible."""
+    write_commit(config.output, config.s3, provenance.run_id, work.shard_id, work.records)
 
 
 def _inputs_counted(work: ShardWork) -> dict[str, int]:
@@ -277,18 +347,21 @@ def _renders(work: ShardWork, config: JobConfig) -> bool:
 def _summary_row(kind: str, shard_id: str, payload, render_work: ShardWork | None) -> dict:
     if kind == "skipped":
         stats = {"skipped": 1, "skipped_uri": payload.uri}
+    elif kind == "done":
+        stats = {"already_done": payload}
     else:
         stats = payload.stats
     return {"kind": kind, "shard_id": shard_id,
             "payload": pickle.dumps({"stats": stats, "render": render_work}, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
-def render_shard(row: dict, config: JobConfig) -> dict:
-    """Draw the shard's people on its frames (decoded again) and write the media."""
+def render_shard(row: dict, config: JobConfig, provenance: Provenance) -> dict:
+    """Draw the shard's people on its frames (decoded again), write the media, commit the shard."""
     from .rendering import render_work
 
     content = pickle.loads(row["payload"])
     work = content.pop("render")
     if work is not None:
         content["stats"]["media"] = render_work(work, config)
+        commit(work, config, provenance)
     return {"kind": row["kind"], "shard_id": row["shard_id"], "payload": pickle.dumps(content)}

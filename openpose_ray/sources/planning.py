@@ -51,6 +51,9 @@ class Shard:
     order_by_output: the container's pts are not trustworthy (B-frames in a container
         without pts, e.g. AVI): frames are numbered in the order the decoder outputs them
         and the video is a single segment decoded from the start.
+    sizes: bytes of each of ``uris`` at listing (recorded in the manifest).
+    video_frames: frames of the whole video (video segments only).
+    frames_per_segment: the cut the video was planned with (video segments only).
     """
 
     shard_id: str
@@ -64,6 +67,9 @@ class Shard:
     time_base: tuple[int, int] | None = None
     seek_ts: int | None = None
     order_by_output: bool = False
+    sizes: tuple[int, ...] = ()
+    video_frames: int | None = None
+    frames_per_segment: int | None = None
 
 
 def shard_id(kind: str, *content) -> str:
@@ -91,12 +97,12 @@ def group_images(objects: Iterable[SourceObject], images_per_shard: int) -> Iter
 def _images_shard(batch: list[SourceObject]) -> Shard:
     uris = tuple(obj.uri for obj in batch)
     versions = tuple(obj.version for obj in batch)
-    return Shard(shard_id("images", uris, versions), "images", uris, versions)
+    return Shard(shard_id("images", uris, versions), "images", uris, versions, sizes=tuple(obj.size for obj in batch))
 
 
 def plan_tar(obj: SourceObject) -> list[Shard]:
     """One shard for the whole archive (see module docstring)."""
-    return [Shard(shard_id("tar", obj.uri, obj.version), "tar", (obj.uri,), (obj.version,))]
+    return [Shard(shard_id("tar", obj.uri, obj.version), "tar", (obj.uri,), (obj.version,), sizes=(obj.size,))]
 
 
 def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list[Shard]:
@@ -140,7 +146,8 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list
         raise UnreadableVideo(f"video has no frames: {redact(obj.uri)}")
     if unordered_pts and all(a < b for a, b in zip(ts, ts[1:])):
         # B-frames, yet pts increase in decode order: the container made them up from dts.
-        return [_segment(obj, index, time_base, 0, sorted(set(ts)), None, order_by_output=True)]
+        every = sorted(set(ts))
+        return [_segment(obj, index, time_base, 0, every, None, len(every), len(every), order_by_output=True)]
     presented = sorted(set(ts))  # a duplicated pts is one frame (the decoder outputs one of them)
     first_decoded = {}  # pts -> decode index of its packet
     for decode_index, value in enumerate(ts):
@@ -150,7 +157,7 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list
         segment_pts = presented[start : start + frames_per_segment]
         earliest = min(first_decoded[p] for p in segment_pts)
         seek_ts = _seek_target(keys, ts, dts, earliest, segment_pts[0])
-        shards.append(_segment(obj, index, time_base, start, segment_pts, seek_ts))
+        shards.append(_segment(obj, index, time_base, start, segment_pts, seek_ts, len(presented), frames_per_segment))
     return shards
 
 
@@ -168,7 +175,8 @@ def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: i
     return min(ts[keys[k]], dts[keys[k]])
 
 
-def _segment(obj, index, time_base, start, segment_pts, seek_ts, order_by_output=False) -> Shard:
+def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, frames_per_segment,
+             order_by_output=False) -> Shard:
     end = start + len(segment_pts)
     return Shard(
         shard_id=shard_id("video", obj.uri, obj.version, index, start, end),
@@ -182,6 +190,9 @@ def _segment(obj, index, time_base, start, segment_pts, seek_ts, order_by_output
         time_base=(time_base.numerator, time_base.denominator),
         seek_ts=seek_ts,
         order_by_output=order_by_output,
+        sizes=(obj.size,),
+        video_frames=video_frames,
+        frames_per_segment=frames_per_segment,
     )
 
 

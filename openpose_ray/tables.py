@@ -1,0 +1,90 @@
+"""Reading a job's output tables exactly once, through the manifest.
+
+    from openpose_ray.tables import read_table
+    people = read_table("s3://bucket/poses", "people")        # a pyarrow Table
+    frames = read_table("/data/out", "frames", columns=["source", "frame_index", "status"])
+
+Only the rows of committed, current shards are returned (see
+:mod:`openpose_ray.outputs.manifest`): what a killed run left behind, rows an
+input had before it was annotated again (new version, new model or settings,
+``--force``), and files of a run still in progress are left out. The Hive
+partition column (``write.partition_by``) is restored as a column.
+
+The same in SQL (DuckDB), with the manifest snapshot as the filter::
+
+    SELECT p.* FROM read_parquet('out/people/**/*.parquet', hive_partitioning = true) AS p
+    SEMI JOIN (SELECT source, shard_id, run_id FROM 'out/_manifest/inputs.parquet' WHERE current) AS c
+    USING (source, shard_id, run_id);
+
+The snapshot is rewritten at the end of every run, so shards committed by a run
+still going (or killed) become visible when that run (or the next one) ends.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .jobconfig import S3Config
+from .outputs.manifest import SNAPSHOT, SNAPSHOT_SCHEMA
+from .outputs.writer import TABLES, output_filesystem
+from .storage import parse, redact
+
+_KEYS = ["source", "shard_id", "run_id"]
+
+
+def current_records(output: str, s3: S3Config | None = None) -> pa.Table:
+    """The manifest's current records (one per image, tar or video segment); empty before the first run ends."""
+    filesystem, root = output_filesystem(parse(output), s3 or S3Config())
+    path = posixpath.join(root, SNAPSHOT)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return SNAPSHOT_SCHEMA.empty_table()
+    snapshot = pq.read_table(path, filesystem=filesystem, schema=SNAPSHOT_SCHEMA)
+    return snapshot.filter(snapshot["current"])
+
+
+def read_table(output: str, table: str, s3: S3Config | None = None,
+               columns: Sequence[str] | None = None) -> pa.Table:
+    """The current rows of ``table`` ("people" or "frames") of the output at ``output`` (path or s3:// URI).
+
+    columns: the columns to return (all when None), partition column included.
+    Raises FileNotFoundError when the output has no manifest yet.
+    """
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+    s3 = s3 or S3Config()
+    records = current_records(output, s3)
+    if records.num_rows == 0:
+        filesystem, root = output_filesystem(parse(output), s3)
+        if filesystem.get_file_info(posixpath.join(root, SNAPSHOT)).type != pafs.FileType.File:
+            raise FileNotFoundError(f"{redact(output)} has no {SNAPSHOT}: no run has finished writing there yet")
+    filesystem, root = output_filesystem(parse(output), s3)
+    files = sorted(set(records[f"{table}_file"].to_pylist()))
+    dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
+                           partitioning="hive", partition_base_dir=posixpath.join(root, table))
+    wanted = list(columns) if columns is not None else None
+    read_columns = None if wanted is None else list(dict.fromkeys(wanted + _KEYS))
+    rows = dataset.to_table(columns=read_columns)
+    # A file can hold rows of inputs annotated again since (a new version or generation
+    # of an image regrouped into another shard): keep the rows the current records name.
+    # (A semi join would do, but Acero joins refuse the keypoint struct columns.)
+    rows = rows.filter(pc.is_in(_key(rows), value_set=pc.unique(_key(records))))
+    if wanted is not None:
+        rows = rows.select(wanted)
+    return rows
+
+
+def _key(table: pa.Table) -> pa.ChunkedArray:
+    return pc.binary_join_element_wise(*(table[name] for name in _KEYS), "\x00")
+
+
+def committed_row_count(output: str, table: str, s3: S3Config | None = None) -> int:
+    """Rows of ``table`` the manifest accounts for (frames: one per frame or failed input)."""
+    records = current_records(output, s3)
+    return int(pc.sum(records["frames" if table == "frames" else "people"]).as_py() or 0)

@@ -1,0 +1,133 @@
+"""Incremental runs: the manifest decides what is left to do, and the tables hold every input once.
+
+One output folder goes through a sequence of runs (module-scoped, in order):
+first run; the same again (no model work); two files added (only those);
+a file modified (only that one, its old rows replaced); the settings changed
+(everything again, old rows replaced); --force (everything again); a broken
+input (retried each run, one row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from openpose_ray.config_loader import load_config
+from openpose_ray.pipeline.runner import run_job
+from openpose_ray.tables import read_table
+
+from output_content import assert_exactly_once, content, glob_table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NET_SIZE = (216, 184)  # small: this module runs the job seven times
+
+
+def config_for(inputs: Path, output: Path, *extra: str):
+    return load_config(REPO_ROOT / "configs" / "local.yaml", [
+        f"input={json.dumps([str(inputs)])}", f"output={output}", f"model.net_size={list(NET_SIZE)}",
+        "write.render_images=false", "write.render_videos=false", "sources.images_per_shard=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("incremental")
+    photos = sorted((data_dir / "coco_val2014_samples").glob("*.jpg"))
+    (root / "in").mkdir()
+    for photo in photos[:3]:
+        shutil.copy(photo, root / "in" / photo.name)
+    return {"root": root, "in": root / "in", "out": root / "out", "spare": photos[3:5]}
+
+
+def sources(output: Path) -> list[str]:
+    return sorted({Path(s).name for s in read_table(str(output), "frames")["source"].to_pylist()})
+
+
+@pytest.fixture(scope="module")
+def first(ray_session, folder):
+    summary = run_job(config_for(folder["in"], folder["out"]))
+    return summary, content(folder["out"])
+
+
+def test_first_run_annotates_everything(first, folder):
+    summary, tables = first
+    assert summary["frames_inferred"] == 3 and summary["inputs"]["already_done"] == 0
+    assert summary["manifest"]["inputs_current"] == 3
+    assert len(tables["frames"]) == 3 and len(tables["people"]) == summary["people"] > 0
+    assert_exactly_once(folder["out"])
+
+
+def test_the_same_run_again_does_no_model_work(first, folder):
+    files_before = sorted(p for p in (folder["out"]).rglob("*.parquet") if "_manifest" not in p.parts)
+    summary = run_job(config_for(folder["in"], folder["out"]))
+    assert summary["frames_inferred"] == 0 and summary["shards"] == 0 and summary["frames"] == 0
+    assert summary["inputs"]["already_done"] == 3
+    assert content(folder["out"]) == first[1]
+    assert sorted(p for p in folder["out"].rglob("*.parquet") if "_manifest" not in p.parts) == files_before
+
+
+def test_two_added_files_are_the_only_ones_processed(first, folder, tmp_path):
+    for photo in folder["spare"]:
+        shutil.copy(photo, folder["in"] / photo.name)
+    summary = run_job(config_for(folder["in"], folder["out"]))
+    assert summary["frames_inferred"] == 2 and summary["inputs"]["images"] == 2
+    assert summary["inputs"]["already_done"] == 3
+    assert sources(folder["out"]) == sorted(p.name for p in folder["in"].iterdir())
+    assert_exactly_once(folder["out"])
+    # The same five inputs annotated in one go give the same rows.
+    fresh = tmp_path / "fresh"
+    run_job(config_for(folder["in"], fresh))
+    assert content(folder["out"]) == content(fresh)
+    # After a finished run the files hold nothing else: a plain glob reads the same rows.
+    assert glob_table(folder["out"], "frames").num_rows == 5
+
+
+def test_a_modified_input_is_processed_again_and_replaces_its_rows(first, folder):
+    target = folder["in"] / sorted(os.listdir(folder["in"]))[0]
+    before = read_table(str(folder["out"]), "frames").to_pylist()
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new version (mtime)
+    summary = run_job(config_for(folder["in"], folder["out"]))
+    assert summary["frames_inferred"] == 1 and summary["inputs"]["already_done"] == 4
+    after = read_table(str(folder["out"]), "frames").to_pylist()
+    assert len(after) == 5
+    changed = [f for f in after if f["source"] == str(target)]
+    assert changed[0]["run_id"] == summary["run_id"]
+    assert {f["run_id"] for f in before if f["source"] == str(target)} != {summary["run_id"]}
+    assert glob_table(folder["out"], "frames").num_rows == 5  # the replaced file is gone
+    assert_exactly_once(folder["out"])
+
+
+def test_changed_settings_reprocess_everything_and_replace_the_old_rows(first, folder):
+    summary = run_job(config_for(folder["in"], folder["out"], "postprocess.min_parts=5"))
+    assert summary["frames_inferred"] == 5 and summary["inputs"]["already_done"] == 0
+    frames = read_table(str(folder["out"]), "frames")
+    assert set(frames["config_fingerprint"].to_pylist()) == {summary["provenance"]["config_fingerprint"]}
+    assert glob_table(folder["out"], "frames").num_rows == 5
+    assert_exactly_once(folder["out"])
+    # Back to the first settings: a new generation again, everything redone, same rows as the fresh run.
+    summary = run_job(config_for(folder["in"], folder["out"]))
+    assert summary["frames_inferred"] == 5
+
+
+def test_force_recomputes_everything_without_duplicates(first, folder):
+    expected = content(folder["out"])
+    summary = run_job(config_for(folder["in"], folder["out"]), force=True)
+    assert summary["frames_inferred"] == 5 and summary["forced"] is True
+    assert content(folder["out"]) == expected
+    assert set(read_table(str(folder["out"]), "frames")["run_id"].to_pylist()) == {summary["run_id"]}
+    assert glob_table(folder["out"], "people").num_rows == len(expected["people"])
+
+
+def test_an_input_that_failed_is_tried_again_and_keeps_one_row(first, folder):
+    (folder["in"] / "zz_empty.jpg").write_bytes(b"")
+    for attempt in range(2):
+        summary = run_job(config_for(folder["in"], folder["out"]))
+        assert summary["frames_failed"] == 1 and summary["frames_inferred"] == 0
+        assert summary["inputs"]["already_done"] == 5
+        rows = [f for f in read_table(str(folder["out"]), "frames").to_pylist() if f["source"].endswith("zz_empty.jpg")]
+        assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["run_id"] == summary["run_id"]
+    assert_exactly_once(folder["out"])

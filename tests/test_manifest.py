@@ -1,0 +1,120 @@
+"""The manifest's resolution rules on hand-made records: what is current, what is done, what is left."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from openpose_ray.jobconfig import S3Config
+from openpose_ray.outputs.manifest import (
+    RECORD_SCHEMA, complete_videos, done_index, finalize, load, resolve, write_commit,
+)
+from openpose_ray.outputs.provenance import Provenance
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def record(source="/in/a.jpg", *, kind="image", version="v1", generation="g1", start=0, end=1, video_frames=None,
+           fps=None, frames=1, failed=0, minute=0, run="r1", shard="s1"):
+    return {"source": source, "version": version, "size": 10, "source_kind": kind, "start_frame": start,
+            "end_frame": end, "video_frames": video_frames, "frames_per_segment": fps, "frames": frames,
+            "frames_failed": failed, "people": 2, "shard_id": shard, "run_id": run, "generation": generation,
+            "model": "m", "weights_sha256": "w", "config_fingerprint": "c", "people_file": f"people/part-{shard}-{run}.parquet",
+            "frames_file": f"frames/part-{shard}-{run}.parquet", "committed_at": T0 + timedelta(minutes=minute)}
+
+
+def segment(start, end, **kw):
+    return record("/in/v.mp4", kind="video", start=start, end=end, video_frames=100, fps=40, frames=end - start, **kw)
+
+
+def live_of(*records):
+    return resolve(pa.Table.from_pylist(list(records), schema=RECORD_SCHEMA))
+
+
+def current(live):
+    return sorted((r["source"], r["start_frame"], r["run_id"]) for r in live.to_pylist() if r["current"])
+
+
+def test_a_rerun_of_the_same_input_replaces_the_older_record():
+    live = live_of(record(run="r1", minute=0), record(run="r2", shard="s2", minute=5))
+    assert current(live) == [("/in/a.jpg", 0, "r2")]
+    assert live.num_rows == 1
+
+
+def test_a_new_generation_becomes_current_when_complete_and_the_old_one_is_dropped():
+    old = [segment(0, 40, run="r1"), segment(40, 80, run="r1"), segment(80, 100, run="r1")]
+    partial_new = [segment(0, 40, generation="g2", run="r2", minute=5)]
+    live = live_of(*old, *partial_new)
+    # The new generation covers 40 of 100 frames: the old one stays current, the new one is kept to resume.
+    assert current(live) == [("/in/v.mp4", 0, "r1"), ("/in/v.mp4", 40, "r1"), ("/in/v.mp4", 80, "r1")]
+    assert live.num_rows == 4
+    done = done_index(live, "g2")
+    assert done.todo("/in/v.mp4", "v1").action == "partial"
+    assert done.todo("/in/v.mp4", "v1").done_starts == {0}
+    assert done.todo("/in/v.mp4", "v1").frames_per_segment == 40
+    rest = [segment(40, 80, generation="g2", run="r3", minute=9), segment(80, 100, generation="g2", run="r3", minute=9)]
+    live = live_of(*old, *partial_new, *rest)
+    assert current(live) == [("/in/v.mp4", 0, "r2"), ("/in/v.mp4", 40, "r3"), ("/in/v.mp4", 80, "r3")]
+    assert live.num_rows == 3  # the old generation is gone
+    assert done_index(live, "g2").todo("/in/v.mp4", "v1").action == "done"
+    assert done_index(live, "g1").todo("/in/v.mp4", "v1").action == "new"
+    assert complete_videos(live) == ["/in/v.mp4"]
+
+
+def test_a_changed_input_version_is_new_and_replaces_the_old_rows_once_done():
+    live = live_of(record(version="v1"), record(version="v2", run="r2", shard="s2", minute=3))
+    assert current(live) == [("/in/a.jpg", 0, "r2")]
+    assert done_index(live, "g1").todo("/in/a.jpg", "v2").action == "done"
+    assert done_index(live, "g1").todo("/in/a.jpg", "v3").action == "new"
+
+
+def test_inputs_that_failed_entirely_are_tried_again_partial_failures_are_not():
+    live = live_of(record("/in/bad.jpg", failed=1), record("/in/ok.jpg"),
+                   segment(0, 40, failed=40), segment(40, 80, failed=3), segment(80, 100))
+    done = done_index(live, "g1")
+    assert done.todo("/in/bad.jpg", "v1").action == "new"
+    assert done.todo("/in/ok.jpg", "v1").action == "done"
+    video = done.todo("/in/v.mp4", "v1")
+    assert (video.action, video.done_starts) == ("partial", {40, 80})
+
+
+def test_a_video_that_could_not_be_planned_is_complete_but_tried_again():
+    failed = record("/in/v.mp4", kind="video", start=0, end=0, video_frames=0, failed=1)
+    live = live_of(failed)
+    assert current(live) == [("/in/v.mp4", 0, "r1")]
+    assert done_index(live, "g1").todo("/in/v.mp4", "v1").action == "new"
+    assert complete_videos(live) == []
+    # Planned next time: its segments (another cut) replace the error record.
+    live = live_of(failed, segment(0, 40, run="r2", minute=1), segment(40, 80, run="r2", minute=1),
+                   segment(80, 100, run="r2", minute=1))
+    assert current(live) == [("/in/v.mp4", 0, "r2"), ("/in/v.mp4", 40, "r2"), ("/in/v.mp4", 80, "r2")]
+
+
+def test_a_video_cut_again_differently_keeps_only_the_newest_cut():
+    old = [segment(0, 40), segment(40, 80), segment(80, 100)]
+    recut = [{**segment(0, 50, run="r2", minute=2), "frames_per_segment": 50},
+             {**segment(50, 100, run="r2", minute=2), "frames_per_segment": 50}]
+    assert current(live_of(*old, *recut)) == [("/in/v.mp4", 0, "r2"), ("/in/v.mp4", 50, "r2")]
+
+
+def test_finalize_folds_commits_into_the_snapshot_and_deletes_unreferenced_files(tmp_path):
+    out = str(tmp_path)
+    s3 = S3Config()
+    for name in ("people/part-s1-r1.parquet", "frames/part-s1-r1.parquet", "people/part-s9-r0.parquet",
+                 "frames/.part-s9-r0.parquet.x1.tmp", "people/README.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    write_commit(out, s3, "r1", "s1", [{k: v for k, v in record().items() if k != "committed_at"}])
+    assert load(out, s3).commit_files
+    live, counts = finalize(out, s3)
+    assert counts == {"inputs_current": 1, "records": 1, "files_deleted": 2, "files_rewritten": 0}
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "_manifest/inputs.parquet", "frames/part-s1-r1.parquet", "people/README.txt", "people/part-s1-r1.parquet"]
+    snapshot = pq.read_table(tmp_path / "_manifest/inputs.parquet")
+    assert snapshot["current"].to_pylist() == [True]
+    # Folding again (e.g. a run killed after the snapshot, before deleting commits) changes nothing.
+    write_commit(out, s3, "r1", "s1", [{k: v for k, v in record().items() if k != "committed_at"}])
+    again, _ = finalize(out, s3)
+    assert again.drop_columns(["committed_at"]).equals(live.drop_columns(["committed_at"]))
