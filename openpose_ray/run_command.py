@@ -28,6 +28,8 @@ from .storage import is_s3, parse
 
 log = logging.getLogger(__name__)
 
+_CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE.yaml", help="job configuration (see configs/)")
@@ -48,6 +50,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     if logging.getLogger("openpose_ray").getEffectiveLevel() > logging.INFO:
         logging.getLogger("openpose_ray").setLevel(logging.INFO)  # a job always reports its progress
+    # Storage clients log request headers (Authorization, signed URLs) at DEBUG: never let them
+    # through, whatever -v says. Our own messages are redacted; theirs are not.
+    for name in _CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).getEffectiveLevel()))
     log.info("configuration: %s", json.dumps(redacted_dict(config)))
     summary = run_job(config, force=args.force)
     print(json.dumps(summary, indent=2))

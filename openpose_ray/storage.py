@@ -63,9 +63,22 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# Attempts the SDKs make on their own inside each request: enough to absorb one dropped
+# connection or throttled request within a second or two. Longer outages are ridden out by
+# retry.call_with_retries around each request (s3.max_attempts attempts, backoff up to a
+# minute, each retry logged), so that the two layers do not multiply into many minutes:
+# both SDKs back off up to 20 s a wait (pyarrow's AwsStandardS3RetryStrategy too: 8
+# attempts take about a minute against a refused connection, 3 under a second).
+SDK_ATTEMPTS = 3
+
+
 @functools.lru_cache(maxsize=8)
 def s3_client(config: S3Config):
-    """A boto3 S3 client for ``config`` (cached per process; S3Config is hashable)."""
+    """A boto3 S3 client for ``config`` (cached per process; S3Config is hashable).
+
+    Its own retries are few (SDK_ATTEMPTS, adaptive mode: slows down after throttling);
+    callers wrap requests in :func:`openpose_ray.retry.call_with_retries`.
+    """
     import boto3
     from botocore.config import Config
 
@@ -74,17 +87,22 @@ def s3_client(config: S3Config):
         "s3",
         endpoint_url=config.endpoint_url,
         region_name=config.region,
-        config=Config(retries={"max_attempts": config.max_attempts, "mode": "adaptive"}, connect_timeout=10, read_timeout=60),
+        config=Config(retries={"total_max_attempts": SDK_ATTEMPTS, "mode": "adaptive"}, connect_timeout=10,
+                      read_timeout=60),
     )
 
 
 def arrow_filesystem(location: Location, config: S3Config):
-    """(pyarrow filesystem, path inside it) for writing under ``location``."""
+    """(pyarrow filesystem, path inside it) for writing under ``location``.
+
+    Its own retries are few and quick (SDK_ATTEMPTS); callers wrap requests in
+    :func:`openpose_ray.retry.call_with_retries`.
+    """
     import pyarrow.fs as pafs
 
     if location.scheme != "s3":
         return pafs.LocalFileSystem(), location.key
-    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=config.max_attempts)}
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=SDK_ATTEMPTS)}
     endpoint = config.endpoint_url
     if endpoint:
         parsed = urllib.parse.urlparse(endpoint)

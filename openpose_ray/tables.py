@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from .jobconfig import S3Config
 from .outputs.manifest import SNAPSHOT, SNAPSHOT_SCHEMA
 from .outputs.writer import TABLES, output_filesystem
+from .retry import call_with_retries
 from .storage import parse, redact
 
 _KEYS = ["source", "shard_id", "run_id"]
@@ -59,6 +60,11 @@ def read_table(output: str, table: str, s3: S3Config | None = None,
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}, got {table!r}")
     s3 = s3 or S3Config()
+    return call_with_retries(lambda: _read_table(output, table, s3, columns),
+                             what=f"READ {table} of {redact(output)}", attempts=s3.max_attempts)
+
+
+def _read_table(output: str, table: str, s3: S3Config, columns: Sequence[str] | None) -> pa.Table:
     records = current_records(output, s3)
     if records.num_rows == 0:
         filesystem, root = output_filesystem(parse(output), s3)

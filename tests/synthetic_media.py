@@ -1,9 +1,11 @@
-"""Hand-built image files for tests: encoded images, a PNG with a forged size, a JPEG with EXIF orientation."""
+"""Hand-built media files for tests: encoded images, a PNG with a forged size, a JPEG with EXIF
+orientation, a short clip of a real video."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,3 +32,29 @@ def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     data = encode(image, ".jpg")
     return data[:2] + app1 + data[2:]
+
+
+def video_clip(source: Path, target: Path, frames: int, width: int, fps: int = 25) -> Path:
+    """The first ``frames`` frames of ``source`` scaled to ``width`` (even height), as H.264 in MP4.
+
+    A real scene at a fraction of the decoding cost, for tests that run the job several times.
+    """
+    import av
+
+    with av.open(str(source)) as container, av.open(str(target), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.pix_fmt = "yuv420p"
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == frames:
+                break
+            image = frame.to_ndarray(format="bgr24")
+            height = int(round(image.shape[0] * width / image.shape[1] / 2)) * 2
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            if index == 0:
+                stream.width, stream.height = width, height
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return target
+

@@ -262,7 +262,7 @@ def assert_people_equal_estimate(run: Run, estimator, expected: dict[tuple[str, 
 
 def test_the_job_finishes_and_counts_everything(run: Run):
     summary, frames = run.summary, run.frames
-    assert summary["inputs"] == {"images": 13, "videos": 4, "tars": 1, "skipped": 1}
+    assert summary["inputs"] == {"images": 13, "videos": 4, "tars": 1, "skipped": 1, "already_done": 0}
     errors = [f for f in frames if f["status"] == "error"]
     assert summary["frames"] == len(frames) == 13 + VIDEO_FRAMES + 3 + len(TAR_MEMBERS)
     assert summary["frames_failed"] == len(errors) == len(EXPECTED_ERRORS) + 1 + len(run.inputs.damaged_frames)

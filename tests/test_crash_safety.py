@@ -1,7 +1,7 @@
 """kill -9 in the middle of a job: the driver (then a re-run), or a worker (the job goes on).
 
-Inputs: 4 photos (one shard each) and a 205-frame video in segments of 24 frames,
-so a run commits 13 shards one after the other. Each case is compared with an
+Inputs: 4 photos (one shard each) and a 96-frame clip of a real street video in
+segments of 24 frames, so a run commits 8 shards one after the other. Each case is compared with an
 uninterrupted run over the same inputs: the frames and people tables hold the
 same rows, each (source, frame, person) exactly once, and no Parquet file a
 reader can see is partial.
@@ -27,12 +27,15 @@ from openpose_ray.config_loader import load_config
 from openpose_ray.pipeline.runner import run_job
 from output_content import assert_exactly_once, content
 from ray_processes import cluster_processes, signal_all, wait_gone
+from synthetic_media import video_clip
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NET_SIZE = (216, 184)
 SETTINGS = [f"model.net_size={list(NET_SIZE)}", "write.render_images=false", "write.render_videos=false",
             "sources.images_per_shard=1", "sources.frames_per_segment=24"]
-TOTAL_FRAMES = 4 + 205
+CLIP_FRAMES = 96
+TOTAL_FRAMES = 4 + CLIP_FRAMES
+SHARDS = 4 + CLIP_FRAMES // 24
 KILL_AFTER_COMMITS = 3
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc")
@@ -66,7 +69,7 @@ def inputs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("crash_inputs")
     for photo in sorted((data_dir / "coco_val2017_mini").glob("*.jpg")):
         shutil.copy(photo, root / photo.name)
-    shutil.copy(data_dir / "videos" / "street_720p_h264.avi", root / "street.avi")
+    video_clip(data_dir / "videos" / "street_720p_h264.avi", root / "street.mp4", CLIP_FRAMES, width=640)
     return root
 
 
@@ -102,7 +105,7 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(referen
         log.close()
 
     committed_before = len(commits(output))
-    assert KILL_AFTER_COMMITS <= committed_before < 13
+    assert KILL_AFTER_COMMITS <= committed_before < SHARDS
     assert not (output / "summary.json").exists()
     assert_every_visible_file_is_whole(output)
 

@@ -21,6 +21,7 @@ from openpose_ray.pipeline.runner import run_job
 from openpose_ray.tables import read_table
 
 from output_content import assert_exactly_once, content, glob_table
+from synthetic_media import video_clip
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NET_SIZE = (216, 184)  # small: this module runs the job seven times
@@ -131,3 +132,31 @@ def test_an_input_that_failed_is_tried_again_and_keeps_one_row(first, folder):
         rows = [f for f in read_table(str(folder["out"]), "frames").to_pylist() if f["source"].endswith("zz_empty.jpg")]
         assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["run_id"] == summary["run_id"]
     assert_exactly_once(folder["out"])
+
+
+def test_a_video_whose_assembly_was_lost_is_joined_by_the_next_run(ray_session, data_dir, tmp_path, monkeypatch):
+    """The driver dies after the last segment commits, before joining the rendered segments: the next
+    run does no model work and joins the segments the earlier run left (all of them, in order)."""
+    import av
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    video_clip(data_dir / "videos" / "street_720p_h264.avi", inputs / "street.mp4", 48, width=320)
+    config = config_for(inputs, tmp_path / "out", "write.render_videos=true", "sources.frames_per_segment=16")
+
+    def driver_dies(*args, **kwargs):
+        raise KeyboardInterrupt("driver killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("openpose_ray.pipeline.rendering.assemble_pending_videos", driver_dies)
+        with pytest.raises(KeyboardInterrupt):
+            run_job(config)
+    segments = sorted((tmp_path / "out" / "media" / ".segments").rglob("*.mp4"))
+    assert len(segments) == 3 and not (tmp_path / "out" / "media" / "videos").exists()
+
+    summary = run_job(config)
+    assert summary["frames_inferred"] == 0 and summary["inputs"]["already_done"] == 1
+    (video,) = summary["rendered_videos"]
+    with av.open(video) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 48
+    assert not list((tmp_path / "out" / "media").rglob(".segments/**/*.mp4"))

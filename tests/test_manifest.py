@@ -11,7 +11,6 @@ from openpose_ray.jobconfig import S3Config
 from openpose_ray.outputs.manifest import (
     RECORD_SCHEMA, complete_videos, done_index, finalize, load, resolve, write_commit,
 )
-from openpose_ray.outputs.provenance import Provenance
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -48,7 +48,7 @@ def local_run(ray_session, data_dir, tmp_path_factory):
 
 def test_summary_counts_every_input(local_run):
     _, output, summary = local_run
-    assert summary["inputs"] == {"images": 24, "videos": 2, "tars": 0, "skipped": 1}
+    assert summary["inputs"] == {"images": 24, "videos": 2, "tars": 0, "skipped": 1, "already_done": 0}
     assert summary["frames"] == 24 + 205 + 230 and summary["frames_failed"] == 0
     assert json.loads((output / "summary.json").read_text()) == summary
     assert summary["frames_per_s"] > 0 and summary["people"] > 0
@@ -136,7 +136,8 @@ def _readme_queries() -> dict[str, str]:
 def test_readme_sql_runs_on_the_output(local_run):
     _, output, _ = local_run
     queries = _readme_queries()
-    assert {"people per frame", "people per video", "mean confidence of a joint", "frames with nobody"} <= set(queries)
+    assert {"people per frame", "people per video", "mean confidence of a joint", "frames with nobody",
+            "people, exactly once"} <= set(queries)
 
     def run(name):
         return duckdb.sql(queries[name].replace("out/local", str(output))).fetchall()
@@ -158,6 +159,8 @@ def test_readme_sql_runs_on_the_output(local_run):
 
     nobody = run("frames with nobody")
     assert len(nobody) == sum(1 for f in frames if f["status"] == "ok" and f["num_people"] == 0)
+
+    assert len(run("people, exactly once")) == people.num_rows
 
 
 def test_segments_give_the_same_rows_as_one_segment(ray_session, data_dir, tmp_path):

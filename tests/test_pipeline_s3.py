@@ -178,7 +178,7 @@ def test_s3_summary(runs: Runs):
     for summary in (runs.local_summary, runs.s3_summary):
         assert summary["frames"] == len(runs.photos) + VIDEO_FRAMES
         assert summary["frames_failed"] == 0
-        assert summary["inputs"] == {"images": len(runs.photos), "videos": 1, "tars": 0, "skipped": 1}
+        assert summary["inputs"] == {"images": len(runs.photos), "videos": 1, "tars": 0, "skipped": 1, "already_done": 0}
     for key in ("people", "shards"):  # the video is planned into the same segments from S3
         assert runs.s3_summary[key] == runs.local_summary[key], key
 
@@ -230,7 +230,7 @@ def test_s3_output_holds_only_results(runs: Runs):
     """Tables, media and the summary; no folder-marker objects ("x/") nor leftovers of any stage."""
     keys = _objects(runs.client, OUTPUT_PREFIX)
     unexpected = [key for key in keys if not (
-        key == f"{OUTPUT_PREFIX}summary.json"
+        key in (f"{OUTPUT_PREFIX}summary.json", f"{OUTPUT_PREFIX}_manifest/inputs.parquet")
         or re.fullmatch(rf"{OUTPUT_PREFIX}(people|frames)/source_kind=(image|video)/part-[\w-]+\.parquet", key)
         or re.fullmatch(rf"{OUTPUT_PREFIX}media/(images/[\w-]+\.jpg|videos/[\w-]+\.mp4)", key))]
     assert unexpected == []

@@ -51,6 +51,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from openpose_ray.jobconfig import S3Config
+from openpose_ray.retry import call_with_retries
 from openpose_ray.storage import parse, redact
 
 from .writer import TABLES, delete_uris, output_filesystem, parquet_bytes, write_bytes
@@ -121,7 +122,15 @@ class LoadedManifest:
 
 
 def load(output: str, s3: S3Config) -> LoadedManifest:
-    """Read the snapshot and every commit file under ``output`` (missing manifest: no records)."""
+    """Read the snapshot and every commit file under ``output`` (missing manifest: no records).
+
+    Retried as a whole through storage outages (reading is idempotent).
+    """
+    return call_with_retries(lambda: _load(output, s3), what=f"READ the manifest of {redact(output)}",
+                             attempts=s3.max_attempts)
+
+
+def _load(output: str, s3: S3Config) -> LoadedManifest:
     filesystem, root = output_filesystem(parse(output), s3)
     tables = []
     snapshot = posixpath.join(root, SNAPSHOT)
@@ -282,7 +291,8 @@ _ROW_KEY = ("source", "shard_id", "run_id")
 
 def _keep_rows(filesystem, path: str, keys: set[tuple], compression: str, s3: S3Config) -> None:
     """Rewrite a data file with only the rows whose (source, shard_id, run_id) is in ``keys``, metadata kept."""
-    table = pq.read_table(path, filesystem=filesystem)
+    table = call_with_retries(lambda: pq.read_table(path, filesystem=filesystem), what=f"GET {path}",
+                              attempts=s3.max_attempts)
     mask = [tuple(row[c] for c in _ROW_KEY) in keys for row in table.select(list(_ROW_KEY)).to_pylist()]
     if all(mask):
         return
@@ -300,12 +310,17 @@ def complete_videos(live: pa.Table) -> list[str]:
 
 
 def _list_files(filesystem, folder: str, include_hidden: bool = False) -> list[str]:
-    info = filesystem.get_file_info(folder)
-    if info.type != pafs.FileType.Directory:
-        return []
-    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
-    return sorted(i.path for i in filesystem.get_file_info(selector)
+    def listing():
+        if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
+            return []
+        return filesystem.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+
+    infos = call_with_retries(listing, what=f"LIST {folder}", attempts=_LIST_ATTEMPTS)
+    return sorted(i.path for i in infos
                   if i.type == pafs.FileType.File and (include_hidden or not posixpath.basename(i.path).startswith(".")))
+
+
+_LIST_ATTEMPTS = S3Config().max_attempts
 
 
 def _delete(filesystem, paths: list[str], s3: S3Config) -> None:

@@ -42,10 +42,12 @@ import urllib.parse
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from openpose_ray.atomic import write_bytes_atomic
 from openpose_ray.jobconfig import S3Config, WriteConfig
+from openpose_ray.retry import call_with_retries
 from openpose_ray.storage import Location, arrow_filesystem, parse, redact
 
 from .frames_table import FRAMES_SCHEMA
@@ -199,8 +201,12 @@ def write_bytes(uri_or_path: str, data: bytes | memoryview | pa.Buffer, s3: S3Co
         return
     filesystem, path = output_filesystem(location, s3)
     content_type = content_type or mimetypes.guess_type(location.key)[0] or "application/octet-stream"
-    with filesystem.open_output_stream(path, metadata={"Content-Type": content_type}) as out:
-        out.write(data)
+
+    def put() -> None:  # a whole object with the same bytes: safe to repeat
+        with filesystem.open_output_stream(path, metadata={"Content-Type": content_type}) as out:
+            out.write(data)
+
+    call_with_retries(put, what=f"PUT {location.uri}", attempts=s3.max_attempts)
 
 
 def delete_uris(uris: list[str], s3: S3Config) -> None:
@@ -226,11 +232,21 @@ def delete_uris(uris: list[str], s3: S3Config) -> None:
         client = s3_client(s3)
         for start in range(0, len(keys), _S3_DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start : start + _S3_DELETE_BATCH]]
-            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            response = call_with_retries(
+                lambda batch=batch: client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}),
+                what=f"DELETE {len(batch)} object(s) of s3://{bucket}", attempts=s3.max_attempts)
             if response.get("Errors"):
                 error = response["Errors"][0]
                 log.warning("could not delete %d object(s) of s3://%s, e.g. %s: %s", len(response["Errors"]),
                             bucket, error.get("Key"), error.get("Message") or error.get("Code"))
+
+
+def list_files(location: Location, s3: S3Config):
+    """FileInfos of everything under a local folder or S3 prefix (recursive; [] when absent), retried."""
+    filesystem, path = output_filesystem(location, s3)
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return call_with_retries(lambda: filesystem.get_file_info(selector), what=f"LIST {location.uri}",
+                             attempts=s3.max_attempts)
 
 
 def output_filesystem(location: Location, s3: S3Config):

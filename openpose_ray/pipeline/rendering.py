@@ -109,13 +109,12 @@ def assemble_pending_videos(complete_sources: list[str], config: JobConfig) -> l
     whose last segment was committed just before the driver died is joined by
     the next run. ``complete_sources``: videos whose every frame is committed.
     """
-    from ..outputs.writer import output_filesystem
+    from ..outputs.writer import list_files, output_filesystem
 
-    root = parse(config.output)
-    filesystem, base = output_filesystem(root.join("media/.segments"), config.s3)
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    segments_root = parse(config.output).join("media/.segments")
+    base = output_filesystem(segments_root, config.s3)[1]
     waiting: dict[str, list[str]] = {}
-    for info in filesystem.get_file_info(selector):
+    for info in list_files(segments_root, config.s3):
         if info.type == pafs.FileType.File and info.path.endswith(".mp4"):
             folder, name = info.path.rsplit("/", 1)
             waiting.setdefault(folder, []).append(name)

@@ -26,16 +26,20 @@ their own path as URI.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..jobconfig import S3Config, SourcesConfig
+from ..retry import call_with_retries
 from ..storage import s3_client
 from .s3io import locate
 
 _WILDCARDS = re.compile(r"[*?\[]")
+_S3_PAGE_KEYS = 1000  # keys per listing request (S3's maximum)
 
 
 @dataclass(frozen=True)
@@ -261,13 +265,14 @@ def _iter_s3(bucket: str, key: str, sources: SourcesConfig, s3: S3Config) -> Ite
     wildcard = _WILDCARDS.search(key)
     if wildcard:
         matcher = _GlobMatcher(key.split("/"), sources.recursive)
-        for obj in _list_prefix(client, bucket, key[: wildcard.start()], None, sources):
+        for obj in _list_prefix(client, bucket, key[: wildcard.start()], None, sources, s3.max_attempts):
             if matcher.accepts_key(obj.uri[len(f"s3://{bucket}/") :]):
                 yield obj
         return
     if key and not key.endswith("/"):
         try:
-            head = client.head_object(Bucket=bucket, Key=key)
+            head = call_with_retries(functools.partial(client.head_object, Bucket=bucket, Key=key),
+                                     what=f"HEAD s3://{bucket}/{key}", attempts=s3.max_attempts)
         except Exception as error:
             code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
             if code not in ("404", "NoSuchKey", "NotFound"):
@@ -277,20 +282,30 @@ def _iter_s3(bucket: str, key: str, sources: SourcesConfig, s3: S3Config) -> Ite
             yield SourceObject(f"s3://{bucket}/{key}", classify(key, sources), size, etag)
             return
         key += "/"
-    yield from _list_prefix(client, bucket, key, None if sources.recursive else "/", sources)
+    yield from _list_prefix(client, bucket, key, None if sources.recursive else "/", sources, s3.max_attempts)
 
 
 def _list_prefix(
-    client, bucket: str, prefix: str, delimiter: str | None, sources: SourcesConfig
+    client, bucket: str, prefix: str, delimiter: str | None, sources: SourcesConfig, attempts: int
 ) -> Iterator[SourceObject]:
-    """Objects under ``prefix`` page by page (1000 keys per request), in key order; folder markers left out."""
-    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    """Objects under ``prefix`` page by page (_S3_PAGE_KEYS per request), in key order; folder markers left out.
+
+    Each page is one request, retried on its own through transient failures (its
+    continuation token is kept), so an outage in the middle of a long listing neither
+    restarts it nor yields an object twice.
+    """
+    request = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": _S3_PAGE_KEYS}
     if delimiter:
-        kwargs["Delimiter"] = delimiter
-    for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
+        request["Delimiter"] = delimiter
+    for number in itertools.count(1):
+        page = call_with_retries(functools.partial(client.list_objects_v2, **request),
+                                 what=f"LIST s3://{bucket}/{prefix} (page {number})", attempts=attempts)
         for item in page.get("Contents", ()):
             key = item["Key"]
             if key.endswith("/"):  # a zero-byte "folder" placeholder of consoles and sync tools
                 continue
             size, etag = int(item["Size"]), item["ETag"].strip('"')
             yield SourceObject(f"s3://{bucket}/{key}", classify(key, sources), size, etag)
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]

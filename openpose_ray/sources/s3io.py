@@ -14,18 +14,28 @@ mtime in nanoseconds as a string). When given, a read of a different version rai
 :class:`ObjectChanged` instead of silently decoding other content than was planned
 (for S3 every GET carries ``If-Match``). A vanished object raises :class:`ObjectMissing`;
 one the job may not read (HTTP 403: a policy, or an archived object) :class:`AccessDenied`.
+
+Every S3 request goes through :func:`~openpose_ray.retry.call_with_retries` (``s3.max_attempts``
+attempts): a dropped connection, a 5xx or throttling is retried with backoff, also in the
+middle of a body. A whole-object or block read asks for the object again; the sequential
+stream of :func:`open_stream` asks for the rest of it, from the first byte not yet returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections import OrderedDict
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO, TypeVar
 
 from ..jobconfig import S3Config
+from ..retry import call_with_retries
 from ..storage import Location, parse, redact, s3_client
 from .errors import AccessDenied, ObjectChanged, ObjectMissing
+
+T = TypeVar("T")
 
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024  # bytes per ranged GET
 DEFAULT_CACHE_BLOCKS = 4  # blocks kept by each open reader (LRU)
@@ -50,23 +60,24 @@ def read_bytes(uri: str, s3: S3Config, *, expected_version: str | None = None) -
     if location.scheme != "s3":
         with _open_local(location.key, expected_version) as f:
             return f.read()
-    try:
-        response = s3_client(s3).get_object(Bucket=location.bucket, Key=location.key, **_if_match(expected_version))
+    client = s3_client(s3)
+
+    def get() -> bytes:  # the body is read inside the retried call: a connection cut mid-body asks again
+        response = client.get_object(Bucket=location.bucket, Key=location.key, **_if_match(expected_version))
         return response["Body"].read()
-    except Exception as error:  # botocore errors carry codes, not types
-        raise _translate(error, uri) from error
+
+    return _request(get, "GET", uri, s3.max_attempts)
 
 
 def open_stream(uri: str, s3: S3Config, *, expected_version: str | None = None) -> BinaryIO:
-    """A file-like object to read once from start to end (one GET for S3); close it after use."""
+    """A file-like object to read once from start to end; close it after use.
+
+    For S3 an :class:`S3Stream`: one GET, unless the connection drops and the rest is asked for again.
+    """
     location = locate(uri)
     if location.scheme != "s3":
         return _open_local(location.key, expected_version)
-    try:
-        response = s3_client(s3).get_object(Bucket=location.bucket, Key=location.key, **_if_match(expected_version))
-    except Exception as error:
-        raise _translate(error, uri) from error
-    return response["Body"]  # botocore StreamingBody: read(n), close()
+    return S3Stream(s3_client(s3), location.bucket, location.key, etag=expected_version, attempts=s3.max_attempts)
 
 
 def open_uri(
@@ -86,10 +97,8 @@ def open_uri(
     if location.scheme != "s3":
         return _open_local(location.key, expected_version)
     client = s3_client(s3)
-    try:
-        head = client.head_object(Bucket=location.bucket, Key=location.key, **_if_match(expected_version))
-    except Exception as error:
-        raise _translate(error, uri) from error
+    head = _request(lambda: client.head_object(Bucket=location.bucket, Key=location.key, **_if_match(expected_version)),
+                    "HEAD", uri, s3.max_attempts)
     return S3RangeReader(
         client,
         location.bucket,
@@ -98,24 +107,106 @@ def open_uri(
         etag=head["ETag"].strip('"'),
         block_size=block_size or DEFAULT_BLOCK_SIZE,
         cache_blocks=cache_blocks or DEFAULT_CACHE_BLOCKS,
+        attempts=s3.max_attempts,
     )
 
 
-class S3RangeReader(io.RawIOBase):
+class _ReadBased(io.RawIOBase):
+    """A raw reader whose subclass implements ``read(size)``; readinto/readall follow from it."""
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+
+class S3Stream(_ReadBased):
+    """One sequential pass over an S3 object that resumes after a dropped connection.
+
+    Reads the body of one GET. When the connection fails (or the service answers with a
+    transient error) the object is asked for again from the first byte not yet returned:
+    a ranged GET pinned by If-Match to the ETag of the first answer (or ``etag`` when
+    given), so that a replaced object raises ObjectChanged instead of splicing two
+    versions. ``requests`` counts the GETs that answered.
+    """
+
+    def __init__(self, client, bucket: str, key: str, *, etag: str | None, attempts: int):
+        super().__init__()
+        self._client, self._bucket, self._key = client, bucket, key
+        self._etag, self._attempts = etag, attempts
+        self._position = 0
+        self.size: int | None = None  # from the first answer
+        self.requests = 0
+        self._body = _request(self._get, "GET", self.uri, attempts)  # a missing or changed object raises here
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self._bucket}/{self._key}"
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read from a closed S3Stream")
+        if self._position >= self.size:
+            return b""
+        data = _request(lambda: self._read_body(size), "GET", self.uri, self._attempts)
+        self._position += len(data)
+        return data
+
+    def _read_body(self, size: int | None) -> bytes:
+        if self._body is None:
+            self._body = self._get()
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except Exception:
+            self._drop_body()  # broken: the next attempt asks for the rest
+            raise
+
+    def _get(self):
+        # Byte 0 without a Range: a ranged GET of an empty object is answered 416.
+        ranged = {"Range": f"bytes={self._position}-"} if self._position else {}
+        response = self._client.get_object(Bucket=self._bucket, Key=self._key, **ranged, **_if_match(self._etag))
+        self.requests += 1
+        if self._etag is None:
+            self._etag = response["ETag"].strip('"')
+        if self.size is None:
+            self.size = int(response["ContentLength"])  # the first GET is never ranged: the whole object
+        return response["Body"]
+
+    def _drop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+
+class S3RangeReader(_ReadBased):
     """Read-only, seekable view of one S3 object through ranged GETs pinned to its ETag.
 
     Reads are served from aligned blocks of ``block_size`` bytes; the ``cache_blocks``
-    most recently used blocks are kept. ``requests`` counts the GETs made (for tests and
-    benchmarks).
+    most recently used blocks are kept. ``requests`` counts the blocks fetched, one ranged
+    GET each unless a transient failure made it ask again (for tests and benchmarks).
+    ``attempts``: per block, see :func:`~openpose_ray.retry.call_with_retries`.
     """
 
-    def __init__(self, client, bucket: str, key: str, *, size: int, etag: str, block_size: int, cache_blocks: int):
+    def __init__(self, client, bucket: str, key: str, *, size: int, etag: str, block_size: int, cache_blocks: int,
+                 attempts: int):
         super().__init__()
         if block_size < 1 or cache_blocks < 1:
             raise ValueError(f"block_size ({block_size}) and cache_blocks ({cache_blocks}) must be >= 1")
         self._client, self._bucket, self._key = client, bucket, key
         self.size, self.etag = size, etag
         self._block_size, self._cache_blocks = block_size, cache_blocks
+        self._attempts = attempts
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._position = 0
         self.requests = 0
@@ -157,14 +248,6 @@ class S3RangeReader(io.RawIOBase):
             self._position += len(chunk)
         return b"".join(parts)
 
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
     def _block(self, index: int) -> bytes:
         block = self._blocks.get(index)
         if block is not None:
@@ -172,13 +255,14 @@ class S3RangeReader(io.RawIOBase):
             return block
         first = index * self._block_size
         last = min(self.size, first + self._block_size) - 1
-        try:
+
+        def get() -> bytes:
             response = self._client.get_object(
                 Bucket=self._bucket, Key=self._key, Range=f"bytes={first}-{last}", **_if_match(self.etag)
             )
-            block = response["Body"].read()
-        except Exception as error:
-            raise _translate(error, self.uri) from error
+            return response["Body"].read()
+
+        block = _request(get, "GET", self.uri, self._attempts)
         self.requests += 1
         self._blocks[index] = block
         while len(self._blocks) > self._cache_blocks:
@@ -203,6 +287,14 @@ def _open_local(path: str, expected_version: str | None) -> BinaryIO:
                 f"object changed since it was listed: {path} (mtime_ns {expected_version} when listed, now {mtime_ns})"
             )
     return f
+
+
+def _request(fn: Callable[[], T], verb: str, uri: str, attempts: int) -> T:
+    """``fn()`` through transient failures; S3's answers about the object become SourceErrors (see _translate)."""
+    try:
+        return call_with_retries(fn, what=f"{verb} {uri}", attempts=attempts)
+    except Exception as error:  # botocore errors carry codes, not types
+        raise _translate(error, uri) from error
 
 
 def _if_match(version: str | None) -> dict:
