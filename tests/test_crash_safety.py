@@ -119,7 +119,8 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(referen
 
 
 def _worker_pids(name: str) -> list[int]:
-    """Ray worker processes of this machine whose process title names ``name`` (Ray sets "ray::<task or actor>")."""
+    """Ray worker processes of this machine busy with ``name``: an actor class, or "task" for any map
+    task (Ray titles a worker "ray::<task>" while it runs one, "ray::MapWorker(...)" for actors)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -128,7 +129,10 @@ def _worker_pids(name: str) -> list[int]:
             title = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ray::") and name in title:
+        if not title.startswith("ray::"):
+            continue
+        busy_task = title.startswith(("ray::Map(", "ray::FlatMap("))
+        if (name == "task" and busy_task) or (name != "task" and name in title):
             pids.append(int(entry.name))
     return pids
 
@@ -141,7 +145,7 @@ def test_workers_killed_mid_run_the_job_completes_with_the_uninterrupted_tables(
     def killer():
         try:
             wait_for(lambda: len(commits(output)) >= 2, 240, "2 committed shards")
-            for name in ("InferenceActor", "decode_shard"):
+            for name in ("InferenceActor", "task"):  # a decode or post-process + write task
                 pids = wait_for(lambda: _worker_pids(name), 60, f"a worker running {name}", poll=0.05)
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append((name, pids[0]))
@@ -153,7 +157,7 @@ def test_workers_killed_mid_run_the_job_completes_with_the_uninterrupted_tables(
     summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", overrides(inputs, output)))
     thread.join(timeout=60)
     assert not errors, errors
-    assert [name for name, _ in killed] == ["InferenceActor", "decode_shard"]
+    assert [name for name, _ in killed] == ["InferenceActor", "task"]
     assert summary["frames"] == TOTAL_FRAMES and summary["frames_failed"] == 0
     assert content(output) == reference
     assert_exactly_once(output)
