@@ -119,21 +119,20 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(referen
 
 
 def _worker_pids(name: str) -> list[int]:
-    """Ray worker processes of this machine busy with ``name``: an actor class, or "task" for any map
-    task (Ray titles a worker "ray::<task>" while it runs one, "ray::MapWorker(...)" for actors)."""
+    """This session's Ray workers busy with ``name``: an actor class, or "task" for any map task (Ray
+    titles a worker "ray::<task>" while it runs one, "ray::MapWorker(...)" for an actor). Only
+    processes of the test session's own cluster (found by its session folder), never another Ray
+    on the same machine."""
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
+    for pid, title in cluster_processes(session, group=-1).items():
         if not title.startswith("ray::"):
             continue
         busy_task = title.startswith(("ray::Map(", "ray::FlatMap("))
         if (name == "task" and busy_task) or (name != "task" and name in title):
-            pids.append(int(entry.name))
+            pids.append(pid)
     return pids
 
 

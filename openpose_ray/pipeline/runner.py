@@ -4,7 +4,7 @@
       -> plan_item (flat_map: videos cut into segments)
       -> decode_shard (map, 1 CPU: decode + resize to uint8 network inputs)
       -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors)
-      -> postprocess_and_write (map, 1 CPU: decode people, write the shard's Parquet)
+      -> postprocess_and_write (map, 0.5 CPU: decode people, write the shard's Parquet)
       -> render_shard (optional)
     then, on the driver: progress, the manifest (snapshot, garbage collection),
     rendered-video assembly, summary.json.
@@ -57,7 +57,12 @@ log = logging.getLogger(__name__)
 # CPU reservations per stage (see the module docstring on fusion).
 _LIST_CPUS = 0.25
 _PLAN_CPUS = 0.5
-_WORK_CPUS = 1.0
+_DECODE_CPUS = 1.0
+# Decode (1) + one CPU inference actor (0.5) + post-process (0.5) fit 2 CPUs. Were the three
+# to need more than the machine has, Ray Data would run post-processing only once decoding
+# is over, and every inferred shard would wait in the object store meanwhile: memory would
+# grow with the input (measured: +60 MiB per video segment, docs/benchmarks.md "Load").
+_POST_CPUS = 0.5
 _PROGRESS_EVERY_S = 10.0
 _MAP_RETRIES = 2  # attempts after the first for a map task whose code raised
 _ACTOR_INIT_DEATHS = 3  # inference actors that may die while starting (e.g. out of memory) before the job fails
@@ -133,7 +138,7 @@ def configure_retries() -> None:
 def build_dataset(config: JobConfig, provenance: Provenance, resources: dict, done_ref=None) -> ray.data.Dataset:
     ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
     ds = ds.flat_map(plan_item, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
-    ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_WORK_CPUS)
+    ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS)
     ds = ds.map(
         InferenceActor,
         fn_constructor_kwargs={"config": config, "device": resources["device"], "torch_threads": resources["torch_threads"],
@@ -144,9 +149,9 @@ def build_dataset(config: JobConfig, provenance: Provenance, resources: dict, do
         # Ray Data restarts a lost actor and retries its tasks without limit by default
         # (max_restarts=-1, max_task_retries=-1), so a vanished GPU node costs time, not rows.
     )
-    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
+    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS)
     if config.write.render_images or config.write.render_videos:
-        ds = ds.map(render_shard, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_WORK_CPUS)
+        ds = ds.map(render_shard, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS)
     return ds
 
 
