@@ -88,9 +88,3 @@ def _read_table(output: str, table: str, s3: S3Config, columns: Sequence[str] | 
 
 def _key(table: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(*(table[name] for name in _KEYS), "\x00")
-
-
-def committed_row_count(output: str, table: str, s3: S3Config | None = None) -> int:
-    """Rows of ``table`` the manifest accounts for (frames: one per frame or failed input)."""
-    records = current_records(output, s3)
-    return int(pc.sum(records["frames" if table == "frames" else "people"]).as_py() or 0)

@@ -176,7 +176,6 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     ds = build_dataset(config, provenance, resources, None if force or not len(done) else ray.put(done))
 
     totals: dict[str, float] = defaultdict(float)
-    first_frame_at = None
     last_log = time.time()
     for row in ds.iter_rows():
         content = pickle.loads(row["payload"])
@@ -185,7 +184,6 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
             totals["skipped"] += stats.get("skipped", 0)
             totals["already_done"] += stats.get("already_done", 0)
             continue
-        first_frame_at = first_frame_at or time.time()
         for key in ("frames", "failed", "people", "inferred", "decode_s", "infer_s", "post_s"):
             totals[key] += stats.get(key, 0)
         totals["shards"] += 1
