@@ -32,13 +32,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .jobconfig import S3Config
-from .outputs.manifest import SNAPSHOT, SNAPSHOT_SCHEMA
+from .outputs.manifest import ROW_KEY, SNAPSHOT, SNAPSHOT_SCHEMA, row_keys
 from .outputs.writer import TABLES, output_filesystem
 from .retry import call_with_retries
 from .storage import parse, redact
-
-_KEYS = ["source", "shard_id", "run_id"]
-
 
 def current_records(output: str, s3: S3Config | None = None) -> pa.Table:
     """The manifest's current records (one per image, tar or video segment); empty before the first run ends."""
@@ -75,16 +72,12 @@ def _read_table(output: str, table: str, s3: S3Config, columns: Sequence[str] | 
     dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
                            partitioning="hive", partition_base_dir=posixpath.join(root, table))
     wanted = list(columns) if columns is not None else None
-    read_columns = None if wanted is None else list(dict.fromkeys(wanted + _KEYS))
+    read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
     rows = dataset.to_table(columns=read_columns)
     # A file can hold rows of inputs annotated again since (a new version or generation
     # of an image regrouped into another shard): keep the rows the current records name.
     # (A semi join would do, but Acero joins refuse the keypoint struct columns.)
-    rows = rows.filter(pc.is_in(_key(rows), value_set=pc.unique(_key(records))))
+    rows = rows.filter(pc.is_in(row_keys(rows), value_set=pc.unique(row_keys(records))))
     if wanted is not None:
         rows = rows.select(wanted)
     return rows
-
-
-def _key(table: pa.Table) -> pa.ChunkedArray:
-    return pc.binary_join_element_wise(*(table[name] for name in _KEYS), "\x00")

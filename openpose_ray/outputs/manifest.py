@@ -136,7 +136,7 @@ def _load(output: str, s3: S3Config) -> LoadedManifest:
     snapshot = posixpath.join(root, SNAPSHOT)
     if filesystem.get_file_info(snapshot).type == pafs.FileType.File:
         tables.append(pq.read_table(snapshot, filesystem=filesystem, schema=SNAPSHOT_SCHEMA).drop_columns(["current"]))
-    commit_files = _list_files(filesystem, posixpath.join(root, COMMITS_DIR))
+    commit_files = _list_files(filesystem, posixpath.join(root, COMMITS_DIR), s3)
     if commit_files:
         dataset = pads.dataset(commit_files, schema=RECORD_SCHEMA, format="parquet", filesystem=filesystem)
         tables.append(dataset.to_table())
@@ -265,17 +265,17 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
     write_bytes(parse(output).join(SNAPSHOT).uri, sink.getvalue(), s3)
 
     filesystem, root = output_filesystem(parse(output), s3)
-    live_keys = set(zip(*(live[c].to_pylist() for c in _ROW_KEY)))
+    live_keys = pa.compute.unique(row_keys(live))
     referenced = {path for column in ("people_file", "frames_file") for path in live[column].to_pylist()}
-    stale_files = {path for record in loaded.records.select([*_ROW_KEY, "people_file", "frames_file"]).to_pylist()
-                   if tuple(record[c] for c in _ROW_KEY) not in live_keys
-                   for path in (record["people_file"], record["frames_file"]) if path in referenced}
+    dropped = loaded.records.filter(pa.compute.invert(pa.compute.is_in(row_keys(loaded.records), value_set=live_keys)))
+    stale_files = {path for column in ("people_file", "frames_file") for path in dropped[column].to_pylist()
+                   if path in referenced}
     for path in sorted(stale_files):
         _keep_rows(filesystem, posixpath.join(root, path), live_keys, compression, s3)
     referenced = {posixpath.join(root, path) for path in referenced}
     garbage = []
     for table in TABLES:
-        for path in _list_files(filesystem, posixpath.join(root, table), include_hidden=True):
+        for path in _list_files(filesystem, posixpath.join(root, table), s3, include_hidden=True):
             name = posixpath.basename(path)
             temporary = name.startswith(".") and name.endswith(".tmp")  # a local write killed half-way
             if path not in referenced and (temporary or (name.startswith("part-") and name.endswith(".parquet"))):
@@ -286,17 +286,22 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
                   "files_deleted": len(garbage), "files_rewritten": len(stale_files)}
 
 
-_ROW_KEY = ("source", "shard_id", "run_id")
+ROW_KEY = ("source", "shard_id", "run_id")
 
 
-def _keep_rows(filesystem, path: str, keys: set[tuple], compression: str, s3: S3Config) -> None:
-    """Rewrite a data file with only the rows whose (source, shard_id, run_id) is in ``keys``, metadata kept."""
+def row_keys(table: pa.Table) -> pa.ChunkedArray:
+    """Per row, its (source, shard_id, run_id) joined into one string: what ties a table row to its record."""
+    return pa.compute.binary_join_element_wise(*(table[name] for name in ROW_KEY), "\x00")
+
+
+def _keep_rows(filesystem, path: str, keys: pa.Array, compression: str, s3: S3Config) -> None:
+    """Rewrite a data file with only the rows whose :func:`row_keys` are in ``keys``, metadata kept."""
     table = call_with_retries(lambda: pq.read_table(path, filesystem=filesystem), what=f"GET {path}",
                               attempts=s3.max_attempts)
-    mask = [tuple(row[c] for c in _ROW_KEY) in keys for row in table.select(list(_ROW_KEY)).to_pylist()]
-    if all(mask):
+    mask = pa.compute.is_in(row_keys(table), value_set=keys)
+    if pa.compute.all(mask).as_py():
         return
-    data = parquet_bytes(table.filter(pa.array(mask, pa.bool_())), compression, table.schema.metadata or {})
+    data = parquet_bytes(table.filter(mask), compression, table.schema.metadata or {})
     write_bytes(path if isinstance(filesystem, pafs.LocalFileSystem) else f"s3://{path}", data, s3)
 
 
@@ -309,18 +314,16 @@ def complete_videos(live: pa.Table) -> list[str]:
     return sorted(source for source, group in groups.items() if group[0]["video_frames"] and _complete(group))
 
 
-def _list_files(filesystem, folder: str, include_hidden: bool = False) -> list[str]:
+def _list_files(filesystem, folder: str, s3: S3Config, include_hidden: bool = False) -> list[str]:
     def listing():
         if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
             return []
         return filesystem.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
 
-    infos = call_with_retries(listing, what=f"LIST {folder}", attempts=_LIST_ATTEMPTS)
+    infos = call_with_retries(listing, what=f"LIST {folder}", attempts=s3.max_attempts)
     return sorted(i.path for i in infos
                   if i.type == pafs.FileType.File and (include_hidden or not posixpath.basename(i.path).startswith(".")))
 
-
-_LIST_ATTEMPTS = S3Config().max_attempts
 
 
 def _delete(filesystem, paths: list[str], s3: S3Config) -> None:
