@@ -5,7 +5,7 @@ forward, field upsampling + peak finding, limb scoring + assembly, and the
 total; plus images/s and the process's peak resident memory. Prints a
 Markdown table (paste it into docs/benchmarks.md).
 
-    python benchmarks/bench_estimator.py --data ../shared/data --sizes 432x368,656x368 --repeat 3
+    python benchmarks/bench_estimator.py --data ../shared/data --sizes 432x368,656x368 --repeat 3 [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="432x368,656x368")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--precisions", default="fp32", help="network arithmetic(s) to measure, e.g. fp32,bf16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,14 +74,16 @@ def main() -> None:
     base = PoseEstimator.from_pretrained()
     print(f"{len(photos)} photos, repeat {args.repeat}, torch {torch.__version__} threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}\n")
-    print("| net size | decode | pre-process | forward | upsample + peaks | limbs + assembly | total | images/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| net size | precision | decode | pre-process | forward | upsample + peaks | limbs + assembly | total | images/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
-        times = bench(base.with_config(net_size=(w, h)), photos, args.repeat)
-        cells = [f"{statistics.median(times[k]):.1f} ms" for k in ("decode", "preprocess", "forward", "peaks", "assembly", "total")]
-        rate = 1000.0 / float(np.mean(times["total"]))
-        print(f"| {w}x{h} | " + " | ".join(cells) + f" | {rate:.1f} |")
+        for precision in args.precisions.split(","):
+            times = bench(base.with_config(net_size=(w, h), precision=precision), photos, args.repeat)
+            stages = ("decode", "preprocess", "forward", "peaks", "assembly", "total")
+            cells = [f"{statistics.median(times[k]):.1f} ms" for k in stages]
+            rate = 1000.0 / float(np.mean(times["total"]))
+            print(f"| {w}x{h} | {precision} | " + " | ".join(cells) + f" | {rate:.1f} |")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nmedian ms per image per stage; peak resident memory of the process: {peak_mib:.0f} MiB")
 

@@ -3,6 +3,7 @@
     openpose-ray predict photos/ extra.jpg --out people.parquet [--render rendered/]
     openpose-ray weights list
     openpose-ray weights fetch [--model mobilenet_thin] [--force]
+    openpose-ray weights export --to s3://bucket/models/mobilenet_thin.pt [--model ...] [--endpoint-url URL]
     openpose-ray --version
 
 ``predict`` runs in this process (no Ray) and writes the people table of
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run_command.add_arguments(run)
     run.set_defaults(run=run_command.run_from_args)
 
-    weights = commands.add_parser("weights", help="list models; fetch their default weights")
+    weights = commands.add_parser("weights", help="list models; fetch or export their default weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
     listing = weights_commands.add_parser("list", parents=[common], help="known models and their weights")
     listing.set_defaults(run=_weights_list)
@@ -107,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--model", default="mobilenet_thin", help="default %(default)s")
     fetch.add_argument("--force", action="store_true", help="download and convert again even if cached")
     fetch.set_defaults(run=_weights_fetch)
+    export = weights_commands.add_parser(
+        "export", parents=[common], help="write a model's converted default weights to a path or s3:// URI",
+        description="Write the converted, digest-checked default weights as a PyTorch checkpoint, e.g. into your "
+                    "own bucket, and print the model.weights / model.weights_sha256 settings that pin a job to it.")
+    export.add_argument("--to", required=True, metavar="PATH_OR_S3_URI", help="where to write the checkpoint")
+    export.add_argument("--model", default="mobilenet_thin", help="default %(default)s")
+    export.add_argument("--endpoint-url", help="S3 API URL for an S3-compatible store (MinIO, Ceph, ...); "
+                                               "default: AWS or $AWS_ENDPOINT_URL")
+    export.add_argument("--region", help="S3 region; default: the AWS chain's")
+    export.set_defaults(run=_weights_export)
     return parser
 
 
@@ -296,6 +307,36 @@ def _weights_fetch(args: argparse.Namespace) -> int:
     print(f"    checkpoint:    {weights_mod.checkpoint_path(entry)}")
     print(f"    source:        {source_path}")
     print(f"    source sha256: {entry.source.sha256}")
+    return 0
+
+
+def _weights_export(args: argparse.Namespace) -> int:
+    import hashlib
+    import io
+
+    from openpose_ray.jobconfig import S3Config
+    from openpose_ray.outputs.writer import write_bytes
+    from openpose_ray.storage import redact
+
+    entry = _entry(args.model)
+    if not _has_default_weights(entry):
+        raise UsageError(f"model {entry.name!r} has no default weights to export; its checkpoint "
+                         f"({entry.checkpoint_layout}) is already a file you can copy where jobs read it")
+    try:
+        state_dict = weights_mod.default_state_dict(entry)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot fetch the weights of {entry.name!r}: {exc}") from None
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    data = buffer.getvalue()
+    try:
+        write_bytes(args.to, data, S3Config(endpoint_url=args.endpoint_url, region=args.region))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot write {redact(args.to)}: {exc}") from None
+    print(f"{entry.name}: wrote {len(data)} bytes to {redact(args.to)}")
+    print("    pin a job to it with:")
+    print(f"    model.weights: {redact(args.to)}")
+    print(f"    model.weights_sha256: {hashlib.sha256(data).hexdigest()}")
     return 0
 
 

@@ -7,6 +7,20 @@ frozen, picklable objects; nothing is configured through globals.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+# Arithmetic of the network (see openpose_ray.inference); tf32 and fp16 need CUDA.
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+_CUDA_ONLY = ("tf32", "fp16")
+
+
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """Raise ValueError unless ``precision`` is known and runs on ``device_type`` ("cpu", "cuda"; None: any)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision in _CUDA_ONLY and device_type == "cpu":
+        raise ValueError(f"precision {precision} needs a CUDA device; on CPU use fp32 or bf16")
 
 
 @dataclass(frozen=True)
@@ -66,13 +80,18 @@ class InferenceConfig:
         models use its height and keep the aspect ratio.
     scales: input scales whose fields are averaged (OpenPose's multi-scale
         inference); (1.0,) is single-scale. Each scale multiplies net_size.
+    precision: the network's arithmetic: "fp32", "tf32" (CUDA only: fp32 with
+        TF32 tensor-core convolutions), "bf16", or "fp16" (CUDA only); see
+        :mod:`openpose_ray.inference`.
     """
 
     net_size: tuple[int, int] | None = None
     scales: tuple[float, ...] = (1.0,)
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):
             raise ValueError(f"net_size must be (width, height) of at least 16 pixels each, got {self.net_size}")
+        check_precision(self.precision)

@@ -98,11 +98,12 @@ def config_fingerprint(config: JobConfig) -> str:
     """16 hex digits of the sha256 of the settings that change the people found.
 
     Included: ``model`` (name, weights, weights_sha256, net_size, scales), all
-    of ``postprocess``, and ``sources.max_image_pixels`` (which images get an
-    error row instead of people). Excluded, as they change where or how fast
+    of ``postprocess``, ``inference.precision`` (half precision moves
+    keypoints), and ``sources.max_image_pixels`` (which images get an error
+    row instead of people). Excluded, as they change where or how fast
     results come, not what they are: input, output, the rest of sources
-    (listing, sharding), inference (device and batch size can move floats in
-    the last bits only), write, s3, ray. Canonical sorted JSON, so key order
+    (listing, sharding), the rest of inference (device, batch size and where
+    peaks are found move floats in the last bits only), write, s3, ray. Canonical sorted JSON, so key order
     never matters. Null ``model.weights`` means the registry's default weights,
     identified by the model name.
     """
@@ -111,6 +112,8 @@ def config_fingerprint(config: JobConfig) -> str:
         "postprocess": dataclasses.asdict(config.postprocess),
         "sources.max_image_pixels": config.sources.max_image_pixels,
     }
+    if config.inference.precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
+        settings["inference.precision"] = config.inference.precision
     canonical = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -218,6 +221,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     elif origin is Literal:
         if value in args and not isinstance(value, bool):
             return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {_coerce(args[0], k, f"{key}.{k}"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     elif origin is tuple:
         if isinstance(value, str) and len(args) == 2 and args[1] is Ellipsis and args[0] is str:
             value = [value]
@@ -243,6 +249,8 @@ def _describe(hint: Any) -> str:
         return " or ".join("null" if a is NoneType else _describe(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
+    if origin is dict:
+        return f"mapping of {_describe(args[0])} to {_describe(args[1])}"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"list of {_describe(args[0])}"

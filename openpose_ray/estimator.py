@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from .config import InferenceConfig, PostprocessConfig
+from .inference import FramePeaks, InferenceEngine
 from .models import weights as weights_mod
 from .models.loading import load_state_dict_strict
 from .models.registry import InputSpec, ModelEntry, get_entry, resolve
 from .person import Person
-from .postprocess import decode
-from .preprocess import ResizeTransform, normalize, pad_batch, resize_to_input, transform_for
+from .postprocess import decode, decode_candidates
+from .preprocess import ResizeTransform, pad_batch, resize_to_input, transform_for
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ class PoseEstimator:
     """Multi-person 2D pose estimation, the OpenPose way.
 
     Build with :meth:`from_pretrained`. ``forward_fields`` returns the raw
-    network fields; ``estimate`` returns people in source-image pixels.
+    network fields; ``estimate`` returns people in source-image pixels. The
+    network runs through an :class:`~openpose_ray.inference.InferenceEngine`
+    (``self.engine``), the same one the job's inference actors use.
     """
 
     def __init__(self, entry: ModelEntry, network: torch.nn.Module, *, device: str = "cpu",
@@ -40,12 +43,13 @@ class PoseEstimator:
         self.weights_sha256 = weights_sha256
         self.skeleton = entry.skeleton
         self.input_spec = entry.input_spec
+        self.engine = InferenceEngine(self.network, entry, self.device, inference.precision)
 
     @classmethod
     def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = (432, 368),
                         weights: str | None = None, *, scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
-                        s3=None) -> "PoseEstimator":
+                        s3=None, precision: str = "fp32") -> "PoseEstimator":
         """Load a registered network.
 
         name: registry name (``openpose_ray.models.registry.known_models()``).
@@ -57,43 +61,51 @@ class PoseEstimator:
         scales: input scales averaged before decoding (multi-scale inference).
         s3: an ``openpose_ray.jobconfig.S3Config`` for s3:// weights (endpoint,
             region, profile); default: boto3's standard chain.
+        precision: "fp32", "bf16", or (CUDA only) "tf32" / "fp16"; see :mod:`openpose_ray.inference`.
         """
         entry = get_entry(name)
+        resolved = weights_mod.resolve_weights(entry, weights, sha256=weights_sha256, s3=s3)
+        return cls.from_state_dict(name, resolved.state_dict, source=resolved.source, device=device, net_size=net_size,
+                                   scales=scales, postprocess=postprocess, weights_sha256=resolved.file_sha256,
+                                   precision=precision)
+
+    @classmethod
+    def from_state_dict(cls, name: str, state_dict: dict, *, source: str, device: str = "cpu",
+                        net_size: tuple[int, int] | None = (432, 368), scales: Sequence[float] = (1.0,),
+                        postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
+                        precision: str = "fp32") -> "PoseEstimator":
+        """A registered network with weights already in memory (loaded strictly; ``source`` names them in errors)."""
+        entry = get_entry(name)
         network = resolve(entry.network)()
-        if weights is None:
-            state_dict = weights_mod.default_state_dict(entry)
-            source, file_sha = f"default weights of {name}", entry.source.sha256 if entry.source else None
-        else:
-            state_dict, file_sha = weights_mod.user_state_dict(entry, weights, sha256=weights_sha256, s3=s3)
-            source = weights
         load_state_dict_strict(network, state_dict, source=source)
-        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, scales=tuple(scales))
+        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, scales=tuple(scales),
+                                    precision=precision)
         return cls(entry, network, device=device, inference=inference, postprocess=postprocess or PostprocessConfig(),
-                   weights_sha256=file_sha)
+                   weights_sha256=weights_sha256)
 
     @property
     def net_size(self) -> tuple[int, int]:
         return self.inference.net_size or self.input_spec.net_size
 
     def with_config(self, *, net_size: tuple[int, int] | None = None, scales: Sequence[float] | None = None,
-                    postprocess: PostprocessConfig | None = None) -> "PoseEstimator":
+                    postprocess: PostprocessConfig | None = None, precision: str | None = None) -> "PoseEstimator":
         """A new estimator sharing this one's network, with other settings."""
         inference = dataclasses.replace(
             self.inference,
             net_size=tuple(net_size) if net_size else self.inference.net_size,
             scales=tuple(scales) if scales else self.inference.scales,
+            precision=precision or self.inference.precision,
         )
         return PoseEstimator(self.entry, self.network, device=str(self.device), inference=inference,
                              postprocess=postprocess or self.postprocess, weights_sha256=self.weights_sha256)
 
-    @torch.inference_mode()
     def run_network(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on pre-processed uint8 inputs [h_i, w_i, 3] (padded to one size).
 
         Returns (heatmaps float32[N, K+1, h/8, w/8], pafs float32[N, 2L, h/8, w/8]).
         """
-        batch = torch.from_numpy(pad_batch(list(inputs), self.input_spec.pad_value)).to(self.device)
-        heatmaps, pafs = self.network(normalize(batch, self.input_spec))
+        batch = torch.from_numpy(pad_batch(list(inputs), self.input_spec.pad_value))
+        heatmaps, pafs = self.engine.network_fields(batch)
         return heatmaps.float().cpu().numpy(), pafs.float().cpu().numpy()
 
     def forward_fields(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,54 +125,49 @@ class PoseEstimator:
     def infer_fields(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
         """Fields of each prepared image, averaged over its scales.
 
-        Inputs of equal shape are batched (at most ``batch_size`` per call);
+        Inputs of equal geometry are batched (at most ``batch_size`` per call);
         inputs of different shapes never share a call, so a frame's fields do
         not depend on what else is in the batch. Returns per image (heatmaps
         float32[19, h, w], pafs float32[38, h, w]) cropped to the valid field
         size at scale 1.
         """
-        stride = self.input_spec.stride
-        num_scales = len(prepared[0].inputs) if prepared else 0
-        sums: list[list[np.ndarray] | None] = [None] * len(prepared)
-        for scale_index in range(num_scales):
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for i, item in enumerate(prepared):
-                by_shape.setdefault(item.inputs[scale_index].shape, []).append(i)
-            for indices in by_shape.values():
-                for start in range(0, len(indices), batch_size):
-                    chunk = indices[start : start + batch_size]
-                    heatmaps, pafs = self.run_network([prepared[i].inputs[scale_index] for i in chunk])
-                    for row, i in enumerate(chunk):
-                        item = prepared[i]
-                        valid_w, valid_h = item.transforms[scale_index].valid_field_size(stride)
-                        heat, paf = heatmaps[row, :, :valid_h, :valid_w], pafs[row, :, :valid_h, :valid_w]
-                        out_size = item.base_transform.valid_field_size(stride)
-                        if (valid_w, valid_h) != out_size:
-                            heat, paf = _resize_fields(heat, out_size), _resize_fields(paf, out_size)
-                        if sums[i] is None:
-                            sums[i] = [heat.copy(), paf.copy()]
-                        else:
-                            sums[i][0] += heat
-                            sums[i][1] += paf
-        return [(heat / num_scales, paf / num_scales) for heat, paf in sums]
+        return [(f.heatmaps, f.pafs) for f in self.engine.fields(prepared, batch_size)]
 
-    def fields(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
+    def infer_peaks(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[FramePeaks]:
+        """Peaks and scored limb candidates of each prepared image, found on the estimator's device."""
+        return self.engine.peaks(prepared, self.postprocess, batch_size)
+
+    def fields(self, images: Sequence[np.ndarray], batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
         """(heatmaps, pafs, transform to source pixels) of each image, averaged over the scales."""
         prepared = [self.prepare(image) for image in images]
-        fields = self.infer_fields(prepared, batch_size=max(1, len(prepared)))
+        fields = self.infer_fields(prepared, batch_size=batch_size)
         return [(heat, paf, item.base_transform) for (heat, paf), item in zip(fields, prepared)]
 
-    def estimate(self, images: Sequence[np.ndarray]) -> list[list[Person]]:
+    def estimate(self, images: Sequence[np.ndarray], *, peaks_on: str = "cpu", batch_size: int = 16) -> list[list[Person]]:
         """People in each BGR uint8 image [H, W, 3] (grayscale and BGRA are converted).
 
         Returns one list of :class:`Person` per image, keypoints in source pixels.
-        The network runs on the whole list as one batch per scale.
+        The network runs on batches of up to ``batch_size`` images of one geometry
+        (results do not depend on the batching).
+        peaks_on: "cpu" decodes the fields with the numpy post-processing;
+        "device" finds peaks and scores limbs on the estimator's device (the
+        job's ``inference.peaks_on: device``), equal up to float rounding.
         """
-        return [self.people_from_fields(heat, paf, transform) for heat, paf, transform in self.fields(images)]
+        if peaks_on not in ("cpu", "device"):
+            raise ValueError(f"peaks_on must be 'cpu' or 'device', got {peaks_on!r}")
+        if peaks_on == "device":
+            prepared = [self.prepare(image) for image in images]
+            return [self.people_from_peaks(found, item.base_transform)
+                    for found, item in zip(self.infer_peaks(prepared, batch_size), prepared)]
+        return [self.people_from_fields(heat, paf, transform) for heat, paf, transform in self.fields(images, batch_size)]
 
     def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
         """Decode one image's fields (valid region, stride 8) into people in source pixels."""
         return fields_to_people(heatmaps, pafs, transform, self.entry, self.postprocess)
+
+    def people_from_peaks(self, found: FramePeaks, transform: ResizeTransform) -> list[Person]:
+        """Decode one image's device peaks and limb candidates into people in source pixels."""
+        return peaks_to_people(found, transform, self.entry, self.postprocess)
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,6 +199,13 @@ def fields_to_people(heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTr
     return decoded_to_people(decode(heatmaps, pafs, entry.skeleton, config), transform, entry, config)
 
 
+def peaks_to_people(found: FramePeaks, transform: ResizeTransform, entry: ModelEntry,
+                    config: PostprocessConfig) -> list[Person]:
+    """Decode one image's device peaks and limb candidates into people in source pixels."""
+    return decoded_to_people(decode_candidates(found.peaks, found.candidates, entry.skeleton, config), transform,
+                             entry, config)
+
+
 def decoded_to_people(decoded: list[tuple[np.ndarray, float]], transform: ResizeTransform, entry: ModelEntry,
                       config: PostprocessConfig) -> list[Person]:
     """Map decoded people (keypoints in upsampled-field pixels, see postprocess.decode) to source pixels."""
@@ -203,13 +217,6 @@ def decoded_to_people(decoded: list[tuple[np.ndarray, float]], transform: Resize
         out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
         people.append(Person(keypoints=out, score=float(score)))
     return people
-
-
-def _resize_fields(fields: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """float32[C, h, w] -> float32[C, size[1], size[0]] (cubic, half-pixel aligned)."""
-    import cv2
-
-    return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in fields])
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:

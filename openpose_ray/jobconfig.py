@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import InferenceConfig as EstimatorInferenceConfig
-from .config import PostprocessConfig
+from .config import PostprocessConfig, Precision, check_precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -105,26 +105,47 @@ class ModelConfig:
 class InferencePoolConfig:
     """The inference actor pool.
 
-    device: "auto" (a GPU when the cluster has one, else CPU), "cpu" or "cuda".
-    batch_size: frames per network call.
-    min_actors, max_actors: size of the actor pool; max_actors None sizes it
-        from the cluster (one per GPU, or CPUs / 2 on CPU-only clusters).
+    device: "cuda", "cpu" or "auto". auto is cuda when the cluster has a GPU
+        now or its autoscaler can start nodes with GPUs (a node type of the
+        cluster config offers "GPU"), else cpu; so a cold GPU cluster waits
+        for its GPU nodes instead of quietly running on CPU.
+    precision: arithmetic of the network: "fp32" (IEEE, also on CUDA),
+        "tf32" (CUDA only: TF32 tensor-core convolutions), "bf16", or "fp16"
+        (CUDA only); bf16 and fp16 run under torch.autocast. It changes
+        results, so it is part of the config fingerprint.
+    batch_size: frames per network call; also the chunk in which peaks are
+        found on the device, so device memory does not depend on shard size.
+    min_actors, max_actors: size of the actor pool. The job waits for
+        min_actors to be placeable before it starts; the pool then grows to
+        max_actors as nodes join. max_actors None: on GPU, as many as the
+        cluster's GPUs allow, counting the GPUs the autoscaler may still add
+        (its node types' max workers x GPUs per node, capped by the cluster's
+        max resources); on CPU, the cluster's CPUs / 2.
     gpus_per_actor: GPUs reserved per actor when on GPU.
     cpus_per_actor: CPUs reserved per actor; fractional so that actors never
         starve the decode tasks of a small machine.
-    peaks_on: where heatmaps are upsampled, smoothed and searched for peaks:
-        "device" (in the actor, next to the network: on a GPU this takes the
-        most expensive post-processing step off the CPU workers and ships only
-        the peaks and the PAFs), "cpu" (on the CPU workers, with the exact
-        numpy code of PoseEstimator.estimate), or "auto" (device on GPU, else cpu).
+    actor_resources: Ray custom resources each actor needs besides CPU/GPU,
+        e.g. {"accelerator_type:A10G": 0.001} or a node type's own resource,
+        to pin the actors to a kind of node.
+    wait_for_actors_s: seconds the job waits for its first min_actors actors'
+        resources to appear (an autoscaler starting nodes takes minutes); after
+        that it fails naming the resources that never appeared.
+    peaks_on: where heatmaps are upsampled, smoothed and searched for peaks and
+        limbs are scored on the PAFs: "device" (in the actor, next to the
+        network, batch by batch: only peaks and scored limb candidates leave
+        it), "cpu" (the actor ships the fields; CPU workers run the exact numpy
+        code of PoseEstimator.estimate), or "auto" (device on GPU, else cpu).
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = "fp32"
     batch_size: int = 16
     min_actors: int = 1
     max_actors: int | None = None
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5
+    actor_resources: dict[str, float] = field(default_factory=dict)
+    wait_for_actors_s: float = 1800.0
     peaks_on: Literal["auto", "cpu", "device"] = "auto"
 
     def __post_init__(self) -> None:
@@ -133,6 +154,15 @@ class InferencePoolConfig:
         _require(self.max_actors is None or self.max_actors >= self.min_actors, "inference.max_actors must be >= min_actors")
         _require(self.gpus_per_actor > 0, "inference.gpus_per_actor must be > 0")
         _require(self.cpus_per_actor > 0, "inference.cpus_per_actor must be > 0")
+        _require(self.wait_for_actors_s > 0, "inference.wait_for_actors_s must be > 0")
+        try:
+            check_precision(self.precision, "cpu" if self.device == "cpu" else None)
+        except ValueError as exc:
+            raise ValueError(f"inference.{exc}") from None
+        for name, amount in self.actor_resources.items():
+            _require(name not in ("CPU", "GPU", "memory"),
+                     f"inference.actor_resources: set {name} with cpus_per_actor / gpus_per_actor, not here")
+            _require(amount > 0, f"inference.actor_resources.{name} must be > 0")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ annotates them again).
 
 and print the job summary as JSON on stdout at the end (it is also written as
 summary.json next to the tables). Exit code: 0 on success; 1 when inputs failed
-and ``fail_on_error`` is set; 2 for a configuration error.
+and ``fail_on_error`` is set; 2 for a configuration error; 3 when the cluster
+did not offer the inference actors' resources within
+``inference.wait_for_actors_s`` (no input was listed, no output written).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
-    from .pipeline.runner import run_job  # imports Ray: only when a job really runs
+    from .pipeline.actor_pool import ActorsUnavailable  # imports Ray: only when a job really runs
+    from .pipeline.runner import run_job
 
     if logging.getLogger("openpose_ray").getEffectiveLevel() > logging.INFO:
         logging.getLogger("openpose_ray").setLevel(logging.INFO)  # a job always reports its progress
@@ -55,7 +58,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     for name in _CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).getEffectiveLevel()))
     log.info("configuration: %s", json.dumps(redacted_dict(config)))
-    summary = run_job(config, force=args.force)
+    try:
+        summary = run_job(config, force=args.force)
+    except ConfigError as exc:  # a setting the cluster cannot honour (e.g. fp16 where only CPUs are)
+        print(f"openpose-ray run: error: {exc}", file=sys.stderr)
+        return 2
+    except ActorsUnavailable as exc:
+        print(f"openpose-ray run: error: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2))
     failed = summary["frames_failed"]
     if failed:

@@ -53,6 +53,27 @@ def test_multi_scale_averages_the_fields_of_each_scale(estimator, photos):
     assert len(multi.estimate([image])[0]) == 4
 
 
+@pytest.mark.parametrize("scales", [(0.5,), (1.0, 0.5)])
+def test_a_frames_fields_do_not_depend_on_the_other_frames_of_the_call(scales):
+    """Fit-height frames of widths that share network inputs at some scale but not their scale-1 field
+    (642 and 643 px wide at height 480): batched with others, each frame's fields are its fields alone,
+    returned in call order."""
+    from openpose_ray.estimator import PoseEstimator
+
+    torch.manual_seed(0)
+    network = resolve(get_entry("cmu_body").network)()
+    cmu = PoseEstimator(get_entry("cmu_body"), network, inference=InferenceConfig(net_size=(96, 96), scales=scales))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (480, width, 3), dtype=np.uint8) for width in (642, 643, 300, 642, 643)]
+    prepared = [cmu.prepare(image) for image in images]
+    together = cmu.infer_fields(prepared, batch_size=4)
+    for item, (heat, paf) in zip(prepared, together):
+        alone_heat, alone_paf = cmu.infer_fields([item], batch_size=1)[0]
+        assert heat.shape[1:] == item.base_transform.valid_field_size(8)[::-1]
+        np.testing.assert_allclose(heat, alone_heat, atol=1e-5)
+        np.testing.assert_allclose(paf, alone_paf, atol=1e-5)
+
+
 def test_grayscale_and_bgra_inputs_are_converted(estimator, photos):
     gray = cv2.cvtColor(photos[0], cv2.COLOR_BGR2GRAY)
     as_bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)

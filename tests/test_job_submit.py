@@ -27,15 +27,8 @@ Things this module takes care of, each measured with Ray 2.60:
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -45,14 +38,12 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from ray_processes import signal_all, wait_gone
+from ray_processes import VENV_BIN, LocalRayCluster, free_ports, port_open
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
 START_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 400
-STOP_TIMEOUT_S = 30
 MAX_UPLOAD_BYTES = 20 * 2**20  # the repository without .venv is ~1 MB; more means something big is uploaded
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -84,52 +75,6 @@ def _ray_client_available() -> bool:
     return importlib.util.find_spec("grpc") is not None
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"({path} unreadable: {exc})"
-
-
-def _stop_cluster(head: subprocess.Popen, temp_dir: Path) -> dict[int, str]:
-    """Stop every process of this cluster and no other; return those still alive (should be none)."""
-    if head.poll() is None:
-        head.terminate()  # `ray start --block` on SIGTERM stops the processes it started
-        try:
-            head.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    left = wait_gone(temp_dir, head.pid, 5)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not left:
-            break
-        signal_all(left, sig)
-        left = wait_gone(temp_dir, head.pid, 10)
-    if head.poll() is None:
-        head.kill()
-    head.wait(timeout=10)
-    return left
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _get(url: str, token: str):
     """GET a JSON document of the dashboard's REST API."""
     # No proxy: a proxy set in the environment must not see loopback requests.
@@ -141,63 +86,33 @@ def _get(url: str, token: str):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A one-node Ray cluster (2 CPUs) on 127.0.0.1, started with `ray start --head --block`."""
+    """A one-node Ray cluster (2 CPUs) on 127.0.0.1 with its dashboard (the job API)."""
     missing = _dashboard_dependency_error()
     if missing:
         pytest.fail(f"`ray job submit` needs the dashboard of ray[default] ({missing}), a dependency of "
                     "openpose_ray: run scripts/setup.sh", pytrace=False)
-    # Short and in /tmp: Ray's unix sockets live under it (107-byte path limit).
-    temp_dir = Path(tempfile.mkdtemp(prefix="opray-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    dashboard_port, client_port = _free_ports(2)
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no RAY_ADDRESS etc. of the caller
-    env.update({
-        # The job's `python` (resolved by the job supervisor from the raylet's PATH) is the venv's.
-        "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")]),
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "NO_PROXY": ",".join(filter(None, [env.get("NO_PROXY"), "127.0.0.1,localhost"])),
-        "no_proxy": ",".join(filter(None, [env.get("no_proxy"), "127.0.0.1,localhost"])),
-    })
+    dashboard_port, client_port = free_ports(2)
+    url = f"http://127.0.0.1:{dashboard_port}"
+    head_args = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    if _ray_client_available():
+        head_args.append(f"--ray-client-server-port={client_port}")  # its default, 10001, may be taken
+
+    def job_api_answers(cluster: LocalRayCluster) -> bool:  # served by the job module, the last part to come up
+        try:
+            _get(f"{url}/api/jobs/", cluster.token)
+            return True
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
     # OPENPOSE_RAY_CACHE (and XDG_CACHE_HOME, HOME) pass through: the job finds the weights
     # in the same cache as this process.
-    command = [
-        str(RAY), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=2", f"--temp-dir={temp_dir}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        "--dashboard-agent-listen-port=0", "--min-worker-port=0", "--max-worker-port=0",
-    ]
-    if _ray_client_available():
-        command.append(f"--ray-client-server-port={client_port}")  # its default, 10001, may be taken
-    log = temp_dir / "ray-start.log"
-    with open(log, "wb") as out:
-        head = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=temp_dir)
-    url = f"http://127.0.0.1:{dashboard_port}"
+    cluster = LocalRayCluster(num_cpus=2, head_args=tuple(head_args), ready=job_api_answers,
+                              timeout_s=START_TIMEOUT_S)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        last_error = None
-        while True:
-            if head.poll() is not None:
-                pytest.fail(f"`ray start` exited with {head.returncode}; its output ends:\n{_tail(log)}", pytrace=False)
-            try:
-                _get(f"{url}/api/jobs/", token)  # served by the job module, the last part to come up
-                break
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                last_error = exc
-            if time.monotonic() > deadline:
-                pytest.fail(f"the job API at {url} did not answer within {START_TIMEOUT_S} s ({last_error}); "
-                            f"`ray start` output ends:\n{_tail(log)}", pytrace=False)
-            time.sleep(0.5)
-        yield RayHead(dashboard_url=url, token=token, env=env, temp_dir=temp_dir)
+        yield RayHead(dashboard_url=url, token=cluster.token, env=cluster.env, temp_dir=cluster.temp_dir)
     finally:
-        left = _stop_cluster(head, temp_dir)
-        dashboard_still_listening = _port_open(dashboard_port)
-        if not left:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        left = cluster.stop()
+        dashboard_still_listening = port_open(dashboard_port)
     # Not reached when starting failed: that error is the one to see.
     assert not left, f"processes of the test cluster still alive after teardown: {left}"
     assert not dashboard_still_listening, f"port {dashboard_port} of the test cluster's dashboard still listens"

@@ -18,78 +18,13 @@ import pytest
 import torch
 
 from openpose_ray.config import PostprocessConfig
-from openpose_ray.postprocess import Peaks, decode, decode_peaks, find_peaks, find_peaks_torch, upsample
-from openpose_ray.postprocess.limbs import match_limb, score_candidates
-from openpose_ray.skeleton import COCO18, Skeleton
+from openpose_ray.postprocess import Peaks, decode, decode_peaks, find_peaks, upsample
+from openpose_ray.postprocess.device import find_peak_tensors, to_host
+from openpose_ray.postprocess.limbs import match_limbs, score_candidates, score_limbs
+from openpose_ray.skeleton import COCO18
+from synthetic_fields import FIELD_SIZE, ON_UPSAMPLED_PIXEL, figure_at, synthesize_fields
 
 CONFIG = PostprocessConfig()
-FIELD_SIZE = (60, 46)  # (width, height) of the stride-8 fields: a 480x368 input
-
-# A standing figure facing the camera, in stride-8 field pixels relative to the
-# neck. Every limb is shorter than the length prior (0.5 * field height).
-STANDING_FIGURE: dict[str, tuple[float, float]] = {
-    "nose": (0, -5), "neck": (0, 0),
-    "r_shoulder": (-5, 0), "r_elbow": (-6, 7), "r_wrist": (-7, 13),
-    "l_shoulder": (5, 0), "l_elbow": (6, 7), "l_wrist": (7, 13),
-    "r_hip": (-3, 14), "r_knee": (-3, 22), "r_ankle": (-3, 30),
-    "l_hip": (3, 14), "l_knee": (3, 22), "l_ankle": (3, 30),
-    "r_eye": (-2, -7), "l_eye": (2, -7), "r_ear": (-4, -6), "l_ear": (4, -6),
-}
-
-# Field x = k + 1/8 lands on the upsampled pixel centre 4k + 2 (and likewise for
-# y), so a blob's upsampled maximum is one pixel, not a tie between two.
-ON_UPSAMPLED_PIXEL = 1.0 / 8.0
-
-
-def synthesize_fields(people: list[dict[str, tuple[float, float]]], size: tuple[int, int] = FIELD_SIZE,
-                      skeleton: Skeleton = COCO18, *, sigma: float = 1.0, peak: float = 0.95,
-                      paf_half_width: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Network-like fields for people given as {part name: (x, y)} in field pixels.
-
-    Returns (heatmaps float32[K+1, h, w] with the background in the last channel,
-    pafs float32[2L, h, w]). A blob of standard deviation ``sigma`` and height
-    ``peak`` marks each part (overlapping blobs of one part keep the maximum); each
-    limb whose two parts are given gets its unit vector on every pixel within
-    ``paf_half_width`` of the segment (overlapping limbs of one type are averaged,
-    as in the OpenPose ground truth).
-    """
-    width, height = size
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    heatmaps = np.zeros((skeleton.num_parts + 1, height, width), np.float64)
-    pafs = np.zeros((skeleton.num_paf_channels, height, width), np.float64)
-    paf_count = np.zeros((skeleton.num_limbs, height, width), np.float64)
-    for person in people:
-        for name, (x, y) in person.items():
-            part = skeleton.part_index(name)
-            blob = peak * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
-            heatmaps[part] = np.maximum(heatmaps[part], blob)
-        for limb_id, limb in enumerate(skeleton.limbs):
-            if limb.part_a not in person or limb.part_b not in person:
-                continue
-            a = np.asarray(person[limb.part_a], np.float64)
-            b = np.asarray(person[limb.part_b], np.float64)
-            length = np.linalg.norm(b - a)
-            unit = (b - a) / length
-            along = (xs - a[0]) * unit[0] + (ys - a[1]) * unit[1]
-            across = np.abs((xs - a[0]) * unit[1] - (ys - a[1]) * unit[0])
-            on_limb = (along >= 0) & (along <= length) & (across <= paf_half_width)
-            pafs[limb.paf_x][on_limb] += unit[0]
-            pafs[limb.paf_y][on_limb] += unit[1]
-            paf_count[limb_id][on_limb] += 1
-    for limb_id, limb in enumerate(skeleton.limbs):
-        count = np.maximum(paf_count[limb_id], 1)
-        pafs[limb.paf_x] /= count
-        pafs[limb.paf_y] /= count
-    heatmaps[-1] = 1.0 - heatmaps[:-1].max(axis=0)
-    return heatmaps.astype(np.float32), pafs.astype(np.float32)
-
-
-def figure_at(neck_x: float, neck_y: float, parts=None) -> dict[str, tuple[float, float]]:
-    """STANDING_FIGURE with its neck at (neck_x, neck_y) field pixels, optionally only some parts."""
-    names = STANDING_FIGURE if parts is None else parts
-    return {name: (neck_x + STANDING_FIGURE[name][0], neck_y + STANDING_FIGURE[name][1]) for name in names}
-
-
 def to_upsampled(xy, factor: int = CONFIG.upsample) -> np.ndarray:
     return (np.asarray(xy, np.float64) + 0.5) * factor - 0.5
 
@@ -315,8 +250,7 @@ def test_limb_matching_uses_each_peak_at_most_once():
     necks = peaks.of_part(COCO18.part_index("neck"))
     shoulders = peaks.of_part(COCO18.part_index("r_shoulder"))
     assert (len(necks), len(shoulders)) == (2, 3)
-    limb = COCO18.limbs[0]
-    matches = match_limb(necks, shoulders, peaks.xy, pafs_up[limb.paf_x], pafs_up[limb.paf_y], config)
+    matches = match_limbs(score_limbs(peaks, pafs_up, COCO18, config), COCO18.num_limbs)[0]  # neck -> r_shoulder
     assert len(matches.a) == 2  # both necks matched, to two different shoulders
     assert len(set(matches.a.tolist())) == len(matches.a)
     assert len(set(matches.b.tolist())) == len(matches.b)
@@ -419,6 +353,11 @@ def test_postprocess_config_rejects_bad_values(bad):
 
 
 # --- 7. torch peak finder -------------------------------------------------------------
+
+
+def find_peaks_torch(heat_up: torch.Tensor, config: PostprocessConfig, num_parts: int) -> list[Peaks]:
+    """The device peak finder (postprocess.device) on a batch [N, C, H, W], per image on the host."""
+    return [peaks for peaks, _ in to_host(find_peak_tensors(heat_up[:, :num_parts], config))]
 
 
 def test_torch_peak_finder_agrees_with_numpy():

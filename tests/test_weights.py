@@ -110,25 +110,33 @@ def test_missing_user_checkpoint_is_a_clear_error(tmp_path):
         PoseEstimator.from_pretrained(weights=str(tmp_path / "nope.pt"))
 
 
-def test_user_checkpoint_from_s3(estimator, tmp_path, monkeypatch):
-    """A checkpoint on an S3-compatible server (moto on loopback) loads like a local one."""
+def test_exported_checkpoint_on_s3_loads_pinned_by_its_sha256(estimator, tmp_path, monkeypatch, capsys):
+    """`openpose-ray weights export --to s3://...` (moto on loopback), then a job-style load pinned by the printed sha256."""
     import boto3
     from moto.server import ThreadedMotoServer
+
+    from openpose_ray.cli import main
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        for name, value in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                             "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(name, value)
-        buffer = io.BytesIO()
-        torch.save(estimator.network.state_dict(), buffer)
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="models")
-        s3.put_object(Bucket="models", Key="pose/mobilenet_thin.pt", Body=buffer.getvalue())
-        remote = PoseEstimator.from_pretrained(weights="s3://models/pose/mobilenet_thin.pt")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+        uri = "s3://models/pose/mobilenet_thin.pt"
+        assert main(["weights", "export", "--to", uri, "--endpoint-url", endpoint]) == 0
+        printed = capsys.readouterr().out
+        sha = printed.split("model.weights_sha256: ")[1].split()[0]
+        assert f"model.weights: {uri}" in printed and len(sha) == 64
+        from openpose_ray.jobconfig import S3Config
+
+        remote = PoseEstimator.from_pretrained(weights=uri, weights_sha256=sha, s3=S3Config(endpoint_url=endpoint))
+        with pytest.raises(ValueError, match="expected"):
+            PoseEstimator.from_pretrained(weights=uri, weights_sha256="0" * 64, s3=S3Config(endpoint_url=endpoint))
     finally:
         server.stop()
     assert state_dict_digest(remote.network.state_dict()) == ENTRY.state_dict_digest
+    assert remote.weights_sha256 == sha

@@ -23,6 +23,7 @@ import os
 import tarfile
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,6 +187,35 @@ def read_uri(uri: str, s3: "S3Config | None" = None) -> bytes:
             raise FileNotFoundError(f"checkpoint {uri} does not exist")
         return path.read_bytes()
     raise ValueError(f"cannot read checkpoint {uri}: only local paths, file:// and s3:// are supported")
+
+
+@dataclass(frozen=True, eq=False)
+class ResolvedWeights:
+    """A model's weights in memory, ready to load.
+
+    state_dict: the network's state dict (CPU tensors).
+    file_sha256: sha256 of the file they came from (the registry's source file
+        for default weights, the user's checkpoint otherwise).
+    source: how to name them in messages ("default weights of NAME" or the URI).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    file_sha256: str | None
+    source: str
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """The state dict (the interface of pipeline.shipped_weights.ShippedWeights, for code taking either)."""
+        return self.state_dict
+
+
+def resolve_weights(entry: ModelEntry, uri: str | None = None, *, sha256: str | None = None,
+                    s3: "S3Config | None" = None) -> ResolvedWeights:
+    """The default weights of ``entry`` (``uri`` None: fetched and converted on first use) or a user checkpoint."""
+    if uri is None:
+        return ResolvedWeights(default_state_dict(entry), entry.source.sha256 if entry.source else None,
+                               f"default weights of {entry.name}")
+    state_dict, file_sha = user_state_dict(entry, uri, sha256=sha256, s3=s3)
+    return ResolvedWeights(state_dict, file_sha, uri)
 
 
 def user_state_dict(entry: ModelEntry, uri: str, *, sha256: str | None = None,

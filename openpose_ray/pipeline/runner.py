@@ -3,11 +3,16 @@
     ListInputs (read tasks, streaming listing)
       -> plan_item (flat_map: videos cut into segments)
       -> decode_shard (map, 1 CPU: decode + resize to uint8 network inputs)
-      -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors)
+      -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors; see actor_pool)
       -> postprocess_and_write (map, 0.5 CPU: decode people, write the shard's Parquet)
       -> render_shard (optional)
     then, on the driver: progress, the manifest (snapshot, garbage collection),
     rendered-video assembly, summary.json.
+
+Before the pipeline starts, the driver resolves the weights once and ships
+them to the actors through the object store (pipeline.shipped_weights), and
+waits until the cluster can place the first inference actors: on a cold
+autoscaling cluster that is minutes (pipeline.actor_pool).
 
 Incremental and crash-safe (see openpose_ray.outputs.manifest): before the
 pipeline starts, the driver reads the output's manifest and hands the listing
@@ -41,15 +46,18 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from .. import __version__
-from ..config_loader import config_fingerprint
+from ..config import check_precision
+from ..config_loader import ConfigError, config_fingerprint
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
-from ..models.weights import read_uri
+from ..models.weights import resolve_weights
 from ..outputs.provenance import Provenance
 from ..outputs import manifest
 from ..outputs.writer import write_summary
 from ..storage import redact
+from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
+from .shipped_weights import ShippedWeights
 from .stages import InferenceActor, decode_shard, plan_item, postprocess_and_write, render_shard
 
 log = logging.getLogger(__name__)
@@ -80,19 +88,14 @@ def init_ray(config: JobConfig) -> None:
                  include_dashboard=False)
 
 
-def make_provenance(config: JobConfig) -> Provenance:
+def make_provenance(config: JobConfig, weights_sha256: str | None) -> Provenance:
+    """The run's provenance; ``weights_sha256``: of the weights' file (ResolvedWeights.file_sha256)."""
     entry = get_entry(config.model.name)
-    if config.model.weights is None:
-        weights_sha = entry.source.sha256 if entry.source else ""
-    else:
-        import hashlib
-
-        weights_sha = config.model.weights_sha256 or hashlib.sha256(read_uri(config.model.weights, config.s3)).hexdigest()
     now = datetime.now(timezone.utc)
     return Provenance(
         run_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         model=entry.name,
-        weights_sha256=weights_sha,
+        weights_sha256=weights_sha256 or "",
         net_size=tuple(config.model.net_size or entry.input_spec.net_size),
         scales=tuple(config.model.scales),
         code_version=__version__,
@@ -101,51 +104,39 @@ def make_provenance(config: JobConfig) -> Provenance:
     )
 
 
-def inference_resources(config: JobConfig) -> dict:
-    """Device, per-actor resources and pool size from the config and the cluster."""
-    pool = config.inference
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    device = pool.device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    if device == "cuda" and gpus == 0:
-        raise RuntimeError("inference.device is cuda but the Ray cluster has no GPU")
-    cpus = max(1, int(resources.get("CPU", 1)))
-    if device == "cuda":
-        max_actors = pool.max_actors or max(1, int(gpus / pool.gpus_per_actor))
-        num_gpus = pool.gpus_per_actor
-    else:
-        max_actors = pool.max_actors or max(1, cpus // 2)
-        num_gpus = 0
-    min_actors = min(pool.min_actors, max_actors)
-    # Each CPU actor gets an equal share of the cores for torch's intra-op threads
-    # (Ray would otherwise pin a fractional-CPU actor to one thread).
-    threads = max(1, cpus // max_actors)
-    peaks_on_device = pool.peaks_on == "device" or (pool.peaks_on == "auto" and device == "cuda")
-    return {"device": device, "num_gpus": num_gpus, "num_cpus": pool.cpus_per_actor, "min_actors": min_actors,
-            "max_actors": max_actors, "torch_threads": threads, "peaks_on_device": peaks_on_device}
+def ship_weights(config: JobConfig) -> ShippedWeights:
+    """Resolve the job's weights here, on the driver, and put them in the object store for the actors."""
+    model = config.model
+    resolved = resolve_weights(get_entry(model.name), model.weights, sha256=model.weights_sha256, s3=config.s3)
+    return ShippedWeights.put(resolved)
 
 
-def configure_retries() -> None:
+def configure_retries(config: JobConfig) -> None:
     """Set the retry policy of the current Ray Data context (see the module docstring)."""
     context = ray.data.DataContext.get_current()
     context.retried_map_errors = True
     context.max_map_retries = _MAP_RETRIES
     context.max_consecutive_actor_init_deaths = _ACTOR_INIT_DEATHS
+    # Ray Data fails a pipeline that makes no progress for this long (default 30 min); losing
+    # the GPU nodes mid-run and waiting for new ones is that, and gets the job's own bound.
+    context.execution_no_progress_timeout_s = max(context.execution_no_progress_timeout_s,
+                                                  config.inference.wait_for_actors_s)
 
 
-def build_dataset(config: JobConfig, provenance: Provenance, resources: dict, done_ref=None) -> ray.data.Dataset:
+def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, weights: ShippedWeights,
+                  done_ref=None) -> ray.data.Dataset:
     ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
     ds = ds.flat_map(plan_item, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
     ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS)
+    custom = {name: amount for name, amount in plan.bundle.items() if name not in ("CPU", "GPU")}
     ds = ds.map(
         InferenceActor,
-        fn_constructor_kwargs={"config": config, "device": resources["device"], "torch_threads": resources["torch_threads"],
-                               "peaks_on_device": resources["peaks_on_device"]},
-        compute=ActorPoolStrategy(min_size=resources["min_actors"], max_size=resources["max_actors"]),
-        num_cpus=resources["num_cpus"],
-        num_gpus=resources["num_gpus"],
+        fn_constructor_kwargs={"config": config, "weights": weights, "device": plan.device,
+                               "torch_threads": plan.torch_threads, "peaks_on_device": plan.peaks_on_device},
+        compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
+        num_cpus=plan.bundle["CPU"],
+        num_gpus=plan.bundle.get("GPU", 0),
+        resources=custom or None,
         # Ray Data restarts a lost actor and retries its tasks without limit by default
         # (max_restarts=-1, max_task_retries=-1), so a vanished GPU node costs time, not rows.
     )
@@ -162,18 +153,30 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     """
     started = time.time()
     init_ray(config)
-    configure_retries()
-    provenance = make_provenance(config)
-    resources = inference_resources(config)
-    log.info("run %s: %d input(s) -> %s; inference on %s, %d-%d actor(s), peaks on %s", provenance.run_id,
-             len(config.input), redact(config.output), resources["device"], resources["min_actors"],
-             resources["max_actors"], "the inference device" if resources["peaks_on_device"] else "CPU workers")
+    configure_retries(config)
+    cluster = ClusterView.current()
+    plan = plan_actors(config.inference, cluster)
+    try:
+        check_precision(config.inference.precision, plan.device)
+    except ValueError as exc:
+        raise ConfigError(f"inference.{exc} (inference.device {config.inference.device} chose {plan.device}: "
+                          f"{plan.why})") from None
+    if plan.device == "cuda" and cluster.obtainable("GPU") == 0:
+        log.warning("inference on cuda, but no node has a GPU and no autoscaler config offers one: the job waits "
+                    "up to %.0f s (inference.wait_for_actors_s) for a GPU node to join", config.inference.wait_for_actors_s)
+    weights = ship_weights(config)
+    provenance = make_provenance(config, weights.file_sha256)
+    log.info("run %s: %d input(s) -> %s; inference on %s (%s), %d-%s actor(s) of %s, peaks on %s", provenance.run_id,
+             len(config.input), redact(config.output), plan.device, plan.why, plan.min_actors,
+             plan.max_actors or "any", plan.describe_bundle(),
+             "the inference device" if plan.peaks_on_device else "CPU workers")
     done = manifest.done_index(manifest.resolve(manifest.load(config.output, config.s3).records), provenance.generation)
     if force:
         log.info("--force: annotating every input again (%d done in generation %s)", len(done), provenance.generation)
     else:
         log.info("manifest: %d input(s) already done in generation %s", len(done), provenance.generation)
-    ds = build_dataset(config, provenance, resources, None if force or not len(done) else ray.put(done))
+    waited = wait_for_actors(plan, config.inference.wait_for_actors_s)
+    ds = build_dataset(config, provenance, plan, weights, None if force or not len(done) else ray.put(done))
 
     totals: dict[str, float] = defaultdict(float)
     last_log = time.time()
@@ -215,6 +218,10 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "wall_time_s": round(wall, 2),
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
         "stage_seconds": {k: round(totals[k], 2) for k in ("decode_s", "infer_s", "post_s")},
+        "inference": {"device": plan.device, "precision": config.inference.precision,
+                      "peaks_on": "device" if plan.peaks_on_device else "cpu", "actor": plan.bundle,
+                      "min_actors": plan.min_actors, "max_actors": plan.max_actors,
+                      "waited_for_actors_s": round(waited, 1)},
         "rendered_images": int(totals["images_rendered"]),
         "rendered_videos": videos_written,
         "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},

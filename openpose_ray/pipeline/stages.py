@@ -3,13 +3,14 @@
 Rows between stages are ``{"kind": str, "shard_id": str, "payload": bytes}``
 where the payload is a pickled dataclass of the stage (pickling keeps numpy
 arrays of any shape intact and the Arrow schema trivial). Frames travel as
-uint8 network inputs; the float fields exist only between the inference actor
-and the post-processing task of the same shard.
+uint8 network inputs; what the inference actor returns per frame is either
+its float fields (``peaks_on: cpu``) or, found on the actor's device, its
+peaks and scored limb candidates (``peaks_on: device``, a few kB).
 
     plan_item        video/tar -> shards; image shards pass; skipped -> count row
     decode_shard     shard -> frames metadata + uint8 network inputs   (CPU)
-    InferenceActor   inputs -> fields averaged over scales            (GPU or CPU actor)
-    postprocess_and_write  fields -> people -> Parquet files of the shard (CPU)
+    InferenceActor   inputs -> fields, or peaks + limb candidates     (GPU or CPU actor)
+    postprocess_and_write  -> people -> Parquet files of the shard     (CPU)
     render_shard     re-decode the shard and draw people -> media      (CPU, optional)
 """
 
@@ -20,22 +21,21 @@ import pickle
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ..estimator import PoseEstimator, PreparedImage, decoded_to_people, fields_to_people, prepare_image
+from ..estimator import PoseEstimator, PreparedImage, fields_to_people, peaks_to_people, prepare_image
+from ..inference import FrameFields, FramePeaks
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
+from ..models.weights import ResolvedWeights
 from ..outputs.frames_table import ShardTablesBuilder
 from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
 from ..outputs.writer import ShardWriter, partition_value
 from ..person import Person
-from ..postprocess import Peaks, decode_peaks, find_peaks_torch, upsample
-from ..postprocess.peaks import upsample_torch
 from ..preprocess import ResizeTransform
 from ..sources.decoding import decode_shard as decode_frames
 from ..sources.planning import Shard, plan_tar, plan_video
 from ..storage import redact, stable_id
+from .shipped_weights import ShippedWeights
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ class ShardWork:
     frames: one FrameMeta per decoded frame or failed input.
     transforms: per frame, the scale-1 ResizeTransform back to source pixels (None for failed frames).
     prepared: per frame, the network inputs (None for failed frames); dropped after inference.
-    fields: per frame, (heatmaps, pafs) (None for failed frames); heatmaps are None when
-        the peaks were found on the inference device; dropped after post-processing.
-    peaks: per frame, the Peaks found on the inference device, or None.
+    results: per frame, what the inference actor found (None for failed frames): the
+        fields, or the peaks and limb candidates; dropped after post-processing.
     people: per frame, the people found; kept only when rendering.
     inferred: frames that went through the network.
     records: the shard's manifest records, written by :func:`commit` once its outputs are published.
@@ -79,8 +78,7 @@ class ShardWork:
     frames: list[FrameMeta]
     transforms: list[ResizeTransform | None] = field(default_factory=list)
     prepared: list[PreparedImage | None] | None = None
-    fields: list[tuple[np.ndarray | None, np.ndarray] | None] | None = None
-    peaks: list[Peaks | None] | None = None
+    results: list[FrameFields | FramePeaks | None] | None = None
     people: list[list[Person]] | None = None
     failed: "FailedInput | None" = None
     decode_seconds: float = 0.0
@@ -167,14 +165,24 @@ def decode_shard(row: dict, config: JobConfig) -> dict:
 
 
 class InferenceActor:
-    """Holds the network on its device; turns prepared frames into fields (and peaks)."""
+    """Holds the network on its device; turns prepared frames into fields, or peaks and limb candidates.
 
-    def __init__(self, config: JobConfig, device: str, torch_threads: int, peaks_on_device: bool):
+    weights: ShippedWeights from the driver (the actor never fetches weights itself), or
+        ResolvedWeights in memory when the class is used without Ray (benchmarks/gpu_check.py).
+    peaks_on_device: find peaks and score limbs here (see InferenceEngine.peaks).
+    """
+
+    def __init__(self, config: JobConfig, weights: ShippedWeights | ResolvedWeights, device: str, torch_threads: int,
+                 peaks_on_device: bool):
+        import os
+
         import torch
 
-        if device == "cpu":
-            torch.set_num_threads(torch_threads)
+        if device == "cpu":  # the driver's share of the cores, at most this machine's
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, min(torch_threads, cores)))
         self.config = config
+        self.weights = weights
         self.device = device
         self.peaks_on_device = peaks_on_device
         self._estimator: PoseEstimator | None = None
@@ -184,10 +192,10 @@ class InferenceActor:
         """The network, loaded on first use: a run with nothing left to do loads no weights."""
         if self._estimator is None:
             model = self.config.model
-            self._estimator = PoseEstimator.from_pretrained(
-                model.name, device=self.device, net_size=model.net_size, weights=model.weights,
-                scales=model.scales, postprocess=self.config.postprocess, weights_sha256=model.weights_sha256,
-                s3=self.config.s3,
+            self._estimator = PoseEstimator.from_state_dict(
+                model.name, self.weights.load(), source=self.weights.source, device=self.device,
+                net_size=model.net_size, scales=model.scales, postprocess=self.config.postprocess,
+                weights_sha256=self.weights.file_sha256, precision=self.config.inference.precision,
             )
         return self._estimator
 
@@ -197,47 +205,25 @@ class InferenceActor:
         work: ShardWork = pickle.loads(row["payload"])
         start = time.perf_counter()
         ok = [i for i, item in enumerate(work.prepared) if item is not None]
-        fields = self.estimator.infer_fields([work.prepared[i] for i in ok], batch_size=self.config.inference.batch_size) if ok else []
+        work.results = [None] * len(work.frames)
+        if ok:
+            engine, batch_size = self.estimator.engine, self.config.inference.batch_size
+            items = [work.prepared[i] for i in ok]
+            found = (engine.peaks(items, self.config.postprocess, batch_size) if self.peaks_on_device
+                     else engine.fields(items, batch_size))
+            for i, frame_result in zip(ok, found):
+                work.results[i] = frame_result
         work.inferred = len(ok)
-        work.fields = [None] * len(work.frames)
-        for i, frame_fields in zip(ok, fields):
-            work.fields[i] = frame_fields
-        if self.peaks_on_device:
-            work.peaks = [None] * len(work.frames)
-            for i, frame_peaks in zip(ok, self._device_peaks([f[0] for f in fields])):
-                work.peaks[i] = frame_peaks
-                work.fields[i] = (None, work.fields[i][1])  # the heatmaps are no longer needed
         work.prepared = None
         work.infer_seconds = time.perf_counter() - start
         return _row("shard", row["shard_id"], work)
 
-    def _device_peaks(self, heatmaps: list[np.ndarray]) -> list[Peaks]:
-        """Upsample, smooth and search the heatmaps of a shard on the actor's device, by equal shapes."""
-        import torch
 
-        estimator, cfg = self.estimator, self.config.postprocess
-        num_parts = estimator.skeleton.num_parts
-        result: list[Peaks | None] = [None] * len(heatmaps)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, heat in enumerate(heatmaps):
-            by_shape.setdefault(heat.shape, []).append(i)
-        for indices in by_shape.values():
-            batch = torch.from_numpy(np.stack([heatmaps[i][:num_parts] for i in indices])).to(estimator.device)
-            with torch.inference_mode():
-                peaks = find_peaks_torch(upsample_torch(batch, cfg.upsample, cfg.upsample_interpolation), cfg, num_parts)
-            for i, frame_peaks in zip(indices, peaks):
-                result[i] = frame_peaks
-        return result
-
-
-def _decode_frame(frame_fields, frame_peaks, transform, entry, config: JobConfig) -> list[Person]:
-    """People of one frame from its fields, or from device peaks plus its PAFs."""
-    heatmaps, pafs = frame_fields
-    cfg = config.postprocess
-    if frame_peaks is None:
-        return fields_to_people(heatmaps, pafs, transform, entry, cfg)
-    pafs_up = upsample(pafs, cfg.upsample, cfg.upsample_interpolation)
-    return decoded_to_people(decode_peaks(frame_peaks, pafs_up, entry.skeleton, cfg), transform, entry, cfg)
+def _decode_frame(result: FrameFields | FramePeaks, transform, entry, config: JobConfig) -> list[Person]:
+    """People of one frame from its fields, or from its device peaks and limb candidates."""
+    if isinstance(result, FramePeaks):
+        return peaks_to_people(result, transform, entry, config.postprocess)
+    return fields_to_people(result.heatmaps, result.pafs, transform, entry, config.postprocess)
 
 
 def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) -> dict:
@@ -252,9 +238,8 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
     entry = get_entry(config.model.name)
     start = time.perf_counter()
     people: list[list[Person]] = []
-    frame_peaks = work.peaks or [None] * len(work.frames)
-    for frame_fields, peaks, transform in zip(work.fields, frame_peaks, work.transforms):
-        people.append([] if frame_fields is None else _decode_frame(frame_fields, peaks, transform, entry, config))
+    for result, transform in zip(work.results, work.transforms):
+        people.append([] if result is None else _decode_frame(result, transform, entry, config))
     post_seconds = time.perf_counter() - start
 
     tables = ShardTablesBuilder(provenance, work.shard_id, entry.skeleton)
@@ -271,7 +256,7 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
     writer = ShardWriter(config.output, config.write, config.s3, provenance)
     files = writer.write_shard(work.shard_id, people_table, frames_table, partition)
 
-    work.fields = work.peaks = None
+    work.results = None
     work.people = people
     work.records = shard_records(work, [relative_to_output(config.output, uri) for uri in files], provenance)
     work.stats = {

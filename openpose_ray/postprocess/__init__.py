@@ -1,7 +1,10 @@
 """OpenPose post-processing: fields -> peaks -> scored, matched limbs -> people.
 
-Pure numpy (OpenCV's array filters for resize/blur/dilate); no Ray, no files,
-no torch except the optional batched peak finder. Every threshold comes from a
+Pure numpy (OpenCV's array filters for resize/blur/dilate); no Ray, no files.
+:mod:`openpose_ray.postprocess.device` does the field work (upsampling,
+smoothing, peaks, limb scoring) for batches on a torch device, next to the
+network, and hands back the same :class:`Peaks` and :class:`LimbCandidates`,
+so matching and assembly are shared. Every threshold comes from a
 :class:`~openpose_ray.config.PostprocessConfig`.
 """
 
@@ -12,35 +15,41 @@ import numpy as np
 from ..config import PostprocessConfig
 from ..skeleton import Skeleton
 from .assembly import assemble
-from .limbs import LimbMatches, match_limb
-from .peaks import Peaks, find_peaks, find_peaks_torch, upsample
+from .limbs import LimbCandidates, LimbMatches, match_limbs, score_limbs
+from .peaks import Peaks, find_peaks, upsample
 
-__all__ = ["Peaks", "LimbMatches", "decode", "decode_peaks", "find_peaks", "find_peaks_torch", "upsample"]
+__all__ = ["Peaks", "LimbCandidates", "LimbMatches", "decode", "decode_peaks", "decode_candidates", "find_peaks",
+           "match_limbs", "score_limbs", "upsample"]
 
 
-def decode_peaks(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
-    """Group peaks into people using upsampled PAFs float32[2L, H, W].
+def decode_candidates(peaks: Peaks, candidates: LimbCandidates, skeleton: Skeleton,
+                      config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """Match scored limb candidates and assemble people.
 
-    Returns [(keypoints float32[K, 3] as x, y in upsampled-field pixels and
-    confidence, 0 for missing parts; person score)]. The result does not depend
-    on the order of the peaks: they are put in (part, y, x) order first, so
-    every tie is broken by position.
+    peaks: sorted by (part, y, x); candidates: index into ``peaks``. Returns
+    [(keypoints float32[K, 3] as x, y in upsampled-field pixels and confidence,
+    0 for missing parts; person score)].
     """
-    order = np.lexsort((peaks.xy[:, 0], peaks.xy[:, 1], peaks.part))
-    peaks = Peaks(peaks.part[order], peaks.xy[order], peaks.score[order])
-    per_part = [peaks.of_part(p) for p in range(skeleton.num_parts)]
-    matches = [
-        match_limb(per_part[a], per_part[b], peaks.xy, pafs_up[cx], pafs_up[cy], config)
-        for (a, b), (cx, cy) in zip(skeleton.limb_part_indices(), skeleton.limb_paf_channels())
-    ]
     people = []
-    for peak_ids, score in assemble(peaks, matches, skeleton, config):
+    for peak_ids, score in assemble(peaks, match_limbs(candidates, skeleton.num_limbs), skeleton, config):
         keypoints = np.zeros((skeleton.num_parts, 3), np.float32)
         found = peak_ids >= 0
         keypoints[found, :2] = peaks.xy[peak_ids[found]]
         keypoints[found, 2] = peaks.score[peak_ids[found]]
         people.append((keypoints, score))
     return people
+
+
+def decode_peaks(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """Group peaks into people using upsampled PAFs float32[2L, H, W].
+
+    Returns what :func:`decode_candidates` returns. The result does not depend
+    on the order of the peaks: they are put in (part, y, x) order first, so
+    every tie is broken by position.
+    """
+    order = np.lexsort((peaks.xy[:, 0], peaks.xy[:, 1], peaks.part))
+    peaks = Peaks(peaks.part[order], peaks.xy[order], peaks.score[order])
+    return decode_candidates(peaks, score_limbs(peaks, pafs_up, skeleton, config), skeleton, config)
 
 
 def decode(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:

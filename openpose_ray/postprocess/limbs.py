@@ -8,6 +8,11 @@ alignment, penalised for limbs longer than the length prior, is positive.
 Matching then takes pairs in decreasing score, each peak at most once (the
 OpenPose greedy matching; optimal enough for a bipartite graph whose good
 edges rarely conflict, and what the reference results are measured with).
+
+Scoring and matching meet in :class:`LimbCandidates` (the scored pairs of one
+image), which the numpy scorer here and the batched torch scorer of
+:mod:`openpose_ray.postprocess.device` both produce, so matching and assembly
+are one code path whichever device scored the limbs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import PostprocessConfig
+from ..skeleton import Skeleton
+from .peaks import Peaks
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,33 +61,85 @@ def score_candidates(xy_a: np.ndarray, xy_b: np.ndarray, paf_x: np.ndarray, paf_
     return score.astype(np.float32), valid
 
 
-def match_greedy(score: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy maximum-score matching: (rows int64[M], cols int64[M], score float32[M]).
+@dataclass(frozen=True, eq=False)
+class LimbCandidates:
+    """The scored candidate connections of one image, for every limb type.
 
-    Pairs are taken in decreasing score (ties by row, then column, so the result
-    does not depend on anything but the scores); a row or column is used once.
+    Only pairs that pass the PAF tests of :func:`score_candidates` are kept.
+    limb: int64[M] limb index in skeleton order; a, b: int64[M] indices into the
+    image's :class:`~openpose_ray.postprocess.peaks.Peaks` of the limb's two
+    ends; score: float32[M]. Sorted by (limb, a, b).
     """
-    rows, cols = np.nonzero(valid)
-    order = np.lexsort((cols, rows, -score[rows, cols]))
-    used_rows: set[int] = set()
-    used_cols: set[int] = set()
+
+    limb: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray
+
+    def of_limb(self, limb: int) -> slice:
+        """The slice of the arrays holding one limb type's candidates."""
+        start, stop = np.searchsorted(self.limb, [limb, limb + 1])
+        return slice(int(start), int(stop))
+
+    @staticmethod
+    def empty() -> "LimbCandidates":
+        empty = np.zeros(0, np.int64)
+        return LimbCandidates(empty, empty, empty, np.zeros(0, np.float32))
+
+
+def score_limbs(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> LimbCandidates:
+    """Score every candidate pair of every limb type (numpy).
+
+    peaks: sorted by (part, y, x); pafs_up: float32[2L, H, W] upsampled PAFs.
+    :func:`openpose_ray.postprocess.device.score_limbs_torch` does the same for a
+    batch of images on a torch device.
+    """
+    limbs, a_ids, b_ids, scores = [], [], [], []
+    channels = skeleton.limb_paf_channels()
+    for limb, (part_a, part_b) in enumerate(skeleton.limb_part_indices()):
+        idx_a, idx_b = peaks.of_part(int(part_a)), peaks.of_part(int(part_b))
+        if idx_a.size == 0 or idx_b.size == 0:
+            continue
+        cx, cy = channels[limb]
+        score, valid = score_candidates(peaks.xy[idx_a].astype(np.float64), peaks.xy[idx_b].astype(np.float64),
+                                        pafs_up[cx], pafs_up[cy], config)
+        rows, cols = np.nonzero(valid)  # row-major: sorted by (a, b)
+        limbs.append(np.full(rows.size, limb, np.int64))
+        a_ids.append(idx_a[rows])
+        b_ids.append(idx_b[cols])
+        scores.append(score[rows, cols])
+    if not limbs:
+        return LimbCandidates.empty()
+    return LimbCandidates(np.concatenate(limbs), np.concatenate(a_ids).astype(np.int64),
+                          np.concatenate(b_ids).astype(np.int64), np.concatenate(scores).astype(np.float32))
+
+
+def match_greedy(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> LimbMatches:
+    """Greedy maximum-score matching of one limb type's candidates.
+
+    a, b: int64[M] peak indices of the candidate pairs; score: float32[M].
+    Pairs are taken in decreasing score (ties by a, then b, so the result does
+    not depend on anything but the scores); a peak is used at most once.
+    """
+    order = np.lexsort((b, a, -score))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
     keep = []
     for i in order:
-        r, c = int(rows[i]), int(cols[i])
-        if r in used_rows or c in used_cols:
+        pa, pb = int(a[i]), int(b[i])
+        if pa in used_a or pb in used_b:
             continue
-        used_rows.add(r)
-        used_cols.add(c)
+        used_a.add(pa)
+        used_b.add(pb)
         keep.append(i)
     keep_idx = np.asarray(keep, dtype=np.int64)
-    return rows[keep_idx].astype(np.int64), cols[keep_idx].astype(np.int64), score[rows[keep_idx], cols[keep_idx]].astype(np.float32)
+    return LimbMatches(a[keep_idx].astype(np.int64), b[keep_idx].astype(np.int64), score[keep_idx].astype(np.float32))
 
 
-def match_limb(idx_a: np.ndarray, idx_b: np.ndarray, xy: np.ndarray, paf_x: np.ndarray, paf_y: np.ndarray, config: PostprocessConfig) -> LimbMatches:
-    """Score and match one limb type between the peaks ``idx_a`` and ``idx_b`` (indices into ``xy``)."""
-    if idx_a.size == 0 or idx_b.size == 0:
-        empty = np.zeros(0, np.int64)
-        return LimbMatches(empty, empty, np.zeros(0, np.float32))
-    score, valid = score_candidates(xy[idx_a].astype(np.float64), xy[idx_b].astype(np.float64), paf_x, paf_y, config)
-    rows, cols, kept = match_greedy(score, valid)
-    return LimbMatches(idx_a[rows], idx_b[cols], kept)
+def match_limbs(candidates: LimbCandidates, num_limbs: int) -> list[LimbMatches]:
+    """Greedy matching of every limb type, in skeleton order."""
+    matches = []
+    for limb in range(num_limbs):
+        part = candidates.of_limb(limb)
+        matches.append(match_greedy(candidates.a[part], candidates.b[part], candidates.score[part]))
+    return matches

@@ -5,9 +5,9 @@ factor ``f`` has ``[C, f*h, f*w]`` pixels aligned half-pixel with the original
 (see :mod:`openpose_ray.preprocess`). Peaks are returned in upsampled-field
 pixels. Nothing here mutates its inputs.
 
-The numpy path uses OpenCV's array filters (resize, Gaussian blur, dilation);
-:func:`find_peaks_torch` does the same on a torch device for batches, so peak
-finding can run next to the network.
+OpenCV's array filters do the work (resize, Gaussian blur, dilation);
+:mod:`openpose_ray.postprocess.device` does the same on a torch device for
+batches, so peak finding can run next to the network.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def smooth(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
-def _earlier_neighbours(window: int) -> np.ndarray:
+def earlier_neighbours(window: int) -> np.ndarray:
     """uint8[window, window] mask of the window pixels before the centre in raster order."""
     centre = window // 2
     mask = np.zeros((window, window), np.uint8)
@@ -97,7 +97,7 @@ def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> np.ndar
     is_peak = (smoothed == maxed) & (smoothed > threshold)
     if window > 1:
         centre = window // 2
-        earlier = _earlier_neighbours(window)
+        earlier = earlier_neighbours(window)
         earlier_max = _per_channel_block(smoothed, lambda b: cv2.dilate(b, earlier, anchor=(centre, centre)))
         is_peak &= smoothed > earlier_max
     return is_peak
@@ -110,58 +110,3 @@ def find_peaks(heatmaps_up: np.ndarray, config: PostprocessConfig, num_parts: in
     part, y, x = np.nonzero(is_peak)  # row-major: sorted by (part, y, x)
     xy = np.stack([x, y], axis=1).astype(np.float32)
     return Peaks(part.astype(np.int64), xy, parts[part, y, x].astype(np.float32))
-
-
-_TORCH_MODES = {"cubic": "bicubic", "linear": "bilinear", "nearest": "nearest"}
-
-
-def upsample_torch(fields, factor: int, interpolation: str = "cubic"):
-    """torch float32[N, C, h, w] -> [N, C, factor*h, factor*w] on the tensor's device.
-
-    Half-pixel aligned like :func:`upsample` (same cubic kernel, a = -0.75, and
-    replicated borders), equal to it up to float rounding.
-    """
-    import torch.nn.functional as F
-
-    if factor == 1:
-        return fields.clone()
-    mode = _TORCH_MODES[interpolation]
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(fields, scale_factor=factor, mode=mode, **kwargs)
-
-
-def find_peaks_torch(heatmaps_up, config: PostprocessConfig, num_parts: int) -> list[Peaks]:
-    """Batched peak finding on the tensor's device.
-
-    heatmaps_up: torch float32[N, C, H, W] upsampled heatmaps. Returns one
-    :class:`Peaks` per image, equal to :func:`find_peaks` up to float rounding
-    of the blur.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    parts = heatmaps_up[:, :num_parts]
-    smoothed = parts
-    if config.heatmap_sigma > 0:
-        radius = int(np.ceil(3 * config.heatmap_sigma))
-        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=parts.device)
-        kernel = torch.exp(-0.5 * (taps / config.heatmap_sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        channels = parts.shape[1]
-        smoothed = F.conv2d(parts, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), padding=(0, radius), groups=channels)
-        smoothed = F.conv2d(smoothed, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), padding=(radius, 0), groups=channels)
-    pad = config.nms_window // 2
-    maxed = F.max_pool2d(smoothed, config.nms_window, stride=1, padding=pad)
-    is_peak = (smoothed == maxed) & (smoothed > config.peak_threshold)
-    # The same tie rule as local_maxima: strictly above the earlier neighbours.
-    height, width = smoothed.shape[-2:]
-    padded = F.pad(smoothed, (pad, pad, pad, pad), value=float("-inf"))
-    for dy, dx in zip(*np.nonzero(_earlier_neighbours(config.nms_window))):
-        is_peak &= smoothed > padded[..., dy : dy + height, dx : dx + width]
-    result = []
-    for image in range(parts.shape[0]):
-        part, y, x = (t.cpu().numpy() for t in torch.nonzero(is_peak[image], as_tuple=True))
-        scores = parts[image][is_peak[image]].cpu().numpy()
-        xy = np.stack([x, y], axis=1).astype(np.float32)
-        result.append(Peaks(part.astype(np.int64), xy, scores.astype(np.float32)))
-    return result

@@ -1,0 +1,283 @@
+"""GPU check: what the project needs to know from a GPU, in one script that runs in under 8 minutes.
+
+Runs without Ray, PyAV, boto3 or the package index (the GPU machines we can
+borrow have torch, OpenCV, numpy and pyarrow, and no network): the converted
+checkpoint (``openpose-ray weights export --to FILE``, or the weights cache's
+checkpoints/mobilenet_thin.pt), the labelled photos and a video come from paths
+on the command line::
+
+    python benchmarks/gpu_check.py --checkpoint mobilenet_thin.pt --photos coco_val2017_mini \\
+        --video street_720p_h264.avi [--device cuda] [--quick] [--json gpu_check.json]
+
+It prints, for docs/benchmarks.md ("GPU check"):
+
+1. the machine: device, torch / CUDA / cuDNN versions, PyTorch's TF32 defaults;
+2. fields on the device vs on the CPU (fp32, the reference): max abs difference
+   at each precision (fp32 = TF32 off, tf32 = on, bf16, fp16);
+3. COCO keypoint AP on the labelled photos at each precision, peaks found on
+   the CPU and on the device (pycocotools, where importable; goal: within 0.005
+   of fp32);
+4. people from device peaks vs CPU peaks on the same fields (fp32);
+5. model-only frames/s at batch 1, 8, 32, 128, 256 at 432x368 and 656x368 per
+   precision, with peak device memory (goal on an H100/H200: >= 5,000 frames/s
+   at 432x368), and the engine's frames/s from host uint8 frames to peaks;
+6. the job's InferenceActor, called directly (no Ray), on decoded video frames:
+   frames/s and peak device memory, beside the host's decode + pre-processing rate.
+
+``--device cpu --quick`` runs every step small on the CPU (tests/test_gpu_check.py),
+so the script cannot rot between GPU loans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from openpose_ray.estimator import PoseEstimator, prepare_image  # noqa: E402
+from openpose_ray.jobconfig import InferencePoolConfig, JobConfig, ModelConfig  # noqa: E402
+from openpose_ray.models.loading import read_checkpoint, state_dict_digest  # noqa: E402
+from openpose_ray.models.registry import get_entry  # noqa: E402
+from openpose_ray.models.weights import ResolvedWeights, sha256_file  # noqa: E402
+from openpose_ray.pipeline.stages import FrameMeta, InferenceActor, ShardWork  # noqa: E402
+
+MODEL = "mobilenet_thin"
+SIZES = [(432, 368), (656, 368)]
+BATCHES = [1, 8, 32, 128, 256]
+RESULTS: dict = {}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def record(key: str, value) -> None:
+    RESULTS[key] = value
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mib(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.startswith("cuda") else None
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def precisions_on(device: str) -> list[str]:
+    return ["fp32", "bf16"] if device == "cpu" else ["fp32", "tf32", "bf16", "fp16"]
+
+
+def machine(device: str) -> None:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
+            "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        info |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version(),
+                 "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+                 "cudnn_conv_fp32_precision_default": torch.backends.cudnn.conv.fp32_precision}
+    record("machine", info)
+    say("1. machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+
+
+def fields_vs_cpu(reference: dict, estimators: dict, photos: list[np.ndarray]) -> None:
+    say("2. fields on the device vs CPU fp32: max abs difference (heatmaps / PAFs)")
+    out = {}
+    for size in SIZES:
+        prepared = [reference[size].prepare(image) for image in photos]
+        want = reference[size].infer_fields(prepared, batch_size=len(prepared))
+        for precision, estimator in estimators[size].items():
+            got = estimator.infer_fields(prepared, batch_size=len(prepared))
+            heat = max(float(np.abs(g[0] - w[0]).max()) for g, w in zip(got, want))
+            paf = max(float(np.abs(g[1] - w[1]).max()) for g, w in zip(got, want))
+            out[f"{size[0]}x{size[1]} {precision}"] = {"heatmaps": heat, "pafs": paf}
+            say(f"   {size[0]}x{size[1]} {precision:>4}: {heat:.2e} / {paf:.2e}")
+    record("fields_max_abs_diff", out)
+
+
+def coco_ap(estimators: dict, photos_dir: Path) -> None:
+    annotations = photos_dir / "person_keypoints.json"
+    try:
+        from openpose_ray.coco import evaluate_keypoints
+
+        import pycocotools  # noqa: F401
+    except ImportError:
+        say("3. COCO AP: skipped, pycocotools is not importable (carry its wheel, see docs/benchmarks.md)")
+        record("coco_ap", None)
+        return
+    say(f"3. COCO keypoint AP on {photos_dir.name} (peaks on CPU / on the device)")
+    out = {}
+    for size in SIZES:
+        for precision, estimator in estimators[size].items():
+            aps = []
+            for peaks_on in ("cpu", "device"):
+                def estimate(path, estimator=estimator, peaks_on=peaks_on):
+                    return estimator.estimate([cv2.imread(path)], peaks_on=peaks_on)[0]
+
+                aps.append(round(evaluate_keypoints(annotations, estimate, photos_dir)["AP"], 4))
+            out[f"{size[0]}x{size[1]} {precision}"] = {"peaks_on_cpu": aps[0], "peaks_on_device": aps[1]}
+            say(f"   {size[0]}x{size[1]} {precision:>4}: {aps[0]:.4f} / {aps[1]:.4f}")
+    record("coco_ap", out)
+
+
+def device_vs_cpu_peaks(estimators: dict, photos: list[np.ndarray]) -> None:
+    estimator = estimators[SIZES[0]]["fp32"]
+    on_cpu = estimator.estimate(photos, peaks_on="cpu")
+    on_device = estimator.estimate(photos, peaks_on="device")
+    same_count = all(len(a) == len(b) for a, b in zip(on_cpu, on_device))
+    pairs = [(a, b) for frame_a, frame_b in zip(on_cpu, on_device) for a, b in zip(frame_a, frame_b)]
+    same_parts = all(np.array_equal(a.keypoints[:, 2] > 0, b.keypoints[:, 2] > 0) for a, b in pairs)
+    xy = max((float(np.abs(a.keypoints[:, :2] - b.keypoints[:, :2]).max()) for a, b in pairs), default=0.0)
+    conf = max((float(np.abs(a.keypoints[:, 2] - b.keypoints[:, 2]).max()) for a, b in pairs), default=0.0)
+    out = {"people": sum(map(len, on_cpu)), "same_people_counts": same_count, "same_parts": same_parts,
+           "max_xy_diff_px": xy, "max_confidence_diff": conf}
+    record("device_vs_cpu_peaks", out)
+    say(f"4. device peaks vs CPU peaks (fp32, {SIZES[0][0]}x{SIZES[0][1]}): {out}")
+
+
+def throughput(estimators: dict, device: str, batches: list[int], seconds: float, frames: list[np.ndarray]) -> None:
+    say("5. model-only frames/s (inputs on the device) and peak device memory; engine frames/s host -> peaks")
+    out = {}
+    for size in SIZES:
+        for precision, estimator in estimators[size].items():
+            engine = estimator.engine
+            for batch_size in batches:
+                key = f"{size[0]}x{size[1]} {precision} batch {batch_size}"
+                try:
+                    reset_peak_memory(device)
+                    batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
+                    for _ in range(2):
+                        engine.network_fields(batch)
+                    synchronize(device)
+                    runs, start = 0, time.perf_counter()
+                    while runs < 2 or time.perf_counter() - start < seconds:
+                        engine.network_fields(batch)
+                        runs += 1
+                        if runs % 8 == 0 or device == "cpu":
+                            synchronize(device)
+                    synchronize(device)
+                    fps = runs * batch_size / (time.perf_counter() - start)
+                    out[key] = {"frames_per_s": round(fps, 1), "peak_mib": peak_memory_mib(device)}
+                except torch.OutOfMemoryError:
+                    out[key] = {"frames_per_s": None, "error": "out of memory"}
+                say(f"   {key}: {out[key]}")
+            # real frames (people in them), so limb scoring is measured too
+            prepared = [estimator.prepare(frames[i % len(frames)]) for i in range(max(batches))]
+            estimator.infer_peaks(prepared, batch_size=max(batches))
+            reset_peak_memory(device)
+            start = time.perf_counter()
+            estimator.infer_peaks(prepared * 2, batch_size=max(batches))
+            fps = 2 * len(prepared) / (time.perf_counter() - start)
+            key = f"{size[0]}x{size[1]} {precision} engine peaks batch {max(batches)}"
+            out[key] = {"frames_per_s": round(fps, 1), "peak_mib": peak_memory_mib(device)}
+            say(f"   {key}: {out[key]}")
+    record("throughput", out)
+
+
+def decode_video(path: Path, count: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            if not frames:
+                raise SystemExit(f"cannot decode {path} with OpenCV")
+            capture.release()
+            capture = cv2.VideoCapture(str(path))  # loop the clip to reach the count
+            continue
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def actor_on_video(weights: ResolvedWeights, video: Path, device: str, frames_wanted: int, shard_frames: int) -> None:
+    start = time.perf_counter()
+    frames = decode_video(video, frames_wanted)
+    decode_s = time.perf_counter() - start
+    out = {"frames": len(frames), "source": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+           "host_decode_frames_per_s": round(len(frames) / decode_s, 1)}
+    for size in SIZES:
+        spec = get_entry(MODEL).input_spec
+        start = time.perf_counter()
+        prepared = [prepare_image(frame, spec, size, (1.0,)) for frame in frames]
+        out[f"{size[0]}x{size[1]} host_preprocess_frames_per_s"] = round(len(frames) / (time.perf_counter() - start), 1)
+        for precision in precisions_on(device):
+            config = JobConfig(input=(str(video),), output="unused", model=ModelConfig(name=MODEL, weights=weights.source, net_size=size),
+                               inference=InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
+                                                             batch_size=min(64, shard_frames)))
+            actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
+            rows = []
+            for first in range(0, len(prepared), shard_frames):
+                chunk = prepared[first : first + shard_frames]
+                metas = [FrameMeta(str(video), None, first + i, None, frames[0].shape[1], frames[0].shape[0], "ok", None)
+                         for i in range(len(chunk))]
+                work = ShardWork(f"segment-{first}", "video", None, metas, [p.base_transform for p in chunk], prepared=chunk)
+                rows.append({"kind": "shard", "shard_id": work.shard_id, "payload": pickle.dumps(work)})
+            actor(rows[0])  # loads the network, warms the kernels
+            reset_peak_memory(device)
+            start = time.perf_counter()
+            results = [pickle.loads(actor(row)["payload"]) for row in rows]
+            synchronize(device)
+            seconds = time.perf_counter() - start
+            with_peaks = sum(len(r.peaks.part) > 0 for w in results for r in w.results if r is not None)
+            out[f"{size[0]}x{size[1]} {precision}"] = {"frames_per_s": round(len(prepared) / seconds, 1),
+                                                       "peak_mib": peak_memory_mib(device), "frames_with_peaks": with_peaks}
+            say(f"   actor {size[0]}x{size[1]} {precision}: {out[f'{size[0]}x{size[1]} {precision}']}")
+    record("actor_on_video", out)
+    say(f"6. InferenceActor on decoded video frames: {out}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="converted mobilenet_thin state dict (.pt)")
+    parser.add_argument("--photos", required=True, type=Path, help="folder of labelled photos with person_keypoints.json")
+    parser.add_argument("--video", required=True, type=Path, help="a video OpenCV can decode")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--quick", action="store_true", help="every step, small (for tests on the CPU)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no CUDA device")
+    started = time.perf_counter()
+    state_dict = read_checkpoint(args.checkpoint)
+    entry = get_entry(MODEL)
+    if state_dict_digest(state_dict) != entry.state_dict_digest:
+        raise SystemExit(f"{args.checkpoint} is not the converted default {MODEL} weights (digest differs)")
+    weights = ResolvedWeights(state_dict, sha256_file(args.checkpoint), str(args.checkpoint))
+    photos = [cv2.imread(str(p)) for p in sorted(args.photos.glob("*.jpg"))]
+    on_cpu = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device="cpu")
+    on_device = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device=args.device)
+    reference = {size: on_cpu.with_config(net_size=size) for size in SIZES}
+    estimators = {size: {p: on_device.with_config(net_size=size, precision=p) for p in precisions_on(args.device)}
+                  for size in SIZES}
+    machine(args.device)
+    fields_vs_cpu(reference, estimators, photos)
+    coco_ap(estimators, args.photos)
+    device_vs_cpu_peaks(estimators, photos)
+    throughput(estimators, args.device, [1, 2] if args.quick else BATCHES, 0.05 if args.quick else 1.0, photos)
+    actor_on_video(weights, args.video, args.device, 8 if args.quick else 512, 4 if args.quick else 128)
+    record("wall_s", round(time.perf_counter() - started, 1))
+    say(f"done in {RESULTS['wall_s']} s")
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Batched inference on a torch device: the network, multi-scale averaging and, on request, the peaks.
+
+:class:`InferenceEngine` is the one place where prepared frames meet the
+network, for :class:`~openpose_ray.estimator.PoseEstimator` in-process and for
+the job's inference actors alike::
+
+    uint8 network inputs (host) -> device -> network at each scale
+      -> fields cropped to the valid region and averaged over the scales (device)
+      -> either the fields, float32 on the host           (:meth:`InferenceEngine.fields`)
+      -> or each frame's peaks and scored limb candidates  (:meth:`InferenceEngine.peaks`;
+         postprocess.device: only those reach the host)
+
+Frames are grouped by geometry (input shape and valid field size at every
+scale, and at scale 1) and run in chunks of at most ``batch_size``, so device
+memory depends on the batch size, never on how many frames one call gets.
+While the device runs a chunk's network, the host stacks the next chunk (into
+pinned memory on CUDA, so its copy to the device does not block the host); the
+host waits for the device only to collect a chunk's peaks.
+
+Precision: "fp32" is IEEE float32 (on CUDA, TF32 is turned off for our
+convolutions, the Gaussian blur's included, whatever the process-wide default;
+restored after); "tf32" (CUDA only) lets cuDNN use TF32 tensor cores,
+PyTorch's default, ~10 bits of mantissa in the products; "bf16" and "fp16"
+(fp16 on CUDA only) run the network under ``torch.autocast``. On CUDA the
+fields stay in the network's dtype (half-precision kernels are fast there; peak
+finding upcasts the small stride-8 heatmaps, see postprocess.device); on the
+CPU they become float32 after the network (half-precision elementwise kernels
+are not faster there; bf16 pays off in the convolutions). What each costs in
+accuracy and gains in speed: ``benchmarks/gpu_check.py``, docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .config import Precision, PostprocessConfig, check_precision
+from .models.registry import ModelEntry
+from .postprocess import LimbCandidates, Peaks
+from .postprocess.device import peaks_and_candidates, resize_torch
+from .preprocess import normalize
+
+if TYPE_CHECKING:
+    from .estimator import PreparedImage
+
+_AUTOCAST_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFields:
+    """One frame's fields on the host, averaged over the scales, valid region only, at the network's stride.
+
+    heatmaps: float32[K+1, h, w] (background last); pafs: float32[2L, h, w].
+    """
+
+    heatmaps: np.ndarray
+    pafs: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class FramePeaks:
+    """One frame's peaks and scored limb candidates, found on the inference device.
+
+    Coordinates in upsampled-field pixels (``PostprocessConfig.upsample`` times
+    the network's field resolution); decode with ``postprocess.decode_candidates``.
+    """
+
+    peaks: Peaks
+    candidates: LimbCandidates
+
+
+@contextlib.contextmanager
+def _cudnn_fp32_precision(value: str):
+    """Set cuDNN convolutions' float32 precision ("ieee" or "tf32") for the block, and restore it.
+
+    PyTorch's new API (torch >= 2.9); the legacy ``allow_tf32`` switch would reset other settings.
+    """
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = value
+    try:
+        yield
+    finally:
+        conv.fp32_precision = before
+
+
+class InferenceEngine:
+    """A network on its device, run in bounded chunks (see the module docstring).
+
+    network: the registered module, already on ``device`` (channels-last).
+    entry: its registry entry (input spec, skeleton).
+    """
+
+    def __init__(self, network: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu",
+                 precision: Precision = "fp32"):
+        self.network = network
+        self.entry = entry
+        self.device = torch.device(device)
+        check_precision(precision, self.device.type)
+        self.precision = precision
+        self._pin = self.device.type == "cuda"
+        # dtype of the fields after the network: float32 on the CPU, the network's own on CUDA (None)
+        self._fields_dtype = torch.float32 if self.device.type == "cpu" else None
+
+    def _convolution_precision(self) -> contextlib.AbstractContextManager:
+        """TF32 for cuDNN convolutions on (tf32) or off (every other precision) on CUDA, restored after."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return _cudnn_fp32_precision("tf32" if self.precision == "tf32" else "ieee")
+
+    def _network_precision(self) -> contextlib.AbstractContextManager:
+        if self.precision in _AUTOCAST_DTYPE:
+            return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPE[self.precision])
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def network_fields(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw network output for a uint8 batch [N, H, W, 3] (any device): (heatmaps, pafs) on the device."""
+        with self._convolution_precision(), self._network_precision():
+            return self.network(normalize(batch.to(self.device, non_blocking=True), self.entry.input_spec))
+
+    def fields(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[FrameFields]:
+        """Each frame's fields on the host (float32), averaged over its scales."""
+        return self._run(prepared, batch_size, self._fields_to_host)
+
+    def peaks(self, prepared: Sequence["PreparedImage"], postprocess: PostprocessConfig,
+              batch_size: int = 16) -> list[FramePeaks]:
+        """Each frame's peaks and limb candidates, found on the device with ``postprocess``'s thresholds."""
+        skeleton = self.entry.skeleton
+
+        def finish(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[FramePeaks]:
+            return [FramePeaks(p, c) for p, c in peaks_and_candidates(heatmaps, pafs, skeleton, postprocess)]
+
+        return self._run(prepared, batch_size, finish)
+
+    @torch.inference_mode()
+    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int, finish: Callable) -> list:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        stride = self.entry.input_spec.stride
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(prepared):
+            key = (tuple(x.shape for x in item.inputs), tuple(t.valid_field_size(stride) for t in item.transforms),
+                   item.base_transform.valid_field_size(stride))
+            groups.setdefault(key, []).append(i)
+        chunks = [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+        results: list = [None] * len(prepared)
+        staged = self._stage(prepared, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            heatmaps, pafs = self._averaged_fields(staged, prepared[chunk[0]])  # queued on the device
+            staged = self._stage(prepared, chunks[k + 1]) if k + 1 < len(chunks) else None  # host work meanwhile
+            with self._convolution_precision():  # the peak blur is a convolution too
+                found = finish(heatmaps, pafs)
+            for i, out in zip(chunk, found):
+                results[i] = out
+        return results
+
+    def _stage(self, prepared: Sequence["PreparedImage"], chunk: list[int]) -> list[torch.Tensor]:
+        """The chunk's inputs as one uint8 host tensor [n, h, w, 3] per scale (pinned on CUDA)."""
+        staged = []
+        for scale in range(len(prepared[chunk[0]].inputs)):
+            shape = prepared[chunk[0]].inputs[scale].shape
+            host = torch.empty((len(chunk), *shape), dtype=torch.uint8, pin_memory=self._pin)
+            np.stack([prepared[i].inputs[scale] for i in chunk], out=host.numpy())
+            staged.append(host)
+        return staged
+
+    def _averaged_fields(self, staged: list[torch.Tensor], example: "PreparedImage") -> tuple[torch.Tensor, torch.Tensor]:
+        """(heatmaps [n, K+1, h, w], pafs [n, 2L, h, w]) on the device: valid region at scale 1, mean over scales.
+
+        Fields of other scales are resized to the scale-1 field size (cubic,
+        half-pixel aligned), as OpenPose averages its scales.
+        """
+        stride = self.entry.input_spec.stride
+        size = example.base_transform.valid_field_size(stride)
+        heat_sum = paf_sum = None
+        for batch, transform in zip(staged, example.transforms):
+            heatmaps, pafs = self.network_fields(batch)
+            valid_w, valid_h = transform.valid_field_size(stride)
+            heatmaps, pafs = heatmaps[..., :valid_h, :valid_w], pafs[..., :valid_h, :valid_w]
+            if self._fields_dtype is not None:
+                heatmaps, pafs = heatmaps.to(self._fields_dtype), pafs.to(self._fields_dtype)
+            if (valid_w, valid_h) != size:
+                heatmaps, pafs = resize_torch(heatmaps, size), resize_torch(pafs, size)
+            heat_sum = heatmaps if heat_sum is None else heat_sum + heatmaps
+            paf_sum = pafs if paf_sum is None else paf_sum + pafs
+        return heat_sum / len(staged), paf_sum / len(staged)
+
+    @staticmethod
+    def _fields_to_host(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[FrameFields]:
+        heat, paf = heatmaps.float().cpu().numpy(), pafs.float().cpu().numpy()
+        return [FrameFields(heat[i], paf[i]) for i in range(heat.shape[0])]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Packs what benchmarks/gpu_check.py needs on a GPU machine without network, Ray, PyAV,
+# boto3 or pycocotools (ours: Python 3.12 with torch, OpenCV, numpy, pyarrow) into .gpu/ of
+# the repository (git-ignored), to copy there with the checkout:
+#   .gpu/mobilenet_thin.pt        the converted default weights (openpose-ray weights export)
+#   .gpu/coco_val2017_mini/       the 4 labelled photos and their annotations
+#   .gpu/street_720p_h264.avi     a video for the inference actor
+#   .gpu/wheels/                  pycocotools for CPython 3.12 (manylinux x86_64), for COCO AP
+# Then run, on the GPU machine, in the repository, the command printed at the end (it
+# should take under 8 minutes); record its output in docs/benchmarks.md ("GPU check").
+#
+#   bash scripts/gpu_check_kit.sh [DATA_DIR] [PYTHON_VERSION]   (defaults ../shared/data, 3.12)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+PY="${2:-3.12}"
+KIT=.gpu
+rm -rf "$KIT" && mkdir -p "$KIT/wheels"
+.venv/bin/openpose-ray weights export --to "$KIT/mobilenet_thin.pt" >/dev/null
+cp -r --no-preserve=mode "$DATA/coco_val2017_mini" "$KIT/"
+cp --no-preserve=mode "$DATA/videos/street_720p_h264.avi" "$KIT/"
+.venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$KIT/wheels" pycocotools
+du -sh "$KIT"
+cat <<'EOF'
+on the GPU machine (RESULTS: a folder for the log and the JSON):
+export PYTHONUNBUFFERED=1; python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl && export PYTHONPATH=/tmp/site; nvidia-smi -L; python3 benchmarks/gpu_check.py --checkpoint .gpu/mobilenet_thin.pt --photos .gpu/coco_val2017_mini --video .gpu/street_720p_h264.avi --json RESULTS/gpu_check.json 2>&1 | tee RESULTS/gpu_check.log
+EOF

@@ -1,0 +1,54 @@
+"""benchmarks/gpu_check.py runs where the borrowed GPU machines are: no Ray, PyAV, boto3, YAML or package index.
+
+Run here small on the CPU (``--device cpu --quick``) with those modules
+shadowed by stand-ins that refuse to import, the weights exported by
+`openpose-ray weights export` and no route to the index, so the script cannot
+rot between GPU loans; its numbers are checked where the CPU makes them exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ABSENT_ON_GPU_MACHINES = ("ray", "av", "boto3", "botocore", "yaml", "tqdm", "moto")
+
+
+def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_path, capsys):
+    from openpose_ray.cli import main
+
+    checkpoint = tmp_path / "mobilenet_thin.pt"
+    assert main(["weights", "export", "--to", str(checkpoint)]) == 0
+    capsys.readouterr()
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for name in ABSENT_ON_GPU_MACHINES:
+        (absent / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machines')\n")
+    env = {**os.environ, "PYTHONPATH": str(absent), "OPENPOSE_RAY_CACHE": str(tmp_path / "empty-cache"),
+           "OPENPOSE_RAY_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHONUNBUFFERED": "1"}
+    result = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
+         "--checkpoint", str(checkpoint), "--photos", str(data_dir / "coco_val2017_mini"),
+         "--video", str(data_dir / "videos" / "street_720p_h264.avi"), "--json", str(result)],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    numbers = json.loads(result.read_text())
+    fields = numbers["fields_max_abs_diff"]
+    assert fields["432x368 fp32"] == {"heatmaps": 0.0, "pafs": 0.0}  # the same arithmetic on the same device
+    assert 0 < fields["432x368 bf16"]["heatmaps"] < 0.5  # bf16 really ran, and stayed close
+    ap = numbers["coco_ap"]
+    assert ap["432x368 fp32"]["peaks_on_cpu"] == ap["432x368 fp32"]["peaks_on_device"] >= 0.55
+    assert abs(ap["656x368 bf16"]["peaks_on_device"] - ap["656x368 fp32"]["peaks_on_cpu"]) <= 0.01
+    peaks = numbers["device_vs_cpu_peaks"]
+    assert peaks["people"] == 12 and peaks["same_people_counts"] and peaks["max_xy_diff_px"] == 0.0
+    assert {key for key in numbers["throughput"]} >= {"432x368 fp32 batch 1", "656x368 bf16 batch 2",
+                                                      "432x368 fp32 engine peaks batch 2"}
+    actor = numbers["actor_on_video"]
+    assert actor["frames"] == 8 and actor["432x368 fp32"]["frames_with_peaks"] == 8
+    assert not (tmp_path / "empty-cache").exists()
+    assert "6. InferenceActor on decoded video frames" in done.stdout
