@@ -83,6 +83,11 @@ def _decoded_frames(data_dir: Path):
                 yield frame.source, frame.frame_index, frame.image
 
 
+# Every photo, and every 4th video frame (every segment is hit many times): estimate() of
+# all 435 video frames one by one took 85 s of the CI's 2 cores for no more evidence.
+VIDEO_FRAME_STEP = 4
+
+
 def test_people_rows_equal_estimate_on_the_same_frames(local_run, estimator, data_dir):
     config, output, summary = local_run
     exact = not ran_on_cuda(summary)
@@ -94,15 +99,19 @@ def test_people_rows_equal_estimate_on_the_same_frames(local_run, estimator, dat
     person_index = people.column("person_index").to_pylist()
     scores = people.column("score").to_numpy()
     job_estimator = estimator.with_config(postprocess=config.postprocess)
-    checked = 0
+    decoded, checked = 0, 0
     for source, frame_index, image in _decoded_frames(data_dir):
-        expected = job_estimator.estimate([image])[0]
+        decoded += 1
         got = sorted(rows.pop((source, frame_index), []), key=lambda i: person_index[i])
+        if source.endswith(tuple(VIDEO_FRAMES)) and frame_index % VIDEO_FRAME_STEP:
+            continue
+        expected = job_estimator.estimate([image])[0]
         assert len(got) == len(expected), f"{source} frame {frame_index}"
         for row, person in zip(got, expected):
             assert_same_person(keypoints[row], scores[row], person, exact=exact, where=f"{source} frame {frame_index}")
         checked += 1
-    assert checked == 459 and not rows, f"rows for frames that were not decoded: {list(rows)[:3]}"
+    assert decoded == 459 and checked == 24 + 52 + 58, (decoded, checked)
+    assert not rows, f"rows for frames that were not decoded: {list(rows)[:3]}"
 
 
 def test_rendered_images_and_videos(local_run, data_dir):
