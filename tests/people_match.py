@@ -17,6 +17,13 @@ import numpy as np
 CUDA_CONFIDENCE_ATOL = 1e-4
 
 
+def job_estimator(estimator, config):
+    """``estimator`` (CPU, shared network) with the job config's model and post-processing settings."""
+    model = config.model
+    return estimator.with_config(net_size=model.net_size, resize_mode=model.resize_mode,
+                                 aspect_buckets=model.aspect_buckets, scales=model.scales, postprocess=config.postprocess)
+
+
 def ran_on_cuda(summary: dict) -> bool:
     """Whether the job whose summary this is ran its inference on a CUDA device."""
     return summary["inference"]["device"] == "cuda"

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from people_match import assert_same_person, ran_on_cuda
+from people_match import assert_same_person, job_estimator, ran_on_cuda
 from synthetic_media import encode, forged_png, jpeg_with_orientation
 from openpose_ray.cli import main as cli_main
 from openpose_ray.config_loader import load_config
@@ -215,7 +215,7 @@ def read_table(output: Path, name: str):
 
 def job_config(inputs: list[str], output: Path, *extra: str) -> JobConfig:
     return load_config(CONFIG, [
-        f"input={json.dumps(inputs)}", f"output={output}", f"model.net_size={list(NET_SIZE)}",
+        f"input={json.dumps(inputs)}", f"output={output}", f"model.net_size={list(NET_SIZE)}", "model.resize_mode=stretch",
         "write.render_images=false", "write.render_videos=false", *extra,
     ])
 
@@ -245,10 +245,10 @@ def assert_people_equal_estimate(run: Run, estimator, expected: dict[tuple[str, 
     rows: dict[tuple, list[tuple[int, int]]] = {}
     for i, (source, member, frame_index, person_index) in enumerate(zip(*columns)):
         rows.setdefault((source, member, frame_index), []).append((person_index, i))
-    job_estimator = estimator.with_config(net_size=NET_SIZE, postprocess=run.config.postprocess)
+    same_settings = job_estimator(estimator, run.config)
     found = 0
     for key, image in expected.items():
-        persons = job_estimator.estimate([image])[0]
+        persons = same_settings.estimate([image])[0]
         got = [i for _, i in sorted(rows.get(key, []))]
         assert len(got) == len(persons), key
         for row, person in zip(got, persons):
@@ -423,8 +423,7 @@ def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_
 
     people = read_table(output, "people")
     assert set(people.column("source").to_pylist()) == {"s3://vanishing/kept.jpg"}
-    job_estimator = estimator.with_config(net_size=NET_SIZE, postprocess=config.postprocess)
-    expected = job_estimator.estimate([cv2.imread(str(photo))])[0]
+    expected = job_estimator(estimator, config).estimate([cv2.imread(str(photo))])[0]
     order = np.argsort(people.column("person_index").to_numpy())
     assert np.array_equal(read_keypoints(people)[order], np.stack([p.keypoints for p in expected]))
 
@@ -454,7 +453,7 @@ def test_fail_on_error_decides_the_exit_code(ray_session, data_dir, tmp_path, ca
     root.mkdir()
     shutil.copyfile(data_dir / "coco_val2017_mini" / LOOSE_PHOTOS[0], root / "good.jpg")
     (root / "empty.jpg").write_bytes(b"")
-    common = ["run", "--config", str(CONFIG), "--set", f"input=[{root}]", "--set", f"model.net_size={list(NET_SIZE)}",
+    common = ["run", "--config", str(CONFIG), "--set", f"input=[{root}]", "--set", f"model.net_size={list(NET_SIZE)}", "--set", "model.resize_mode=stretch",
               "--set", "write.render_images=false", "--set", "write.render_videos=false"]
     assert cli_main(common + ["--set", f"output={tmp_path / 'lenient'}"]) == 0
     assert cli_main(common + ["--set", f"output={tmp_path / 'strict'}", "--set", "fail_on_error=true"]) == 1

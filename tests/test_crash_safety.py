@@ -31,7 +31,7 @@ from synthetic_media import video_clip
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NET_SIZE = (216, 184)
-SETTINGS = [f"model.net_size={list(NET_SIZE)}", "write.render_images=false", "write.render_videos=false",
+SETTINGS = [f"model.net_size={list(NET_SIZE)}", "model.resize_mode=stretch", "write.render_images=false", "write.render_videos=false",
             "sources.images_per_shard=1", "sources.frames_per_segment=24"]
 CLIP_FRAMES = 96
 TOTAL_FRAMES = 4 + CLIP_FRAMES

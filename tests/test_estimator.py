@@ -37,18 +37,24 @@ def test_keypoints_lie_inside_the_source_image(estimator, photos):
 
 
 def test_multi_scale_averages_the_fields_of_each_scale(estimator, photos):
+    """fit (the default): each scale's fields cropped to its valid region, the coarser ones resized
+    to the scale-1 field (cubic), then averaged."""
     image = photos[2]
     multi = estimator.with_config(scales=(1.0, 0.5))
     heat, paf, transform = multi.fields([image])[0]
-    full_h, full_p = estimator.run_network([resize_to_input(image, estimator.input_spec, estimator.net_size)[0]])
-    half_input, half_transform = resize_to_input(image, estimator.input_spec, estimator.net_size, 0.5)
-    assert half_transform.valid_size == (216, 184)
-    half_h, half_p = estimator.run_network([half_input])
     size = transform.valid_field_size(8)
-    expected_h = (full_h[0] + np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in half_h[0]])) / 2
-    expected_p = (full_p[0] + np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in half_p[0]])) / 2
-    np.testing.assert_allclose(heat, expected_h, atol=1e-6)
-    np.testing.assert_allclose(paf, expected_p, atol=1e-6)
+    fields = []
+    for scale in (1.0, 0.5):
+        net_input, scaled = resize_to_input(image, estimator.input_spec, estimator.net_size, scale)
+        assert scaled.valid_size[1] == 368 * scale  # the height; the width keeps the aspect ratio
+        valid_w, valid_h = scaled.valid_field_size(8)
+        h, p = (f[0, :, :valid_h, :valid_w] for f in estimator.run_network([net_input]))
+        if (valid_w, valid_h) != size:
+            h = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in h])
+            p = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_CUBIC) for c in p])
+        fields.append((h, p))
+    np.testing.assert_allclose(heat, (fields[0][0] + fields[1][0]) / 2, atol=1e-6)
+    np.testing.assert_allclose(paf, (fields[0][1] + fields[1][1]) / 2, atol=1e-6)
     # Averaging with a coarser scale still finds the same four people.
     assert len(multi.estimate([image])[0]) == 4
 

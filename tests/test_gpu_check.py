@@ -43,10 +43,10 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     assert 0 < fields["432x368 bf16"]["heatmaps"] < 0.5  # bf16 really ran, and stayed close
     ap = numbers["coco_ap"]
     assert ap["432x368 fp32"]["peaks_on_cpu"] == ap["432x368 fp32"]["peaks_on_device"] >= 0.55
-    assert abs(ap["656x368 bf16"]["peaks_on_device"] - ap["656x368 fp32"]["peaks_on_cpu"]) <= 0.01
+    assert abs(ap["432x368 bf16"]["peaks_on_device"] - ap["432x368 fp32"]["peaks_on_cpu"]) <= 0.02
     peaks = numbers["device_vs_cpu_peaks"]
     assert peaks["people"] == 12 and peaks["same_people_counts"] and peaks["max_xy_diff_px"] == 0.0
-    assert {key for key in numbers["throughput"]} >= {"432x368 fp32 batch 1", "656x368 bf16 batch 2",
+    assert {key for key in numbers["throughput"]} >= {"432x368 fp32 batch 1", "432x368 bf16 batch 2",
                                                       "432x368 fp32 engine peaks batch 2"}
     actor = numbers["actor_on_video"]
     assert actor["frames"] == 8 and actor["432x368 fp32"]["frames_with_peaks"] == 8

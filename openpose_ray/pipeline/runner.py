@@ -58,7 +58,7 @@ from ..storage import redact
 from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
 from .shipped_weights import ShippedWeights
-from .stages import InferenceActor, decode_shard, plan_item, postprocess_and_write, render_shard
+from .stages import InferenceActor, decode_shard, model_input_spec, plan_item, postprocess_and_write, render_shard
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,14 @@ def init_ray(config: JobConfig) -> None:
 def make_provenance(config: JobConfig, weights_sha256: str | None) -> Provenance:
     """The run's provenance; ``weights_sha256``: of the weights' file (ResolvedWeights.file_sha256)."""
     entry = get_entry(config.model.name)
+    spec = model_input_spec(config)
     now = datetime.now(timezone.utc)
     return Provenance(
         run_id=f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         model=entry.name,
         weights_sha256=weights_sha256 or "",
-        net_size=tuple(config.model.net_size or entry.input_spec.net_size),
+        net_size=spec.net_size,
+        resize_mode=spec.resize_mode,
         scales=tuple(config.model.scales),
         code_version=__version__,
         config_fingerprint=config_fingerprint(config),

@@ -31,7 +31,7 @@ from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
 from ..outputs.writer import ShardWriter, partition_value
 from ..person import Person
-from ..preprocess import ResizeTransform
+from ..preprocess import ResizeTransform, resolve_input_spec
 from ..sources.decoding import decode_shard as decode_frames
 from ..sources.planning import Shard, plan_tar, plan_video
 from ..storage import redact, stable_id
@@ -133,6 +133,12 @@ def plan_item(row: dict, config: JobConfig) -> list[dict]:
     return [_row("shard", shard.shard_id, shard) for shard in shards]
 
 
+def model_input_spec(config: JobConfig):
+    """The job's input spec: the model's, with the job's resize mode and size."""
+    model = config.model
+    return resolve_input_spec(get_entry(model.name).input_spec, model.net_size, model.resize_mode, model.aspect_buckets)
+
+
 def decode_shard(row: dict, config: JobConfig) -> dict:
     """Decode a shard's frames and resize them for the network (uint8)."""
     if row["kind"] == "failed":
@@ -143,8 +149,7 @@ def decode_shard(row: dict, config: JobConfig) -> dict:
     if row["kind"] != "shard":
         return row
     shard: Shard = pickle.loads(row["payload"])
-    entry = get_entry(config.model.name)
-    net_size = config.model.net_size or entry.input_spec.net_size
+    spec = model_input_spec(config)
     start = time.perf_counter()
     frames, transforms, prepared = [], [], []
     for frame in decode_frames(shard, config.sources, config.s3):
@@ -152,7 +157,7 @@ def decode_shard(row: dict, config: JobConfig) -> dict:
         status, error = frame.status, frame.error
         if status == "ok":
             try:
-                item = prepare_image(frame.image, entry.input_spec, net_size, config.model.scales)
+                item = prepare_image(frame.image, spec, spec.net_size, config.model.scales)
             except Exception as exc:
                 status, error = "error", redact(f"cannot pre-process frame: {exc}")
         frames.append(FrameMeta(frame.source, frame.member, frame.frame_index, frame.timestamp,
@@ -194,7 +199,9 @@ class InferenceActor:
             model = self.config.model
             self._estimator = PoseEstimator.from_state_dict(
                 model.name, self.weights.load(), source=self.weights.source, device=self.device,
-                net_size=model.net_size, scales=model.scales, postprocess=self.config.postprocess,
+                net_size=model.net_size, resize_mode=model.resize_mode, aspect_buckets=model.aspect_buckets,
+                scales=model.scales,
+                postprocess=self.config.postprocess,
                 weights_sha256=self.weights.file_sha256, precision=self.config.inference.precision,
             )
         return self._estimator
