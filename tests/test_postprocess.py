@@ -401,7 +401,41 @@ def test_torch_peak_finder_without_smoothing_agrees_with_numpy():
     np.testing.assert_array_equal(got.score, want.score)
 
 
-# --- 8. limb scoring -------------------------------------------------------------------
+# --- 8. fields upsampled without upsampling them (the default) ---------------------------
+
+
+@pytest.mark.parametrize("interpolation", ["cubic", "linear", "nearest"])
+def test_separable_operators_reproduce_opencv(interpolation):
+    from openpose_ray.postprocess.peaks import smooth
+    from openpose_ray.postprocess.upsampled import UpsampledField, smoothed_upsampled, upsampled_values
+
+    rng = np.random.default_rng(0)
+    fields = rng.random((5, 23, 31), dtype=np.float32)
+    up = upsample(fields, 4, interpolation)
+    np.testing.assert_allclose(smoothed_upsampled(fields, 4, interpolation, 0.0), up, atol=1e-6)
+    np.testing.assert_allclose(smoothed_upsampled(fields, 4, interpolation, 3.0), smooth(up, 3.0), atol=1e-6)
+    c, y, x = rng.integers(0, 5, (3, 40)), rng.integers(0, 92, (3, 40)), rng.integers(0, 124, (3, 40))
+    np.testing.assert_allclose(upsampled_values(fields, 4, interpolation, c, y, x), up[c, y, x], atol=1e-6)
+    many = rng.integers(0, 5, 30_000), rng.integers(0, 92, 30_000), rng.integers(0, 124, 30_000)  # the other path
+    np.testing.assert_allclose(UpsampledField(fields, 4, interpolation).at(*many), up[many], atol=1e-6)
+
+
+def test_decoding_from_the_fields_equals_decoding_upsampled_fields():
+    """Synthetic scenes decode to the same people either way: the same pixels, except where a part
+    lies exactly between two upsampled pixels (figure_at on field pixel centres): float rounding then
+    picks either pixel of the tie, one pixel apart."""
+    whole = dataclasses.replace(CONFIG, upsample_whole_fields=True)
+    for scene, tolerance in ((TWO_PEOPLE, 0), (_crowded_scene()[0], 0), ([figure_at(30, 12)], 1)):
+        heat, pafs = synthesize_fields(scene)
+        ours, theirs = decode(heat, pafs, COCO18, CONFIG), decode(heat, pafs, COCO18, whole)
+        assert len(ours) == len(theirs) > 0
+        for (keypoints, score), (want_keypoints, want_score) in zip(ours, theirs):
+            np.testing.assert_allclose(keypoints[:, :2], want_keypoints[:, :2], atol=tolerance)
+            np.testing.assert_allclose(keypoints[:, 2], want_keypoints[:, 2], atol=1e-6)  # float rounding
+            assert score == pytest.approx(want_score, abs=1e-6)
+
+
+# --- 9. limb scoring -------------------------------------------------------------------
 
 
 def _horizontal_paf(height: int = 40, width: int = 80, row: int = 20, x0: int = 10, x1: int = 30,

