@@ -25,7 +25,7 @@ import torch
 from openpose_ray import PoseEstimator
 import dataclasses
 
-from openpose_ray.postprocess import decode
+from openpose_ray.postprocess import group_fields
 from openpose_ray.preprocess import resize_to_input
 
 
@@ -50,9 +50,9 @@ def bench(estimator: PoseEstimator, photos: list[Path], repeat: int) -> dict[str
             t2 = time.perf_counter()
             heatmaps, pafs = estimator.run_network([net_input])
             t3 = time.perf_counter()
-            found = decode(heatmaps[0], pafs[0], skeleton, cfg)
+            found = group_fields(heatmaps[0], pafs[0], skeleton, cfg)
             t4 = time.perf_counter()
-            decode(heatmaps[0], pafs[0], skeleton, whole)
+            group_fields(heatmaps[0], pafs[0], skeleton, whole)
             t5 = time.perf_counter()
             if run:
                 for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t4 - t0)):

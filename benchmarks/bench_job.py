@@ -21,17 +21,19 @@ import time
 import os
 
 _CHILD = r"""
-import json, logging, pickle, sys, time
+import json, logging, sys, time
 t0 = time.time()
 logging.basicConfig(level=logging.WARNING)
 from openpose_ray.config_loader import load_config
 from openpose_ray.pipeline import runner
+from openpose_ray.pipeline.records import WrittenShard, from_row
 finished = []
 _iter_rows = runner.ray.data.Dataset.iter_rows
 def timed_iter_rows(self, *a, **k):
     for row in _iter_rows(self, *a, **k):
-        frames = pickle.loads(row["payload"])["stats"].get("frames", 0) if row["kind"] == "shard" else 0
-        finished.append((time.time(), row["kind"], frames))
+        record = from_row(row)
+        if isinstance(record, WrittenShard):
+            finished.append((time.time(), "shard", record.stats.frames))
         yield row
 runner.ray.data.Dataset.iter_rows = timed_iter_rows
 summary = runner.run_job(load_config(sys.argv[1], sys.argv[2:]))

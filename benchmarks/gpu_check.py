@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import platform
 import sys
 import time
@@ -49,7 +48,8 @@ from openpose_ray.jobconfig import InferencePoolConfig, JobConfig, ModelConfig  
 from openpose_ray.models.loading import read_checkpoint, state_dict_digest  # noqa: E402
 from openpose_ray.models.registry import get_entry  # noqa: E402
 from openpose_ray.models.weights import ResolvedWeights, sha256_file  # noqa: E402
-from openpose_ray.pipeline.stages import FrameMeta, InferenceActor, ShardWork  # noqa: E402
+from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames, StageSeconds, from_row, to_row  # noqa: E402
+from openpose_ray.pipeline.stages import InferenceActor  # noqa: E402
 
 MODEL = "mobilenet_thin"
 SIZES = [(432, 368), (656, 368)]  # stretch; 656x368 is also what fit at height 368 gives a 16:9 video frame
@@ -229,12 +229,12 @@ def actor_on_video(weights: ResolvedWeights, video: Path, device: str, sizes: li
                 chunk = prepared[first : first + shard_frames]
                 metas = [FrameMeta(str(video), None, first + i, None, frames[0].shape[1], frames[0].shape[0], "ok", None)
                          for i in range(len(chunk))]
-                work = ShardWork(f"segment-{first}", "video", None, metas, [p.base_transform for p in chunk], prepared=chunk)
-                rows.append({"kind": "shard", "shard_id": work.shard_id, "payload": pickle.dumps(work)})
+                shard = ShardFrames(f"segment-{first}", "video", None, tuple(metas), tuple(p.base_transform for p in chunk))
+                rows.append(to_row(PreparedShard(shard, tuple(chunk), StageSeconds()), shard.shard_id))
             actor(rows[0])  # loads the network, warms the kernels
             reset_peak_memory(device)
             start = time.perf_counter()
-            results = [pickle.loads(actor(row)["payload"]) for row in rows]
+            results = [from_row(actor(row)) for row in rows]
             synchronize(device)
             seconds = time.perf_counter() - start
             with_peaks = sum(len(r.peaks.part) > 0 for w in results for r in w.results if r is not None)

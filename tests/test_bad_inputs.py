@@ -263,6 +263,8 @@ def assert_people_equal_estimate(run: Run, estimator, expected: dict[tuple[str, 
 def test_the_job_finishes_and_counts_everything(run: Run):
     summary, frames = run.summary, run.frames
     assert summary["inputs"] == {"images": 13, "videos": 4, "tars": 1, "skipped": 1, "already_done": 0}
+    (skipped,) = summary["skipped_inputs"]
+    assert skipped["uri"].endswith(SKIPPED) and "not annotated" in skipped["reason"]
     errors = [f for f in frames if f["status"] == "error"]
     assert summary["frames"] == len(frames) == 13 + VIDEO_FRAMES + 3 + len(TAR_MEMBERS)
     assert summary["frames_failed"] == len(errors) == len(EXPECTED_ERRORS) + 1 + len(run.inputs.damaged_frames)
@@ -295,7 +297,7 @@ def test_oversized_image_is_refused_with_its_size(run: Run):
 
 
 def test_damaged_video_keeps_the_frames_before_and_after_the_damage(run: Run, data_dir, estimator):
-    from openpose_ray.sources.decoding import decode_shard
+    from openpose_ray.sources.decoding import decode_frames
     from openpose_ray.sources.listing import SourceObject
     from openpose_ray.sources.planning import plan_video
 
@@ -316,7 +318,7 @@ def test_damaged_video_keeps_the_frames_before_and_after_the_damage(run: Run, da
     path = data_dir / "videos" / VIDEO
     stat = path.stat()
     (whole,) = plan_video(SourceObject(str(path), "video", stat.st_size, str(stat.st_mtime_ns)), 10_000, S3Config())
-    intact = {f.frame_index: f.image for f in decode_shard(whole, SourcesConfig(), S3Config())}
+    intact = {f.frame_index: f.image for f in decode_frames(whole, SourcesConfig(), S3Config())}
     ok = [f["frame_index"] for f in rows if f["status"] == "ok"]
     source = str(run.inputs.root / f"damaged_{VIDEO}")
     found = assert_people_equal_estimate(run, estimator, {(source, None, i): intact[i] for i in ok})
@@ -325,7 +327,7 @@ def test_damaged_video_keeps_the_frames_before_and_after_the_damage(run: Run, da
     path = run.inputs.root / f"damaged_{VIDEO}"
     stat = path.stat()
     (whole,) = plan_video(SourceObject(str(path), "video", stat.st_size, str(stat.st_mtime_ns)), 10_000, S3Config())
-    for frame in decode_shard(whole, SourcesConfig(), S3Config()):
+    for frame in decode_frames(whole, SourcesConfig(), S3Config()):
         assert frame.status == ("error" if frame.frame_index in damaged else "ok"), frame.frame_index
         if frame.status == "ok":
             assert np.array_equal(frame.image, intact[frame.frame_index]), frame.frame_index
@@ -376,7 +378,8 @@ def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_
     from openpose_ray.models.weights import resolve_weights
     from openpose_ray.pipeline.listing_source import iter_work_items
     from openpose_ray.pipeline.runner import make_provenance
-    from openpose_ray.pipeline.stages import InferenceActor, decode_shard, plan_item, postprocess_and_write
+    from openpose_ray.pipeline.records import from_row
+    from openpose_ray.pipeline.stages import InferenceActor, plan_shards, postprocess_and_write, prepare_shard
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -392,16 +395,16 @@ def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_
     output = tmp_path / "out"
     config = job_config(["s3://vanishing/"], output, f"s3.endpoint_url={moto_s3}", "sources.frames_per_segment=64")
     listed = list(iter_work_items("s3://vanishing/", config))
-    assert sorted(item["kind"] for item in listed) == ["images", "video", "video"]
+    assert sorted(type(from_row(item)).__name__ for item in listed) == ["Shard", "ToPlan", "ToPlan"]
     client.delete_object(Bucket="vanishing", Key="gone.jpg")
     client.delete_object(Bucket="vanishing", Key="gone.mp4")
-    planned = [row for item in listed for row in plan_item(item, config)]
+    planned = [row for item in listed for row in plan_shards(item, config)]
     client.delete_object(Bucket="vanishing", Key="late.mp4")
     weights = resolve_weights(get_entry(config.model.name))
     actor = InferenceActor(config, weights, "cpu", 2, peaks_on_device=False)
     provenance = make_provenance(config, weights.file_sha256)
     for row in planned:
-        postprocess_and_write(actor(decode_shard(row, config)), config, provenance)
+        postprocess_and_write(actor(prepare_shard(row, config)), config, provenance)
 
     frames = read_table(output, "frames").to_pylist()
     by_name = {}

@@ -154,7 +154,7 @@ def test_wrong_type_names_the_key_and_the_expected_type(override, key, expected)
 
 
 def test_wrong_types_in_yaml_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"inference\.batch_size: expected int, got 'many'"):
+    with pytest.raises(ConfigError, match=r"inference\.batch_size: expected int or null, got 'many'"):
         load_config(_write(tmp_path, "input: a\noutput: o\ninference:\n  batch_size: many\n"))
     with pytest.raises(ConfigError, match=r"write\.render_videos: expected bool .*'yes'"):
         load_config(_write(tmp_path, "input: a\noutput: o\nwrite:\n  render_videos: 'yes'\n"))

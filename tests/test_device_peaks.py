@@ -82,7 +82,7 @@ def test_pairs_are_formed_within_an_image_only():
 def test_half_precision_fields_give_the_people_of_float32_fields():
     """Kernels follow the fields' dtype (bf16 here; fp16 on CUDA): heatmaps are upcast for peak finding, PAFs
     upsampled and sampled in bf16. On synthetic fields: the same people, parts within one upsampled pixel."""
-    from openpose_ray.postprocess import decode_candidates
+    from openpose_ray.postprocess import group_candidates
 
     heat, pafs = synthesize_fields(_scene((15.125, 8.125), (40.125, 9.125)))
     results = {}
@@ -90,7 +90,7 @@ def test_half_precision_fields_give_the_people_of_float32_fields():
         (peaks, candidates), = peaks_and_candidates(torch.from_numpy(heat[None]).to(dtype),
                                                     torch.from_numpy(pafs[None]).to(dtype), COCO18, CONFIG)
         assert candidates.score.dtype == np.float32 and peaks.score.dtype == np.float32
-        results[dtype] = decode_candidates(peaks, candidates, COCO18, CONFIG)
+        results[dtype] = group_candidates(peaks, candidates, COCO18, CONFIG)
     assert len(results[torch.float32]) == len(results[torch.bfloat16]) == 2
     for (want, want_score), (got, got_score) in zip(results[torch.float32], results[torch.bfloat16]):
         np.testing.assert_array_equal(got[:, 2] > 0, want[:, 2] > 0)

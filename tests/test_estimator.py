@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from openpose_ray import COCO18, InferenceConfig, Person, PostprocessConfig, to_coco17
+from openpose_ray import COCO18, NetworkConfig, Person, PostprocessConfig, to_coco17
 from openpose_ray.models.registry import get_entry, known_models, resolve
 from openpose_ray.preprocess import resize_to_input
 
@@ -69,7 +69,7 @@ def test_a_frames_fields_do_not_depend_on_the_other_frames_of_the_call(scales):
 
     torch.manual_seed(0)
     network = resolve(get_entry("cmu_body").network)()
-    cmu = PoseEstimator(get_entry("cmu_body"), network, inference=InferenceConfig(net_size=(96, 96), scales=scales))
+    cmu = PoseEstimator(get_entry("cmu_body"), network, network_config=NetworkConfig(net_size=(96, 96), scales=scales))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, width, 3), dtype=np.uint8) for width in (642, 643, 300, 642, 643)]
     prepared = [cmu.prepare(image) for image in images]
@@ -136,6 +136,6 @@ def test_every_registered_network_runs_on_random_input(name):
 def test_everything_handed_to_workers_pickles(estimator, photos):
     _, transform = resize_to_input(photos[0], estimator.input_spec, estimator.net_size)
     person = estimator.estimate([photos[0]])[0][0]
-    for value in (PostprocessConfig(upsample=2), InferenceConfig(net_size=(656, 368), scales=(1.0, 0.5)),
+    for value in (PostprocessConfig(upsample=2), NetworkConfig(net_size=(656, 368), scales=(1.0, 0.5)),
                   get_entry("mobilenet_thin"), get_entry("cmu_body"), COCO18, transform, person):
         assert pickle.loads(pickle.dumps(value)) == value

@@ -22,7 +22,7 @@ from openpose_ray.config_loader import load_config
 from openpose_ray.jobconfig import S3Config, SourcesConfig
 from openpose_ray.outputs.people_table import read_keypoints
 from openpose_ray.pipeline.runner import run_job
-from openpose_ray.sources.decoding import decode_shard
+from openpose_ray.sources.decoding import decode_frames
 from openpose_ray.sources.listing import SourceObject
 from openpose_ray.sources.planning import plan_video
 from people_match import assert_same_person, job_estimator, ran_on_cuda
@@ -83,7 +83,7 @@ def _decoded_frames(data_dir: Path):
         path = data_dir / "videos" / name
         obj = SourceObject(str(path), "video", path.stat().st_size, str(path.stat().st_mtime_ns))
         for shard in plan_video(obj, 10_000, s3):
-            for frame in decode_shard(shard, sources, s3):
+            for frame in decode_frames(shard, sources, s3):
                 assert frame.status == "ok"
                 yield frame.source, frame.frame_index, frame.image
 

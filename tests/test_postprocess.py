@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from openpose_ray.config import PostprocessConfig
-from openpose_ray.postprocess import Peaks, decode, decode_peaks, find_peaks, upsample
+from openpose_ray.postprocess import Peaks, group_fields, group_peaks, find_peaks, upsample
 from openpose_ray.postprocess.device import find_peak_tensors, to_host
 from openpose_ray.postprocess.limbs import match_limbs, score_candidates, score_limbs
 from openpose_ray.skeleton import COCO18
@@ -43,7 +43,7 @@ def used_peaks(people: list[tuple[np.ndarray, float]]) -> list[tuple[float, floa
 
 
 def peaks_and_pafs(heatmaps: np.ndarray, pafs: np.ndarray, config: PostprocessConfig = CONFIG) -> tuple[Peaks, np.ndarray]:
-    """The intermediate results of decode(): (peaks, upsampled PAFs)."""
+    """The intermediate results of group_fields(): (peaks, upsampled PAFs)."""
     heat_up = upsample(heatmaps[: COCO18.num_parts], config.upsample, config.upsample_interpolation)
     pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
     return find_peaks(heat_up, config, COCO18.num_parts), pafs_up
@@ -83,7 +83,7 @@ def test_synthetic_fields_have_their_maxima_where_the_parts_are():
 
 def test_two_separated_people_are_decoded_whole_and_in_place():
     heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
-    people = decode(heatmaps, pafs, COCO18, CONFIG)
+    people = group_fields(heatmaps, pafs, COCO18, CONFIG)
 
     assert len(people) == 2
     expected = [expected_keypoints(person) for person in TWO_PEOPLE]
@@ -115,7 +115,7 @@ def test_people_touching_the_field_border_are_decoded(neck_y):
     """
     person = figure_at(30 + ON_UPSAMPLED_PIXEL, neck_y + ON_UPSAMPLED_PIXEL)
     heatmaps, pafs = synthesize_fields([person], size=FIELD_SIZE)
-    (keypoints, _), = decode(heatmaps, pafs, COCO18, CONFIG)
+    (keypoints, _), = group_fields(heatmaps, pafs, COCO18, CONFIG)
     assert decoded_parts(keypoints) == set(range(18))
     height_up = FIELD_SIZE[1] * CONFIG.upsample
     for part, want in expected_keypoints(person).items():
@@ -138,7 +138,7 @@ def test_a_figure_on_field_pixel_centres_is_one_person():
     """Same as above for a whole figure: duplicate peaks one upsampled pixel apart
     would be matched with each other limb by limb and assemble into a ghost person."""
     person = figure_at(15, 9)
-    people = decode(*synthesize_fields([person]), COCO18, CONFIG)
+    people = group_fields(*synthesize_fields([person]), COCO18, CONFIG)
     assert [len(decoded_parts(kp)) for kp, _ in people] == [18]
     for part, want in expected_keypoints(person).items():
         np.testing.assert_allclose(people[0][0][part, :2], want, atol=1.0)
@@ -148,8 +148,8 @@ def test_a_figure_on_field_pixel_centres_is_one_person():
 
 
 def test_people_order_in_the_scene_does_not_change_the_result():
-    forward = decode(*synthesize_fields(TWO_PEOPLE), COCO18, CONFIG)
-    backward = decode(*synthesize_fields(TWO_PEOPLE[::-1]), COCO18, CONFIG)
+    forward = group_fields(*synthesize_fields(TWO_PEOPLE), COCO18, CONFIG)
+    backward = group_fields(*synthesize_fields(TWO_PEOPLE[::-1]), COCO18, CONFIG)
     assert_same_people(backward, forward)
 
 
@@ -159,8 +159,8 @@ def test_mirrored_fields_give_mirrored_people():
     mirrored_pafs = pafs[:, :, ::-1].copy()
     for limb in COCO18.limbs:
         mirrored_pafs[limb.paf_x] *= -1
-    people = decode(heatmaps, pafs, COCO18, CONFIG)
-    mirrored = decode(mirrored_heat, mirrored_pafs, COCO18, CONFIG)
+    people = group_fields(heatmaps, pafs, COCO18, CONFIG)
+    mirrored = group_fields(mirrored_heat, mirrored_pafs, COCO18, CONFIG)
 
     width_up = FIELD_SIZE[0] * CONFIG.upsample
     assert len(mirrored) == len(people) == 2
@@ -190,16 +190,16 @@ def _permuted(peaks: Peaks, order: np.ndarray) -> Peaks:
 def test_decode_peaks_ignores_the_order_of_the_peak_arrays(seed):
     """Shuffled peaks (within and across parts) give the same people, in the same order.
 
-    Peaks documents its arrays as sorted by (part, y, x), but decode_peaks accepts any
+    Peaks documents its arrays as sorted by (part, y, x), but group_peaks accepts any
     Peaks; it must either put them in order or not depend on it. The two people here
     have different scores, so the output order is fixed by the scores alone.
     """
     peaks, pafs_up = peaks_and_pafs(*synthesize_fields(TWO_PEOPLE))
-    reference = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    reference = group_peaks(peaks, pafs_up, COCO18, CONFIG)
     assert len(reference) == 2 and reference[0][1] != reference[1][1]
 
     shuffled = _permuted(peaks, np.random.default_rng(seed).permutation(len(peaks.part)))
-    assert_same_people(decode_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
+    assert_same_people(group_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
 
 
 PERMUTATIONS = {
@@ -216,13 +216,13 @@ def test_decode_peaks_orders_equal_score_people_by_position_not_by_peak_index(pe
     twins = [figure_at(15 + ON_UPSAMPLED_PIXEL, 9 + ON_UPSAMPLED_PIXEL),
              figure_at(45 + ON_UPSAMPLED_PIXEL, 9 + ON_UPSAMPLED_PIXEL)]
     peaks, pafs_up = peaks_and_pafs(*synthesize_fields(twins))
-    reference = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    reference = group_peaks(peaks, pafs_up, COCO18, CONFIG)
     assert len(reference) == 2 and reference[0][1] == reference[1][1]
     neck = COCO18.part_index("neck")
     assert reference[0][0][neck, 0] < reference[1][0][neck, 0]
 
     shuffled = _permuted(peaks, PERMUTATIONS[permutation](len(peaks.part)))
-    assert_same_people(decode_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
+    assert_same_people(group_peaks(shuffled, pafs_up, COCO18, CONFIG), reference)
 
 
 # --- 3. each peak used once -----------------------------------------------------
@@ -260,7 +260,7 @@ def test_limb_matching_uses_each_peak_at_most_once():
 
 def test_decoded_people_never_share_a_peak():
     people, config = _crowded_scene()
-    decoded = decode(*synthesize_fields(people), COCO18, config)
+    decoded = group_fields(*synthesize_fields(people), COCO18, config)
     used = used_peaks(decoded)
     assert len(decoded) >= 2
     assert len(used) == len(set(used)), "a peak was assigned to more than one person (or part)"
@@ -276,7 +276,7 @@ def test_a_connection_between_two_fragments_of_one_person_merges_them():
     heat, pafs = synthesize_fields([figure_at(30.125, 10.125)])
     neck_nose = next(limb for limb in COCO18.limbs if (limb.part_a, limb.part_b) == ("neck", "nose"))
     pafs[[neck_nose.paf_x, neck_nose.paf_y]] = 0
-    (keypoints, _), = decode(heat, pafs, COCO18, CONFIG)
+    (keypoints, _), = group_fields(heat, pafs, COCO18, CONFIG)
     assert decoded_parts(keypoints) == set(range(18))  # one person, every part
 
 
@@ -288,7 +288,7 @@ def test_a_connection_between_two_overlapping_people_takes_no_peak_from_either()
     b = figure_at(40.125, 8.125, [p for p in STANDING_FIGURE if p not in ("r_shoulder", "r_elbow", "r_wrist")])
     cross = {"r_shoulder": a["r_shoulder"], "r_ear": b["r_ear"]}
     config = dataclasses.replace(CONFIG, limb_length_prior=1.0)  # the cross limb is long
-    decoded = decode(*synthesize_fields([a, b, cross]), COCO18, config)
+    decoded = group_fields(*synthesize_fields([a, b, cross]), COCO18, config)
     assert len(decoded) == 2
     used = used_peaks(decoded)
     assert len(used) == len(set(used)) == 17 + 15, "a peak was assigned to two people"
@@ -303,22 +303,22 @@ def test_a_connection_between_two_overlapping_people_takes_no_peak_from_either()
 def test_empty_fields_give_no_people():
     heatmaps = np.zeros((19, 46, 60), np.float32)
     pafs = np.zeros((38, 46, 60), np.float32)
-    assert decode(heatmaps, pafs, COCO18, CONFIG) == []
+    assert group_fields(heatmaps, pafs, COCO18, CONFIG) == []
 
 
 def test_a_single_isolated_peak_gives_no_people():
     heatmaps, pafs = synthesize_fields([{"neck": (30 + ON_UPSAMPLED_PIXEL, 20 + ON_UPSAMPLED_PIXEL)}])
     peaks, _ = peaks_and_pafs(heatmaps, pafs)
     assert len(peaks.part) == 1  # the peak is found, but is no person on its own
-    assert decode(heatmaps, pafs, COCO18, CONFIG) == []
-    assert decode(heatmaps, pafs, COCO18, PostprocessConfig(min_parts=1, min_person_score=0.0)) == []
+    assert group_fields(heatmaps, pafs, COCO18, CONFIG) == []
+    assert group_fields(heatmaps, pafs, COCO18, PostprocessConfig(min_parts=1, min_person_score=0.0)) == []
 
 
 @pytest.mark.parametrize("num_parts", [2, 3, 4, 5])
 def test_people_with_fewer_than_min_parts_are_dropped(num_parts):
     chain = ["neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder"][:num_parts]
     person = figure_at(30 + ON_UPSAMPLED_PIXEL, 15 + ON_UPSAMPLED_PIXEL, chain)
-    people = decode(*synthesize_fields([person]), COCO18, CONFIG)
+    people = group_fields(*synthesize_fields([person]), COCO18, CONFIG)
     if num_parts < CONFIG.min_parts:
         assert people == []
     else:
@@ -330,8 +330,8 @@ def test_min_parts_is_inclusive():
     chain = ["neck", "r_shoulder", "r_elbow"]
     person = figure_at(30 + ON_UPSAMPLED_PIXEL, 15 + ON_UPSAMPLED_PIXEL, chain)
     fields = synthesize_fields([person])
-    assert len(decode(*fields, COCO18, PostprocessConfig(min_parts=3))) == 1
-    assert decode(*fields, COCO18, PostprocessConfig(min_parts=4)) == []
+    assert len(group_fields(*fields, COCO18, PostprocessConfig(min_parts=3))) == 1
+    assert group_fields(*fields, COCO18, PostprocessConfig(min_parts=4)) == []
 
 
 # --- 5. no mutation ----------------------------------------------------------------
@@ -340,7 +340,7 @@ def test_min_parts_is_inclusive():
 def test_decode_does_not_modify_its_inputs():
     heatmaps, pafs = synthesize_fields(TWO_PEOPLE)
     heat_before, pafs_before = heatmaps.copy(), pafs.copy()
-    decode(heatmaps, pafs, COCO18, CONFIG)
+    group_fields(heatmaps, pafs, COCO18, CONFIG)
     np.testing.assert_array_equal(heatmaps, heat_before)
     np.testing.assert_array_equal(pafs, pafs_before)
 
@@ -348,7 +348,7 @@ def test_decode_does_not_modify_its_inputs():
 def test_decode_peaks_does_not_modify_its_inputs():
     peaks, pafs_up = peaks_and_pafs(*synthesize_fields(TWO_PEOPLE))
     before = (peaks.part.copy(), peaks.xy.copy(), peaks.score.copy(), pafs_up.copy())
-    people = decode_peaks(peaks, pafs_up, COCO18, CONFIG)
+    people = group_peaks(peaks, pafs_up, COCO18, CONFIG)
     for array, copy in zip((peaks.part, peaks.xy, peaks.score, pafs_up), before):
         np.testing.assert_array_equal(array, copy)
     # The returned keypoints are new arrays, not views of the peaks.
@@ -454,7 +454,7 @@ def test_decoding_from_the_fields_equals_decoding_upsampled_fields():
     whole = dataclasses.replace(CONFIG, upsample_whole_fields=True)
     for scene, tolerance in ((TWO_PEOPLE, 0), (_crowded_scene()[0], 0), ([figure_at(30, 12)], 1)):
         heat, pafs = synthesize_fields(scene)
-        ours, theirs = decode(heat, pafs, COCO18, CONFIG), decode(heat, pafs, COCO18, whole)
+        ours, theirs = group_fields(heat, pafs, COCO18, CONFIG), group_fields(heat, pafs, COCO18, whole)
         assert len(ours) == len(theirs) > 0
         for (keypoints, score), (want_keypoints, want_score) in zip(ours, theirs):
             np.testing.assert_allclose(keypoints[:, :2], want_keypoints[:, :2], atol=tolerance)

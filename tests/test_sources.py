@@ -30,7 +30,7 @@ from openpose_ray.sources import (
     Shard,
     SourceObject,
     UnreadableVideo,
-    decode_shard,
+    decode_frames,
     group_images,
     iter_objects,
     open_uri,
@@ -54,7 +54,7 @@ def local_object(path: Path) -> SourceObject:
 
 
 def decode_all(shards, sources=SOURCES, s3=LOCAL) -> list[Frame]:
-    return [frame for shard in shards for frame in decode_shard(shard, sources, s3)]
+    return [frame for shard in shards for frame in decode_frames(shard, sources, s3)]
 
 
 def gradient(height: int = 24, width: int = 40) -> np.ndarray:
@@ -289,7 +289,7 @@ def test_segmented_decode_equals_sequential(data_dir, name, compared):
     segments = [s for s in plan_video(obj, 64, LOCAL) if s.start_frame < compared]
     assert len(segments) >= 3 and any(s.seek_ts is not None for s in segments)
     (whole,) = plan_video(obj, 10_000, LOCAL)
-    sequential = list(itertools.islice(decode_shard(whole, SOURCES, LOCAL), compared))
+    sequential = list(itertools.islice(decode_frames(whole, SOURCES, LOCAL), compared))
     segmented = decode_all(segments)
     assert len(segmented) == len(sequential) == compared
     for a, b in zip(segmented, sequential):
@@ -520,7 +520,7 @@ def test_values_survive_pickling(data_dir):
     shard = plan_video(obj, 64, LOCAL)[-1]
     for value in (obj, shard, SOURCES, LOCAL):
         assert pickle.loads(pickle.dumps(value)) == value
-    (frame,) = itertools.islice(decode_shard(shard, SOURCES, LOCAL), 1)
+    (frame,) = itertools.islice(decode_frames(shard, SOURCES, LOCAL), 1)
     copy = pickle.loads(pickle.dumps(frame))
     assert copy.frame_index == frame.frame_index and np.array_equal(copy.image, frame.image)
 

@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 
 from openpose_ray.jobconfig import S3Config, SourcesConfig
-from openpose_ray.sources.decoding import decode_shard
+from openpose_ray.sources.decoding import decode_frames
 from openpose_ray.sources.listing import SourceObject
 from openpose_ray.sources.planning import plan_tar
 from synthetic_media import encode
@@ -24,7 +24,7 @@ def _tar(path, members: dict[str, bytes]) -> SourceObject:
 
 
 def _frames(obj: SourceObject, sources: SourcesConfig):
-    return [frame for shard in plan_tar(obj) for frame in decode_shard(shard, sources, S3Config())]
+    return [frame for shard in plan_tar(obj) for frame in decode_frames(shard, sources, S3Config())]
 
 
 def test_member_count_bound(tmp_path):

@@ -29,7 +29,7 @@ class Provenance:
     model: registry name of the network (e.g. "mobilenet_thin").
     weights_sha256: sha256 (hex) of the weights file that was loaded.
     net_size: (width, height) of the network input in pixels (fit: only the height counts).
-    scales: input scales averaged before decoding.
+    scales: input scales averaged before grouping.
     resize_mode: "fit" (aspect ratio kept, padded) or "stretch".
     code_version: version of openpose_ray (package version or git describe).
     config_fingerprint: hash of the job settings that change results.

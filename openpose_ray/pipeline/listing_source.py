@@ -10,7 +10,6 @@ shards starts while later pages are still being listed.
 from __future__ import annotations
 
 import itertools
-import pickle
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -22,23 +21,21 @@ from ..jobconfig import JobConfig
 from ..outputs.manifest import NEW, DoneIndex
 from ..sources.listing import SourceObject, iter_objects
 from ..sources.planning import group_images
+from .records import ROW_SCHEMA, AlreadyDone, Skipped, ToPlan, to_row
 
 # Work items per yielded block: small, so downstream stages start early.
 _ITEMS_PER_BLOCK = 16
-# Inputs already done are counted, not passed on one by one: one "done" item per this many.
+# Inputs already done are counted, not passed on one by one: one AlreadyDone item per this many.
 _DONE_PER_ITEM = 10_000
-
-WORK_ITEM_SCHEMA = pa.schema([("kind", pa.string()), ("uri", pa.string()), ("payload", pa.binary())])
 
 
 def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = None) -> Iterator[dict]:
-    """Work items of one input root, in listing order.
+    """Work items of one input root, in listing order, as rows of pipeline.records.
 
-    kind "images": payload is a pickled Shard; "video" / "tar": a pickled
-    (SourceObject, Todo) still to be planned; "skipped": a pickled SourceObject that is
-    not processed (unsupported type), counted in the summary; "done": a pickled count
-    of inputs that ``done`` (the manifest of earlier runs) says need no work.
-    Images already done are left out before grouping, so new images form new shards.
+    Records: a Shard of images; a ToPlan per video or tar; a Skipped per object that is
+    not processed (unsupported type), counted in the summary; an AlreadyDone count of
+    inputs that ``done`` (the manifest of earlier runs) says need no work. Images
+    already done are left out before grouping, so new images form new shards.
     """
     objects = iter_objects(input_uri, config.sources, config.s3)
     pending_images: list[SourceObject] = []
@@ -46,7 +43,7 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
 
     def flush() -> Iterator[dict]:
         for shard in group_images(pending_images, config.sources.images_per_shard):
-            yield {"kind": "images", "uri": shard.uris[0], "payload": pickle.dumps(shard)}
+            yield to_row(shard, shard.shard_id)
         pending_images.clear()
 
     for obj in objects:
@@ -54,7 +51,7 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
         if todo.action == "done":
             already_done += 1
             if already_done == _DONE_PER_ITEM:
-                yield {"kind": "done", "uri": "", "payload": pickle.dumps(already_done)}
+                yield to_row(AlreadyDone(already_done))
                 already_done = 0
             continue
         if obj.kind == "image":
@@ -65,12 +62,12 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
             if len(pending_images) >= config.sources.images_per_shard:
                 yield from flush()
         elif obj.kind in ("video", "tar"):
-            yield {"kind": obj.kind, "uri": obj.uri, "payload": pickle.dumps((obj, todo))}
+            yield to_row(ToPlan(obj, todo), obj.uri)
         else:
-            yield {"kind": "skipped", "uri": obj.uri, "payload": pickle.dumps(obj)}
+            yield to_row(Skipped(obj.uri, obj.reason or "file type not annotated (see sources.*_extensions)"), obj.uri)
     yield from flush()
     if already_done:
-        yield {"kind": "done", "uri": "", "payload": pickle.dumps(already_done)}
+        yield to_row(AlreadyDone(already_done))
 
 
 def _parent(uri: str) -> str:
@@ -83,7 +80,7 @@ def _blocks(input_uri: str, config: JobConfig, done_ref) -> Iterator[pa.Table]:
         chunk = list(itertools.islice(items, _ITEMS_PER_BLOCK))
         if not chunk:
             return
-        yield pa.Table.from_pylist(chunk, schema=WORK_ITEM_SCHEMA)
+        yield pa.Table.from_pylist(chunk, schema=ROW_SCHEMA)
 
 
 class ListingDatasource(Datasource):
@@ -107,7 +104,7 @@ class ListingDatasource(Datasource):
             ReadTask(
                 lambda uri=uri: _blocks(uri, config, done_ref),
                 BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
-                schema=WORK_ITEM_SCHEMA,
+                schema=ROW_SCHEMA,
             )
             for uri in config.input
         ]

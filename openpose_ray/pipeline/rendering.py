@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -19,10 +20,12 @@ import ray
 from ..jobconfig import JobConfig
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
 from ..outputs.writer import delete_uris, write_bytes
+from ..person import Person
 from ..render import render
-from ..sources.decoding import decode_shard as decode_frames
+from ..sources.decoding import decode_frames
 from ..sources.s3io import read_bytes
 from ..storage import parse
+from .records import ShardFrames
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +37,14 @@ def _output_uri(config: JobConfig, relative: str) -> str:
     return parse(config.output).join(relative).uri
 
 
-def render_work(work, config: JobConfig) -> dict:
-    """Draw the people of ``work`` (a ShardWork) on its frames; return what was written."""
+def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: JobConfig) -> dict:
+    """Draw ``people`` (per frame of ``frames``) on the shard's frames, decoded again; return what was written."""
     people_by_frame = {(meta.source, meta.member, meta.frame_index): persons
-                       for meta, persons in zip(work.frames, work.people) if meta.status == "ok"}
-    if work.source_kind == "video":
-        return _render_video_segment(work, people_by_frame, config)
+                       for meta, persons in zip(frames.frames, people) if meta.status == "ok"}
+    if frames.source_kind == "video":
+        return _render_video_segment(frames, people_by_frame, config)
     written = 0
-    for frame in decode_frames(work.shard, config.sources, config.s3):
+    for frame in decode_frames(frames.shard, config.sources, config.s3):
         persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
         if frame.status != "ok" or persons is None:
             continue
@@ -52,24 +55,24 @@ def render_work(work, config: JobConfig) -> dict:
     return {"images": written}
 
 
-def _render_video_segment(work, people_by_frame: dict, config: JobConfig) -> dict:
-    frames, timestamps = [], []
-    for frame in decode_frames(work.shard, config.sources, config.s3):
+def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: JobConfig) -> dict:
+    drawn, timestamps = [], []
+    for frame in decode_frames(frames.shard, config.sources, config.s3):
         persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
         if frame.status != "ok" or persons is None:
             continue
-        frames.append(render(frame.image, persons))
+        drawn.append(render(frame.image, persons))
         timestamps.append(frame.timestamp)
-    if not frames:
+    if not drawn:
         return {}
-    source = work.frames[0].source
+    source = frames.frames[0].source
     steps = np.diff(timestamps)
     fps = float(1.0 / np.median(steps)) if len(steps) and np.median(steps) > 0 else _DEFAULT_FPS
     video_path = media_path_for(source, None, kind="videos", ext=".mp4")
     # media/videos/x.mp4 -> media/.segments/videos/x.mp4/<first frame>.mp4, joined at the end of the job.
-    segment = _output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{work.shard.start_frame:010d}.mp4")
-    write_bytes(segment, encode_segment(frames, timestamps, fps), config.s3)
-    return {"video": source, "start_frame": work.shard.start_frame, "segment": segment, "frames": len(frames)}
+    segment = _output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{frames.shard.start_frame:010d}.mp4")
+    write_bytes(segment, encode_segment(drawn, timestamps, fps), config.s3)
+    return {"video": source, "start_frame": frames.shard.start_frame, "segment": segment, "frames": len(drawn)}
 
 
 @ray.remote(num_cpus=1)

@@ -1,11 +1,12 @@
 """Wiring of the annotation job: Ray Data stages from a JobConfig, run, summary.
 
     ListInputs (read tasks, streaming listing)
-      -> plan_item (flat_map: videos cut into segments)
-      -> decode_shard (map, 1 CPU: decode + resize to uint8 network inputs)
+      -> plan_shards (flat_map: videos cut into segments)
+      -> prepare_shard (map, 1 CPU: decode + resize to uint8 network inputs)
       -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors; see actor_pool)
-      -> postprocess_and_write (map, 0.5 CPU: decode people, write the shard's Parquet)
+      -> postprocess_and_write (map, 0.5 CPU: group people, write the shard's Parquet)
       -> render_shard (optional)
+    Each stage hands the next one typed record (pipeline.records).
     then, on the driver: progress, the manifest (snapshot, garbage collection),
     rendered-video assembly, summary.json.
 
@@ -28,15 +29,15 @@ raised by our own code are retried ``_MAP_RETRIES`` times (after the storage
 layer's own retries) and then fail the job, never silently dropping a shard.
 
 Stages get different CPU reservations on purpose: Ray Data fuses adjacent
-operators with equal resources into one task, and a fused plan+decode would
+operators with equal resources into one task, and a fused plan+prepare would
 decode all segments of a video in one task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import pickle
 import time
 import uuid
 from collections import defaultdict
@@ -58,7 +59,8 @@ from ..storage import redact
 from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
 from .shipped_weights import ShippedWeights
-from .stages import InferenceActor, decode_shard, model_input_spec, plan_item, postprocess_and_write, render_shard
+from .records import AlreadyDone, Skipped, WrittenShard, from_row
+from .stages import InferenceActor, model_input_spec, plan_shards, postprocess_and_write, prepare_shard, render_shard
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ _DECODE_CPUS = 1.0
 # grow with the input (measured: +60 MiB per video segment, docs/benchmarks.md "Load").
 _POST_CPUS = 0.5
 _PROGRESS_EVERY_S = 10.0
+_SKIPPED_LISTED = 100  # skipped inputs named in the summary (all are counted)
 _MAP_RETRIES = 2  # attempts after the first for a map task whose code raised
 _ACTOR_INIT_DEATHS = 3  # inference actors that may die while starting (e.g. out of memory) before the job fails
 
@@ -126,13 +129,18 @@ def configure_retries(config: JobConfig) -> None:
 
 
 def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, weights: ShippedWeights,
-                  done_ref=None) -> ray.data.Dataset:
+                  done_ref=None, actor_class: type = InferenceActor) -> ray.data.Dataset:
+    """The job's Ray Data pipeline (see the module docstring).
+
+    actor_class: the inference stage; benchmarks put a stand-in with InferenceActor's
+    constructor here (benchmarks/bench_ceiling.py replays recorded fields), never the job.
+    """
     ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
-    ds = ds.flat_map(plan_item, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
-    ds = ds.map(decode_shard, fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS)
+    ds = ds.flat_map(plan_shards, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
+    ds = ds.map(prepare_shard, fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS)
     custom = {name: amount for name, amount in plan.bundle.items() if name not in ("CPU", "GPU")}
     ds = ds.map(
-        InferenceActor,
+        actor_class,
         fn_constructor_kwargs={"config": config, "weights": weights, "device": plan.device,
                                "torch_threads": plan.torch_threads, "peaks_on_device": plan.peaks_on_device},
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
@@ -181,19 +189,32 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     ds = build_dataset(config, provenance, plan, weights, None if force or not len(done) else ray.put(done))
 
     totals: dict[str, float] = defaultdict(float)
+    seconds: dict[str, float] = defaultdict(float)
+    skipped: list[dict] = []
     last_log = time.time()
     for row in ds.iter_rows():
-        content = pickle.loads(row["payload"])
-        stats = content["stats"]
-        if row["kind"] in ("skipped", "done"):
-            totals["skipped"] += stats.get("skipped", 0)
-            totals["already_done"] += stats.get("already_done", 0)
+        record = from_row(row)
+        if isinstance(record, Skipped):
+            totals["skipped"] += 1
+            if len(skipped) < _SKIPPED_LISTED:
+                skipped.append({"uri": redact(record.uri), "reason": record.reason})
             continue
-        for key in ("frames", "failed", "people", "inferred", "decode_s", "infer_s", "post_s"):
-            totals[key] += stats.get(key, 0)
+        if isinstance(record, AlreadyDone):
+            totals["already_done"] += record.count
+            continue
+        if not isinstance(record, WrittenShard):
+            raise TypeError(f"the pipeline returned a {type(record).__name__}, not a WrittenShard")
+        stats = record.stats
+        totals["frames"] += stats.frames
+        totals["failed"] += stats.failed
+        totals["people"] += stats.people
+        totals["inferred"] += stats.inferred
         totals["shards"] += 1
-        totals.update({k: totals[k] + v for k, v in stats.get("inputs", {}).items()})
-        totals["images_rendered"] += (stats.get("media") or {}).get("images", 0)
+        for stage, value in dataclasses.asdict(stats.seconds).items():
+            seconds[stage] += value
+        for key, value in stats.inputs.items():
+            totals[key] += value
+        totals["images_rendered"] += stats.media.get("images", 0)
         if time.time() - last_log > _PROGRESS_EVERY_S:
             last_log = time.time()
             log.info("progress: %d shards, %d frames (%d failed), %d people, %.1f frames/s", totals["shards"],
@@ -210,6 +231,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "inputs": {"images": int(totals["image_inputs"]), "videos": int(totals["video_inputs"]),
                    "tars": int(totals["tar_inputs"]), "skipped": int(totals["skipped"]),
                    "already_done": int(totals["already_done"])},
+        "skipped_inputs": skipped,
         "forced": force,
         "shards": int(totals["shards"]),
         "frames": int(totals["frames"]),
@@ -219,7 +241,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "manifest": {"generation": provenance.generation, **folded},
         "wall_time_s": round(wall, 2),
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
-        "stage_seconds": {k: round(totals[k], 2) for k in ("decode_s", "infer_s", "post_s")},
+        "stage_seconds": {stage: round(value, 2) for stage, value in seconds.items()},
         "inference": {"device": plan.device, "precision": config.inference.precision,
                       "peaks_on": "device" if plan.peaks_on_device else "cpu", "actor": plan.bundle,
                       "min_actors": plan.min_actors, "max_actors": plan.max_actors,

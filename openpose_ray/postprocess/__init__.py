@@ -19,12 +19,12 @@ from .limbs import LimbCandidates, LimbMatches, match_limbs, score_limbs
 from .peaks import Peaks, find_peaks, find_peaks_in_fields, upsample
 from .upsampled import UpsampledField
 
-__all__ = ["Peaks", "LimbCandidates", "LimbMatches", "UpsampledField", "decode", "decode_peaks", "decode_candidates",
+__all__ = ["Peaks", "LimbCandidates", "LimbMatches", "UpsampledField", "group_fields", "group_peaks", "group_candidates",
            "find_peaks", "find_peaks_in_fields",
            "match_limbs", "score_limbs", "upsample"]
 
 
-def decode_candidates(peaks: Peaks, candidates: LimbCandidates, skeleton: Skeleton,
+def group_candidates(peaks: Peaks, candidates: LimbCandidates, skeleton: Skeleton,
                       config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
     """Match scored limb candidates and assemble people.
 
@@ -42,20 +42,20 @@ def decode_candidates(peaks: Peaks, candidates: LimbCandidates, skeleton: Skelet
     return people
 
 
-def decode_peaks(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+def group_peaks(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
     """Group peaks into people using upsampled PAFs float32[2L, H, W] (or an UpsampledField).
 
-    Returns what :func:`decode_candidates` returns. The result does not depend
+    Returns what :func:`group_candidates` returns. The result does not depend
     on the order of the peaks: they are put in (part, y, x) order first, so
     every tie is broken by position.
     """
     order = np.lexsort((peaks.xy[:, 0], peaks.xy[:, 1], peaks.part))
     peaks = Peaks(peaks.part[order], peaks.xy[order], peaks.score[order])
-    return decode_candidates(peaks, score_limbs(peaks, pafs_up, skeleton, config), skeleton, config)
+    return group_candidates(peaks, score_limbs(peaks, pafs_up, skeleton, config), skeleton, config)
 
 
-def decode(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
-    """Decode one image's raw fields.
+def group_fields(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: PostprocessConfig) -> list[tuple[np.ndarray, float]]:
+    """The people in one frame's raw fields (OpenPose's grouping: peaks, limbs, assembly).
 
     heatmaps: float32[K+1, h, w], pafs: float32[2L, h, w] at the network's
     stride. Returns [(keypoints float32[K, 3] in upsampled-field pixels, score)];
@@ -65,6 +65,6 @@ def decode(heatmaps: np.ndarray, pafs: np.ndarray, skeleton: Skeleton, config: P
     if config.upsample_whole_fields:
         heat_up = upsample(heatmaps[: skeleton.num_parts], config.upsample, config.upsample_interpolation)
         pafs_up = upsample(pafs, config.upsample, config.upsample_interpolation)
-        return decode_peaks(find_peaks(heat_up, config, skeleton.num_parts), pafs_up, skeleton, config)
+        return group_peaks(find_peaks(heat_up, config, skeleton.num_parts), pafs_up, skeleton, config)
     peaks = find_peaks_in_fields(heatmaps, config, skeleton.num_parts)
-    return decode_peaks(peaks, UpsampledField(pafs, config.upsample, config.upsample_interpolation), skeleton, config)
+    return group_peaks(peaks, UpsampledField(pafs, config.upsample, config.upsample_interpolation), skeleton, config)

@@ -1,12 +1,12 @@
 """The sources stage: list inputs, plan shards, decode frames. Pure Python, no Ray.
 
 Data flows ``iter_objects`` -> ``group_images`` / ``plan_video`` / ``plan_tar`` ->
-``decode_shard``; each step is a plain function over frozen, picklable values
+``decode_frames``; each step is a plain function over frozen, picklable values
 (:class:`SourceObject`, :class:`Shard`, :class:`Frame`), so a pipeline can run each in
 any process. S3 clients are built where they are used, from an S3Config.
 """
 
-from .decoding import Frame, decode_shard
+from .decoding import Frame, decode_frames
 from .errors import AccessDenied, ObjectChanged, ObjectMissing, SourceError, UnreadableVideo
 from .images import ImageDecodeError, decode_image, probe_image
 from .listing import SourceObject, classify, iter_objects
@@ -26,7 +26,7 @@ __all__ = [
     "UnreadableVideo",
     "classify",
     "decode_image",
-    "decode_shard",
+    "decode_frames",
     "group_images",
     "iter_objects",
     "open_stream",

@@ -1,6 +1,6 @@
 """Decoding shards into frames: BGR uint8 pixels with where they came from.
 
-:func:`decode_shard` never raises for bad input: an unreadable object, a corrupt image,
+:func:`decode_frames` never raises for bad input: an unreadable object, a corrupt image,
 a broken tar member or an undecodable video frame each become a :class:`Frame` with
 status "error" and a message saying what was wrong, so the job writes an error row and
 goes on. Messages pass through :func:`~openpose_ray.storage.redact`.
@@ -81,7 +81,7 @@ def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, (SourceError, ImageDecodeError)) else f"{type(error).__name__}: {error}"
 
 
-def decode_shard(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
     """Frames of a shard (see module docstring); never raises for bad input."""
     decoders = {"images": _decode_images, "video": _decode_video, "tar": _decode_tar}
     source = shard.uris[0] if shard.uris else shard.shard_id

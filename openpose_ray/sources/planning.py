@@ -171,7 +171,7 @@ def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: i
     if k < 0 or keys[k] == 0:
         return None
     # Demuxers index key frames by dts or by pts; the smaller of the two lands on this key
-    # frame or an earlier one, both correct (decode_shard checks where it landed).
+    # frame or an earlier one, both correct (decode_frames checks where it landed).
     return min(ts[keys[k]], dts[keys[k]])
 
 

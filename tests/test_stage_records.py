@@ -1,0 +1,90 @@
+"""The typed records between the pipeline's stages: they survive a Ray row round trip whole, and stay immutable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from openpose_ray.inference import FrameFields
+from openpose_ray.models.registry import get_entry
+from openpose_ray.outputs.manifest import NEW
+from openpose_ray.person import Person
+from openpose_ray.pipeline.records import (ROW_SCHEMA, AlreadyDone, FrameMeta, InferredShard, PreparedShard,
+                                           ShardFrames, ShardStats, Skipped, StageSeconds, ToPlan, WrittenShard,
+                                           from_row, to_row)
+from openpose_ray.preprocess import prepare_image, resolve_input_spec
+from openpose_ray.sources.listing import SourceObject
+
+import pyarrow as pa
+
+
+def frames_of(images: list[np.ndarray]) -> tuple[ShardFrames, tuple]:
+    spec = resolve_input_spec(get_entry("mobilenet_thin").input_spec, None, None, False)
+    prepared = tuple(prepare_image(image, spec, spec.net_size, (1.0, 0.5)) for image in images)
+    metas = tuple(FrameMeta("/data/v.mp4", None, i, i / 30, image.shape[1], image.shape[0], "ok", None)
+                  for i, image in enumerate(images))
+    broken = FrameMeta("/data/v.mp4", None, len(images), None, 0, 0, "error", "cannot decode video: x")
+    shard = ShardFrames("video-0123", "video", None, metas + (broken,),
+                        tuple(p.base_transform for p in prepared) + (None,))
+    return shard, prepared + (None,)
+
+
+def round_trip(record):
+    """Through a Ray Data row as the pipeline stores it: an Arrow table of the row schema."""
+    table = pa.Table.from_pylist([to_row(record, "key")], schema=ROW_SCHEMA)
+    (row,) = table.to_pylist()
+    return from_row(row)
+
+
+def test_a_prepared_shard_comes_back_with_its_network_inputs_unchanged():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (180, 320, 3), dtype=np.uint8), rng.integers(0, 256, (240, 240, 3), dtype=np.uint8)]
+    frames, inputs = frames_of(images)
+    record = PreparedShard(frames, inputs, StageSeconds(decode=0.5, resize=0.25))
+    back = round_trip(record)
+    assert type(back) is PreparedShard
+    assert back.frames == frames and back.seconds == record.seconds
+    assert back.inputs[-1] is None
+    for got, want in zip(back.inputs[:-1], inputs[:-1]):
+        assert len(got.inputs) == 2  # both scales
+        for a, b in zip(got.inputs, want.inputs):
+            assert a.dtype == np.uint8 and a.shape == b.shape and np.array_equal(a, b)
+        assert got.transforms == want.transforms and got.base_transform == want.base_transform
+
+
+def test_an_inferred_and_a_written_shard_come_back_whole():
+    frames, _ = frames_of([np.zeros((90, 160, 3), np.uint8)])
+    rng = np.random.default_rng(1)
+    fields = FrameFields(rng.random((19, 46, 82), dtype=np.float32), rng.random((38, 46, 82), dtype=np.float32))
+    inferred = round_trip(InferredShard(frames, (fields, None), 1, StageSeconds(infer=2.0)))
+    assert inferred.inferred == 1 and inferred.results[1] is None
+    assert np.array_equal(inferred.results[0].heatmaps, fields.heatmaps)
+    assert np.array_equal(inferred.results[0].pafs, fields.pafs)
+    assert inferred.results[0].pafs.dtype == np.float32
+
+    person = Person(rng.random((18, 3)).astype(np.float32), 0.75)
+    stats = ShardStats(frames=2, failed=1, people=1, inferred=1, seconds=StageSeconds(post=0.1, write=0.2),
+                       files=("a.parquet", "b.parquet"), inputs={"video_inputs": 1})
+    written = round_trip(WrittenShard(frames, ({"source": "/data/v.mp4"},), stats, ([person], [])))
+    assert written.stats == stats and written.people == ([person], []) and written.records == ({"source": "/data/v.mp4"},)
+
+
+@pytest.mark.parametrize("record", [
+    ToPlan(SourceObject("s3://b/v.mp4", "video", 10, "etag"), NEW),
+    Skipped("/data/readme.xyz", "file type not annotated"),
+    AlreadyDone(10_000),
+])
+def test_listing_records_round_trip(record):
+    assert round_trip(record) == record
+
+
+def test_records_are_immutable_so_no_stage_changes_what_an_earlier_one_meant():
+    frames, inputs = frames_of([np.zeros((90, 160, 3), np.uint8)])
+    record = PreparedShard(frames, inputs, StageSeconds())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.inputs = ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frames.shard_id = "other"
+    assert record.seconds.plus(infer=1.0) == StageSeconds(infer=1.0) and record.seconds == StageSeconds()
