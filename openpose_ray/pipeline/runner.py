@@ -47,6 +47,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from .. import __version__
+from ..backends import choose_backend
 from ..config import check_precision
 from ..config_loader import ConfigError, config_fingerprint
 from ..jobconfig import JobConfig
@@ -168,6 +169,8 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     plan = plan_actors(config.inference, cluster)
     try:
         check_precision(config.inference.precision, plan.device)
+        if plan.device == "cpu":
+            choose_backend(config.inference.backend, "cpu", config.inference.precision)
     except ValueError as exc:
         raise ConfigError(f"inference.{exc} (inference.device {config.inference.device} chose {plan.device}: "
                           f"{plan.why})") from None
