@@ -220,9 +220,10 @@ def actor_on_video(weights: ResolvedWeights, video: Path, device: str, sizes: li
         prepared = [prepare_image(frame, spec, size, (1.0,)) for frame in frames]
         out[f"{size[0]}x{size[1]} host_preprocess_frames_per_s"] = round(len(frames) / (time.perf_counter() - start), 1)
         for precision in precisions_on(device):
-            config = JobConfig(input=(str(video),), output="unused", model=ModelConfig(name=MODEL, weights=weights.source, net_size=size),
-                               inference=InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
-                                                             batch_size=min(64, shard_frames)))
+            pool = InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
+                                       backend="torch", batch_size=min(64, shard_frames))
+            config = JobConfig(input=(str(video),), output="unused",
+                               model=ModelConfig(name=MODEL, weights=weights.source, net_size=size), inference=pool)
             actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
             rows = []
             for first in range(0, len(prepared), shard_frames):
@@ -263,8 +264,10 @@ def main() -> int:
         raise SystemExit(f"{args.checkpoint} is not the converted default {MODEL} weights (digest differs)")
     weights = ResolvedWeights(state_dict, sha256_file(args.checkpoint), str(args.checkpoint))
     photos = [cv2.imread(str(p)) for p in sorted(args.photos.glob("*.jpg"))]
-    on_cpu = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device="cpu")
-    on_device = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device=args.device)
+    # torch on both sides: this script measures PyTorch on the device (GPU machines have no OpenVINO)
+    on_cpu = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device="cpu", backend="torch")
+    on_device = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device=args.device,
+                                              backend="torch")
     sizes = SIZES[:1] if args.quick else SIZES
     reference = {size: on_cpu.with_config(net_size=size) for size in sizes}
     estimators = {size: {p: on_device.with_config(net_size=size, precision=p) for p in precisions_on(args.device)}

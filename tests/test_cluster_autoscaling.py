@@ -100,10 +100,11 @@ def test_the_job_waits_for_its_inference_node_then_completes(cluster, ray_sessio
     assert summary["frames"] == 4 and summary["frames_failed"] == 0 and summary["people"] == 12, summary
     assert summary["inference"]["actor"] == {"CPU": 0.5, "inference_node": 1.0}
     assert summary["inference"]["waited_for_actors_s"] >= STILL_WAITING_AFTER_S
-    # The inference node's workers really had no index and no weights, and never wrote a cache.
+    # The inference node's workers really had no index and no weights, and never fetched or cached weights
+    # (only the OpenVINO model converted from the shipped weights, openpose_ray.backends, may be cached).
     assert _node_environment(cluster, "inference_node", ["OPENPOSE_RAY_INDEX_URL", "OPENPOSE_RAY_CACHE"]) == {
         "OPENPOSE_RAY_INDEX_URL": closed, "OPENPOSE_RAY_CACHE": str(node_cache)}
-    assert not any(node_cache.iterdir())
+    assert {path.name for path in node_cache.iterdir()} <= {"openvino"}
 
     normal = tmp_path / "normal"
     run_job(load_config(REPO_ROOT / "configs" / "local.yaml", settings(photos, normal)))
