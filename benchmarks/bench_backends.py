@@ -38,7 +38,6 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import cv2
 import numpy as np
@@ -48,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from openpose_ray import PoseEstimator  # noqa: E402
 from openpose_ray.coco import evaluate_keypoints  # noqa: E402
-from openpose_ray.models import mobilenet_thin  # noqa: E402
 from openpose_ray.preprocess import normalize  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -84,21 +82,18 @@ class Context:
     def onnx_path(self) -> Path:
         """fp32 ONNX export (legacy TorchScript exporter, opset 17), dynamic batch / height / width.
 
-        The network pads like TF SAME from the input size; traced as is, the exporter bakes half of
-        that arithmetic as constants (wrong at other sizes). For inputs that are multiples of the
-        stride (8, which the pre-processing guarantees) every SAME pad is constant (stride 1: 1/1,
-        stride 2 on even sizes: 0/1), so the pads are exported as plain constants.
+        The network pads like TF SAME from the input size; ``mobilenet_thin._same_padding`` makes
+        the pads Python ints, so the trace records them as constants, which hold for every input
+        whose sides are multiples of the stride (8, which the pre-processing guarantees).
         """
         if self._onnx is None:
             require("onnx")
             path = self.work / "mobilenet_thin.onnx"
             example = torch.zeros(1, 3, NET_SIZE[1], NET_SIZE[0])
-            static = mobilenet_thin._same_padding
             axes, out_axes = {0: "batch", 2: "height", 3: "width"}, {0: "batch", 2: "height/8", 3: "width/8"}
-            with mock.patch.object(mobilenet_thin, "_same_padding", lambda s, k, st: static(int(s), k, st)):
-                torch.onnx.export(self.network, (example,), str(path), input_names=["input"],
-                                  output_names=["heatmaps", "pafs"], opset_version=17, dynamo=False,
-                                  dynamic_axes={"input": axes, "heatmaps": out_axes, "pafs": out_axes})
+            torch.onnx.export(self.network, (example,), str(path), input_names=["input"],
+                              output_names=["heatmaps", "pafs"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input": axes, "heatmaps": out_axes, "pafs": out_axes})
             self._onnx = path
         return self._onnx
 

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 PEER = Path(os.environ.get("PEER", "/tmp/peer"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_backends import cpu_description  # noqa: E402
 from openpose_ray import PoseEstimator  # noqa: E402
 from openpose_ray.postprocess import group_fields  # noqa: E402
 
@@ -77,17 +78,6 @@ for folder in sys.argv[1:]:
             people += len(estimator.estimate([image])[0]); frames += 1
 print(f"LOOP {frames} {people}")
 """
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = lines.get("Flags", "").split()
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
-    return f"{lines.get('Model name', '?').strip()}, {os.cpu_count()} logical CPUs ({' '.join(wanted)})"
 
 
 def median_rate(times: list[float], count: int) -> float:
@@ -215,7 +205,7 @@ def main() -> None:
         raise SystemExit(f"no peer in {PEER}: PYTHON={sys.executable} bash ../shared/peer/setup_peer.sh")
     import torch
 
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"OpenCV {cv2.__version__}; {time.strftime('%Y-%m-%d')}\n")
     print("## 1. Photos: project vs peer\n")
     print("\n".join(photos_section(args.rounds)), "\n", flush=True)

@@ -31,21 +31,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
-import logging
 import os
 import tempfile
 import warnings
 import weakref
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
-
-Backend = Literal["auto", "torch", "openvino"]
-BACKENDS = ("auto", "torch", "openvino")
+from .config import Backend, check_backend
 
 
 def cpu_flags() -> set[str]:
@@ -73,8 +68,7 @@ def choose_backend(backend: Backend, device_type: str, precision: str, flags: se
 
     Raises ValueError when "openvino" is asked for where it cannot run.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     usable = device_type == "cpu" and openvino_installed() and precision in ("fp32", "bf16")
     if precision == "bf16":
         usable = usable and has_bf16_units(flags)

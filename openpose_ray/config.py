@@ -15,6 +15,17 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 _CUDA_ONLY = ("tf32", "fp16")
 
 
+# What runs the network (see openpose_ray.backends).
+Backend = Literal["auto", "torch", "openvino"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError unless ``backend`` is a known one (where it can run: backends.choose_backend)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def check_precision(precision: str, device_type: str | None = None) -> None:
     """Raise ValueError unless ``precision`` is known and runs on ``device_type`` ("cpu", "cuda"; None: any)."""
     if precision not in PRECISIONS:
@@ -104,11 +115,10 @@ class NetworkConfig:
     aspect_buckets: bool = False
     scales: tuple[float, ...] = (1.0,)
     precision: Precision = "fp32"
-    backend: Literal["auto", "torch", "openvino"] = "auto"
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "openvino"):
-            raise ValueError(f"backend must be auto, torch or openvino, got {self.backend!r}")
+        check_backend(self.backend)
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):

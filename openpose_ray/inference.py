@@ -34,6 +34,7 @@ accuracy and gains in speed: ``benchmarks/gpu_check.py``, docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,8 +42,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .backends import Backend, OpenVINONetwork, choose_backend, openvino_network
-from .config import Precision, PostprocessConfig, check_precision
+from .backends import OpenVINONetwork, choose_backend, openvino_network
+from .config import Backend, Precision, PostprocessConfig, check_precision
 from .models.registry import ModelEntry
 from .postprocess import LimbCandidates, Peaks
 from .postprocess.device import peaks_and_candidates, resize_torch
@@ -192,17 +193,15 @@ class InferenceEngine:
             outputs = [self.network_fields(batch) for batch in staged]  # queued on the device, per scale
             staged = self._stage(prepared, chunks[k + 1]) if k + 1 < len(chunks) else None  # host work meanwhile
             start = 0
-            while start < len(chunk):
-                geometry = _geometry(prepared[chunk[start]], stride)
-                stop = start + 1
-                while stop < len(chunk) and _geometry(prepared[chunk[stop]], stride) == geometry:
-                    stop += 1
-                heatmaps, pafs = self._averaged_fields(outputs, slice(start, stop), prepared[chunk[start]])
+            for _, run in itertools.groupby(chunk, key=lambda i: _geometry(prepared[i], stride)):
+                run = list(run)
+                rows = slice(start, start + len(run))
+                heatmaps, pafs = self._averaged_fields(outputs, rows, prepared[run[0]])
                 with self._convolution_precision():  # the peak blur is a convolution too
                     found = finish(heatmaps, pafs)
-                for i, out in zip(chunk[start:stop], found):
+                for i, out in zip(run, found):
                     results[i] = out
-                start = stop
+                start = rows.stop
         return results
 
     def _stage(self, prepared: Sequence["PreparedImage"], chunk: list[int]) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import NetworkConfig, PostprocessConfig, Precision, check_precision
+from .config import Backend, NetworkConfig, PostprocessConfig, Precision, check_precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -157,7 +157,7 @@ class InferencePoolConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "fp32"
-    backend: Literal["auto", "torch", "openvino"] = "auto"
+    backend: Backend = "auto"
     batch_size: int | None = None
     min_actors: int = 1
     max_actors: int | None = None

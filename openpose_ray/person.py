@@ -8,7 +8,6 @@ of every path: PoseEstimator.estimate and the job's post-processing stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np

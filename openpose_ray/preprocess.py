@@ -213,8 +213,6 @@ def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int],
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
     """Accept BGR, grayscale [H, W] / [H, W, 1] and BGRA uint8 images; return BGR uint8."""
-    import cv2
-
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}; convert 16-bit or float images first")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):

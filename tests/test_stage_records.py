@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from openpose_ray.inference import FrameFields
@@ -16,8 +17,6 @@ from openpose_ray.pipeline.records import (ROW_SCHEMA, AlreadyDone, FrameMeta, I
                                            from_row, to_row)
 from openpose_ray.preprocess import prepare_image, resolve_input_spec
 from openpose_ray.sources.listing import SourceObject
-
-import pyarrow as pa
 
 
 def frames_of(images: list[np.ndarray]) -> tuple[ShardFrames, tuple]:

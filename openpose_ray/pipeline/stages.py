@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _SOURCE_KIND = {"images": "image", "video": "video", "tar": "tar"}
 
+_yielded = False  # whether this process's priority was lowered already
+
 
 def _yield_to_inference() -> None:
     """Run this worker process's CPU stages at idle priority (once per process; Ray reuses task workers).
@@ -64,9 +66,6 @@ def _yield_to_inference() -> None:
             os.nice(19)
         except OSError:
             pass
-
-
-_yielded = False
 
 
 def plan_shards(row: dict, config: JobConfig) -> list[dict]:
