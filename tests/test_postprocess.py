@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -447,6 +448,38 @@ def test_separable_operators_reproduce_opencv(interpolation):
     np.testing.assert_allclose(UpsampledField(fields, 4, interpolation).at(*many), up[many], atol=1e-6)
 
 
+@pytest.mark.parametrize("interpolation", ["cubic", "linear", "nearest"])
+def test_smoothed_field_outside_the_computed_boxes_is_below_the_floor(interpolation):
+    """The peak search computes only boxes that may reach the threshold: everything left out must be
+    provably below it, and the boxes must hold the very values of the whole computation."""
+    from openpose_ray.postprocess.peaks import find_peaks_in_fields
+    from openpose_ray.postprocess.upsampled import smoothed_upsampled, smoothed_upsampled_above
+
+    rng = np.random.default_rng(1)
+    fields = rng.uniform(-0.02, 0.02, (4, 30, 40)).astype(np.float32)  # background noise below the floor
+    fields[0, 5:8, 6:9] = 0.9  # one part, top left
+    fields[0, 22, 33] = 0.3  # and another, bottom right: one box spans both
+    fields[1, 14:16, 20:22] = 0.12  # a little above the floor once smoothed
+    fields[2] -= 0.5  # negative: the bound is on |values|
+    floor = 0.05
+    whole = smoothed_upsampled(fields, 4, interpolation, 3.0)
+    blocks = smoothed_upsampled_above(fields, 4, interpolation, 3.0, floor)
+    inside = np.zeros(whole.shape, bool)
+    for channel, y0, x0, block in blocks:
+        np.testing.assert_allclose(block, whole[channel, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]], atol=1e-6)
+        inside[channel, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = True
+    assert np.abs(whole[~inside]).max() < floor
+    assert all(np.abs(whole[c]).max() >= floor for c in (0, 1, 2))
+    assert {c for c, *_ in blocks} == {0, 1, 2} and inside[:2].mean() < 0.6  # channel 3 is all noise
+    config = dataclasses.replace(CONFIG, upsample_interpolation=interpolation, peak_threshold=floor)
+    found = find_peaks_in_fields(fields, config, 4)
+    want = find_peaks(upsample(fields, 4, interpolation), config, 4)
+    assert len(found.part) >= 2
+    np.testing.assert_array_equal(found.part, want.part)
+    np.testing.assert_array_equal(found.xy, want.xy)
+    np.testing.assert_allclose(found.score, want.score, atol=1e-6)
+
+
 def test_decoding_from_the_fields_equals_decoding_upsampled_fields():
     """Synthetic scenes decode to the same people either way: the same pixels, except where a part
     lies exactly between two upsampled pixels (figure_at on field pixel centres): float rounding then
@@ -512,8 +545,50 @@ def _paf_with_gap(num_aligned: int) -> tuple[np.ndarray, np.ndarray]:
 def test_pair_needs_more_than_min_aligned_samples(num_aligned):
     paf_x, paf_y = _paf_with_gap(num_aligned)
     score, valid = score_candidates(np.array([[0.0, 20.0]]), np.array([[18.0, 20.0]]), paf_x, paf_y, CONFIG)
-    assert score[0, 0] == pytest.approx(num_aligned / 10, abs=1e-6)
     assert bool(valid[0, 0]) == (num_aligned >= CONFIG.min_aligned_samples + 1)
+    if valid[0, 0]:  # a rejected pair's score is that of its screening samples only
+        assert score[0, 0] == pytest.approx(num_aligned / 10, abs=1e-6)
+
+
+def _line_integral_reference(xy_a, xy_b, paf_x, paf_y, config):
+    """Every sample of every pair, one pair at a time: what screening must not change."""
+    scores, valids = [], []
+    for a, b in zip(xy_a, xy_b):
+        delta = b - a
+        length = float(np.hypot(*delta))
+        unit = delta / max(length, 1e-12)
+        points = [a + t * delta for t in np.linspace(0, 1, config.paf_samples)]
+        cells = [(min(max(int(np.rint(y)), 0), paf_x.shape[0] - 1), min(max(int(np.rint(x)), 0), paf_x.shape[1] - 1))
+                 for x, y in points]
+        alignment = np.array([paf_x[c] * unit[0] + paf_y[c] * unit[1] for c in cells])
+        score = alignment.mean() + min(0.0, config.limb_length_prior * paf_x.shape[0] / max(length, 1e-12) - 1.0)
+        scores.append(score)
+        valids.append((alignment > config.paf_sample_threshold).sum() > config.min_aligned_samples
+                      and score > 0 and length > 1e-12)
+    return np.array(scores), np.array(valids)
+
+
+@pytest.mark.parametrize("min_aligned", [0, 3, 6, 8, 9, 10])
+def test_screened_pairs_score_as_if_every_sample_were_taken(min_aligned):
+    """Pairs are rejected on a few samples first (limbs.screening_samples): the valid pairs and their
+    scores must be exactly those of the full line integral, for any min_aligned_samples."""
+    from openpose_ray.postprocess.limbs import screening_samples
+
+    config = dataclasses.replace(CONFIG, min_aligned_samples=min_aligned)
+    rng = np.random.default_rng(min_aligned)
+    # a smooth random PAF with aligned and opposed regions, and pairs of all lengths and directions
+    paf_x = cv2.GaussianBlur(rng.normal(0, 1, (60, 90)).astype(np.float32), (0, 0), 4) * 8
+    paf_y = cv2.GaussianBlur(rng.normal(0, 1, (60, 90)).astype(np.float32), (0, 0), 4) * 8
+    xy_a = rng.uniform(0, [90, 60], (400, 2))
+    angle, length = rng.uniform(0, 2 * np.pi, 400), rng.uniform(2, 30, 400)
+    xy_b = xy_a + length[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    score, valid = score_candidates(xy_a, xy_b, paf_x, paf_y, config)
+    want_score, want_valid = _line_integral_reference(xy_a, xy_b, paf_x, paf_y, config)
+    pairs = np.arange(400)
+    assert want_valid.sum() < 300 and want_valid.sum() > (20 if min_aligned < 10 else -1)  # both outcomes occur
+    np.testing.assert_array_equal(valid[pairs, pairs], want_valid)
+    np.testing.assert_allclose(score[pairs, pairs][want_valid], want_score[want_valid], atol=1e-6)
+    assert (screening_samples(config) is None) == (min_aligned in (0, 10))
 
 
 def test_candidates_are_scored_pairwise():

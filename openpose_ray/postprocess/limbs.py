@@ -47,32 +47,63 @@ def score_candidates(xy_a: np.ndarray, xy_b: np.ndarray, paf_x: np.ndarray, paf_
     """
     a = np.repeat(xy_a, len(xy_b), axis=0)
     b = np.tile(xy_b, (len(xy_a), 1))
-    score, valid = score_pairs(a, b, lambda sy, sx: (paf_x[sy, sx], paf_y[sy, sx]), paf_x.shape, config)
+    score, valid = score_pairs(a, b, lambda pairs, sy, sx: (paf_x[sy, sx], paf_y[sy, sx]), paf_x.shape, config)
     return score.reshape(len(xy_a), len(xy_b)), valid.reshape(len(xy_a), len(xy_b))
+
+
+def screening_samples(config: PostprocessConfig) -> np.ndarray | None:
+    """Indices of the samples a pair is screened on before the rest, or None when screening cannot reject.
+
+    A pair needs more than ``min_aligned_samples`` of ``paf_samples`` aligned,
+    so it may fail at most ``paf_samples - min_aligned_samples - 1`` samples;
+    one more spread along the limb, all failing, reject it whatever the others
+    hold. Pairs joining different people fail nearly every sample, so most
+    pairs cost those few samples instead of all of them, with the same result.
+    """
+    count = config.paf_samples - config.min_aligned_samples  # allowed failures + 1
+    if count < 1 or count >= config.paf_samples:
+        return None
+    return np.unique(np.rint(np.linspace(0, config.paf_samples - 1, count + 2)[1:-1]).astype(np.int64))
 
 
 def score_pairs(xy_a: np.ndarray, xy_b: np.ndarray, paf_at, field_shape: tuple[int, int],
                 config: PostprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """The PAF line integral of M candidate limbs a -> b.
 
-    xy_a, xy_b: float[M, 2] in field pixels; paf_at(sy, sx) -> (paf_x, paf_y),
-    each float[M, S], the limb's PAF components at the integer sample pixels
-    sy, sx int64[M, S]; field_shape: (H, W) of the field. Returns (score
-    float32[M], valid bool[M]).
+    xy_a, xy_b: float[M, 2] in field pixels; paf_at(pairs, sy, sx) -> (paf_x,
+    paf_y), each float[m, s]: the PAF components of the limbs of pairs int64[m]
+    (indices into the M) at their integer sample pixels sy, sx int64[m, s];
+    field_shape: (H, W) of the field. Returns (score float32[M], valid bool[M]).
+    Pairs rejected on the :func:`screening_samples` are invalid (their score is
+    then that of the screening samples only).
     """
     height, width = field_shape
     delta = xy_b - xy_a  # [M, 2]
     length = np.sqrt((delta**2).sum(-1))
     unit = delta / np.maximum(length, 1e-12)[:, None]
     t = np.linspace(0.0, 1.0, config.paf_samples)
-    samples = xy_a[:, None, :] + t[None, :, None] * delta[:, None, :]  # [M, S, 2]
-    sx = np.clip(np.rint(samples[..., 0]).astype(np.int64), 0, width - 1)
-    sy = np.clip(np.rint(samples[..., 1]).astype(np.int64), 0, height - 1)
-    paf_x, paf_y = paf_at(sy, sx)
-    alignment = paf_x * unit[:, None, 0] + paf_y * unit[:, None, 1]
-    aligned = (alignment > config.paf_sample_threshold).sum(-1)
+
+    def alignment(pairs: np.ndarray, samples: np.ndarray) -> np.ndarray:  # float[m, s]
+        points = xy_a[pairs, None, :] + t[None, samples, None] * delta[pairs, None, :]
+        sx = np.clip(np.rint(points[..., 0]).astype(np.int64), 0, width - 1)
+        sy = np.clip(np.rint(points[..., 1]).astype(np.int64), 0, height - 1)
+        paf_x, paf_y = paf_at(pairs, sy, sx)
+        return paf_x * unit[pairs, None, 0] + paf_y * unit[pairs, None, 1]
+
+    every_pair, every_sample = np.arange(len(xy_a)), np.arange(config.paf_samples)
+    screen = screening_samples(config)
+    if screen is None:
+        samples = alignment(every_pair, every_sample)
+        mean, aligned = samples.mean(-1), (samples > config.paf_sample_threshold).sum(-1)
+    else:
+        screened = alignment(every_pair, screen)
+        mean, aligned = screened.mean(-1), (screened > config.paf_sample_threshold).sum(-1)
+        passed = np.flatnonzero(aligned > 0)
+        rest = alignment(passed, np.setdiff1d(every_sample, screen))
+        mean[passed] = (screened[passed].sum(-1) + rest.sum(-1)) / config.paf_samples
+        aligned[passed] += (rest > config.paf_sample_threshold).sum(-1)
     prior = np.minimum(0.0, config.limb_length_prior * height / np.maximum(length, 1e-12) - 1.0)
-    score = alignment.mean(-1) + prior
+    score = mean + prior
     valid = (aligned > config.min_aligned_samples) & (score > 0) & (length > 1e-12)
     return score.astype(np.float32), valid
 
@@ -112,8 +143,9 @@ def score_limbs(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessCo
     does the same for a batch of images on a torch device.
     """
     limbs, a_ids, b_ids = [], [], []
+    bounds = np.searchsorted(peaks.part, np.arange(skeleton.num_parts + 1))  # peaks are sorted by part
     for limb, (part_a, part_b) in enumerate(skeleton.limb_part_indices()):
-        idx_a, idx_b = peaks.of_part(int(part_a)), peaks.of_part(int(part_b))
+        idx_a, idx_b = np.arange(bounds[part_a], bounds[part_a + 1]), np.arange(bounds[part_b], bounds[part_b + 1])
         limbs.append(np.full(idx_a.size * idx_b.size, limb, np.int64))
         a_ids.append(np.repeat(idx_a, idx_b.size))  # row-major pairs: sorted by (a, b)
         b_ids.append(np.tile(idx_b, idx_a.size))
@@ -122,11 +154,10 @@ def score_limbs(peaks: Peaks, pafs_up, skeleton: Skeleton, config: PostprocessCo
         return LimbCandidates.empty()
     channels = skeleton.limb_paf_channels()[limb]  # [M, 2]: x and y channel of each pair's limb
 
-    def paf_at(sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # x and y components in one call: [2, M, S]
-        channel = np.stack([np.broadcast_to(channels[:, :1], sy.shape), np.broadcast_to(channels[:, 1:], sy.shape)])
-        sy2, sx2 = np.broadcast_to(sy, channel.shape), np.broadcast_to(sx, channel.shape)
-        values = pafs_up[channel, sy2, sx2] if isinstance(pafs_up, np.ndarray) else pafs_up.at(channel, sy2, sx2)
+    def paf_at(pairs: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # x and y components in one call: channel [2, m, 1] against points [1, m, s] (broadcast, not copied)
+        channel = channels[pairs].T[:, :, None]
+        values = pafs_up[channel, sy[None], sx[None]] if isinstance(pafs_up, np.ndarray) else pafs_up.at(channel, sy[None], sx[None])
         return values[0], values[1]
 
     xy = peaks.xy.astype(np.float64)

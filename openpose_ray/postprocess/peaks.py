@@ -139,14 +139,31 @@ def find_peaks(heatmaps_up: np.ndarray, config: PostprocessConfig, num_parts: in
 
 def find_peaks_in_fields(heatmaps: np.ndarray, config: PostprocessConfig, num_parts: int) -> Peaks:
     """:func:`find_peaks` of ``upsample(heatmaps)``, without upsampling: the same peaks, from the
-    network's heatmaps float32[C, h, w] (see :mod:`.upsampled`; values equal to float rounding)."""
-    from .upsampled import smoothed_upsampled, upsampled_values
+    network's heatmaps float32[C, h, w] (see :mod:`.upsampled`; values equal to float rounding).
+
+    Only the boxes of each channel where the smoothed map can pass the
+    threshold are computed (:func:`.upsampled.smoothed_upsampled_above`); they
+    are stacked in one frame, separated by -inf rows, for one dilation. A pixel
+    outside the boxes is below the threshold, so treating it as -inf changes
+    neither which pixels are peaks nor the tie rule between them.
+    """
+    from .upsampled import smoothed_upsampled_above, upsampled_values
 
     parts = heatmaps[:num_parts]
-    factor, radius = config.upsample, config.nms_window // 2
-    framed = framed_for_maxima((parts.shape[0], factor * parts.shape[1], factor * parts.shape[2]), radius)
-    smoothed_upsampled(parts, factor, config.upsample_interpolation, config.heatmap_sigma,
-                       out=framed[:, radius : framed.shape[1] - radius])
-    part, y, x = maxima_in_frame(framed, radius, config.nms_window, config.peak_threshold)
-    scores = upsampled_values(parts, factor, config.upsample_interpolation, part, y, x)
+    radius = config.nms_window // 2
+    blocks = smoothed_upsampled_above(parts, config.upsample, config.upsample_interpolation,
+                                      config.heatmap_sigma, config.peak_threshold)
+    if not blocks:
+        return Peaks.empty()
+    starts = np.cumsum([0] + [block.shape[0] + radius for _, _, _, block in blocks])  # first row of each block
+    framed = np.full((1, int(starts[-1]) + 2 * radius, max(b.shape[1] for _, _, _, b in blocks)), -np.inf, np.float32)
+    for start, (_, _, _, block) in zip(starts, blocks):
+        framed[0, radius + start : radius + start + block.shape[0], : block.shape[1]] = block
+    _, row, col = maxima_in_frame(framed, radius, config.nms_window, config.peak_threshold)
+    which = np.searchsorted(starts, row, side="right") - 1
+    channel, y0, x0 = (np.array([b[i] for b in blocks], np.int64)[which] for i in range(3))
+    part, y, x = channel, row - starts[which] + y0, col + x0
+    order = np.lexsort((x, y, part))  # blocks are in channel order and rows in order within a block already
+    part, y, x = part[order], y[order], x[order]
+    scores = upsampled_values(parts, config.upsample, config.upsample_interpolation, part, y, x)
     return Peaks(part, np.stack([x, y], axis=1).astype(np.float32), scores)
