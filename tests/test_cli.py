@@ -161,3 +161,17 @@ def test_console_script_is_installed():
     assert script.is_file(), f"{script} missing: install the package (pip install -e .)"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"openpose-ray {importlib.metadata.version('openpose_ray')}"
+
+
+def test_evaluate_prints_the_ap_of_the_accuracy_test(estimator, data_dir, capsys):
+    """`openpose-ray evaluate` on coco_val2017_mini: a line `AP <value>` equal to what
+    openpose_ray.coco.evaluate_keypoints gives the estimator (test_accuracy asserts >= 0.60)."""
+    from openpose_ray.coco import evaluate_keypoints
+
+    mini = data_dir / "coco_val2017_mini"
+    assert main(["evaluate", "--annotations", str(mini / "person_keypoints.json"), "--images", str(mini)]) == 0
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    assert set(lines) == {"AP", "AP50", "AP75", "APm", "APl", "AR"}
+    want = evaluate_keypoints(mini / "person_keypoints.json", lambda p: estimator.estimate([cv2.imread(p)])[0], mini)
+    assert float(lines["AP"]) == pytest.approx(want["AP"], abs=5e-4) and float(lines["AP"]) >= 0.60
+    assert main(["evaluate", "--annotations", str(mini / "nothing.json"), "--images", str(mini)]) == 2

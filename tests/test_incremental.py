@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from openpose_ray.config_loader import load_config
@@ -134,23 +136,34 @@ def test_an_input_that_failed_is_tried_again_and_keeps_one_row(first, folder):
     assert_exactly_once(folder["out"])
 
 
-def test_a_video_whose_assembly_was_lost_is_joined_by_the_next_run(ray_session, data_dir, tmp_path, monkeypatch):
-    """The driver dies after the last segment commits, before joining the rendered segments: the next
-    run does no model work and joins the segments the earlier run left (all of them, in order)."""
-    import av
-
+def street_clip(data_dir: Path, tmp_path: Path) -> Path:
+    """A folder holding the first 48 frames of the street video at 320 px (3 segments of 16)."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     video_clip(data_dir / "videos" / "street_720p_h264.avi", inputs / "street.mp4", 48, width=320)
-    config = config_for(inputs, tmp_path / "out", "write.render_videos=true", "sources.frames_per_segment=16")
+    return inputs
+
+
+def run_killed_at(step: str, config, monkeypatch) -> None:
+    """Run the job with the driver killed when it reaches ``step`` (a dotted function name)."""
 
     def driver_dies(*args, **kwargs):
         raise KeyboardInterrupt("driver killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr("openpose_ray.pipeline.rendering.assemble_pending_videos", driver_dies)
+        patch.setattr(step, driver_dies)
         with pytest.raises(KeyboardInterrupt):
             run_job(config)
+
+
+def test_a_video_whose_assembly_was_lost_is_joined_by_the_next_run(ray_session, data_dir, tmp_path, monkeypatch):
+    """The driver dies after the last segment commits, before joining the rendered segments: the next
+    run does no model work and joins the segments the earlier run left (all of them, in order)."""
+    import av
+
+    config = config_for(street_clip(data_dir, tmp_path), tmp_path / "out", "write.render_videos=true",
+                        "sources.frames_per_segment=16")
+    run_killed_at("openpose_ray.pipeline.rendering.assemble_pending_videos", config, monkeypatch)
     segments = sorted(p for p in (tmp_path / "out" / "media" / ".segments").rglob("*.mp4") if p.is_file())
     assert len(segments) == 3 and not (tmp_path / "out" / "media" / "videos").exists()
 
@@ -160,3 +173,36 @@ def test_a_video_whose_assembly_was_lost_is_joined_by_the_next_run(ray_session, 
     with av.open(video) as container:
         assert sum(1 for _ in container.decode(video=0)) == 48
     assert not [p for p in (tmp_path / "out" / "media").rglob("*.mp4") if p.is_file() and ".segments" in p.parts]
+
+
+def test_track_ids_survive_an_interrupted_tracking_step_and_a_redone_segment(ray_session, data_dir, tmp_path,
+                                                                              monkeypatch):
+    """Tracks are filled in once a video is complete: a driver killed before that step leaves NULL ids
+    that the next run fills without model work; a segment annotated again (its commit lost) gives
+    the whole video the same ids again, every row once; a run with nothing new re-tracks nothing."""
+    import pyarrow.parquet as pq
+
+    output = tmp_path / "out"
+    config = config_for(street_clip(data_dir, tmp_path), output, "sources.frames_per_segment=16")
+    run_killed_at("openpose_ray.pipeline.runner.track_pending_videos", config, monkeypatch)
+    people = read_table(str(output), "people")
+    assert people.num_rows > 0 and people["track_id"].null_count == people.num_rows
+
+    summary = run_job(config)
+    assert summary["frames_inferred"] == 0 and summary["tracking"]["videos_tracked"] == 1
+    order = [("frame_index", "ascending"), ("person_index", "ascending")]
+    tracked = read_table(str(output), "people").sort_by(order)
+    assert tracked["track_id"].null_count == 0 and summary["tracking"]["tracks"] >= 1
+
+    # the middle segment's commit is lost (as if its run had died before committing it)
+    snapshot = output / "_manifest" / "inputs.parquet"
+    records = pq.read_table(snapshot)
+    pq.write_table(records.filter(pa.compute.not_equal(records["start_frame"], 16)), snapshot)
+    summary = run_job(config)
+    assert summary["frames_inferred"] == 16 and summary["tracking"]["videos_tracked"] == 1
+    assert_exactly_once(output)
+    again = read_table(str(output), "people").sort_by(order)
+    assert again.drop_columns(["run_id", "shard_id"]).equals(tracked.drop_columns(["run_id", "shard_id"]))
+    assert glob_table(output, "people").num_rows == again.num_rows  # plain readers see the same rows
+
+    assert run_job(config)["tracking"] == {"enabled": True, "videos_tracked": 0, "tracks": 0}

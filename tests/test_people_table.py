@@ -37,12 +37,14 @@ def _all_keypoints(frames) -> np.ndarray:
 
 def test_schema_has_one_keypoint_struct_per_part_in_skeleton_order():
     schema = people_schema()
-    assert schema.names[:5] == ["source", "frame_index", "person_index", "score", "num_parts"]
-    assert [schema.field(n).type for n in schema.names[:5]] == [
-        pa.string(), pa.int64(), pa.int32(), pa.float32(), pa.int16()
+    assert schema.names[:7] == ["source", "frame_index", "person_index", "track_id", "score", "num_parts", "bbox"]
+    assert [schema.field(n).type for n in schema.names[:6]] == [
+        pa.string(), pa.int64(), pa.int32(), pa.int64(), pa.float32(), pa.int16()
     ]
-    assert tuple(schema.names[5:]) == COCO18.part_names
-    assert len(schema.names[5:]) == 18
+    assert [(f.name, f.type) for f in schema.field("bbox").type] == [
+        ("x", pa.float32()), ("y", pa.float32()), ("width", pa.float32()), ("height", pa.float32())]
+    assert tuple(schema.names[7:]) == COCO18.part_names
+    assert len(schema.names[7:]) == 18
     for name in COCO18.part_names:
         struct = schema.field(name).type
         assert [(f.name, f.type) for f in struct] == [
@@ -141,3 +143,16 @@ def test_duckdb_queries_parts_by_name(tmp_path):
     assert mean_wrist_confidence == pytest.approx(keypoints[:, r_wrist, 2].astype(np.float64).mean(), rel=1e-12)
     found = keypoints[:, r_wrist, 2] > 0
     assert mean_found_wrist_x == pytest.approx(keypoints[found, r_wrist, 0].astype(np.float64).mean(), rel=1e-12)
+
+
+def test_bbox_is_the_tightest_box_around_the_found_parts():
+    keypoints = np.zeros((3, COCO18.num_parts, 3), np.float32)
+    keypoints[0, [0, 1, 4], :] = [[10.0, 20.0, 0.9], [14.5, 40.0, 0.8], [3.0, 33.0, 0.1]]
+    keypoints[0, 7] = [500.0, 500.0, 0.0]  # not found: its position is ignored
+    keypoints[1, 2] = [7.0, 8.0, 0.5]  # one part: a box of no size at it
+    builder = PeopleTableBuilder()
+    builder.add("a.jpg", 0, [Person(keypoints=k, score=1.0) for k in keypoints])
+    boxes = builder.to_table().column("bbox").to_pylist()
+    assert boxes[0] == {"x": 3.0, "y": 20.0, "width": 11.5, "height": 20.0}
+    assert boxes[1] == {"x": 7.0, "y": 8.0, "width": 0.0, "height": 0.0}
+    assert boxes[2] == {"x": 0.0, "y": 0.0, "width": 0.0, "height": 0.0}  # nobody's parts: zeros, never NaN

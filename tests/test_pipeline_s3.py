@@ -173,6 +173,7 @@ def test_s3_tables_equal_local_tables(runs: Runs):
         for part in COCO18.part_names:  # x, y and confidence, bit for bit
             assert row[part] == expected[part], (key, part)
         assert (row["timestamp"], row["source_kind"]) == (expected["timestamp"], expected["source_kind"]), key
+        assert row["track_id"] == expected["track_id"] and (row["track_id"] is None) == (key[0] != VIDEO), key
 
 
 def test_s3_summary(runs: Runs):
@@ -231,7 +232,8 @@ def test_s3_output_holds_only_results(runs: Runs):
     """Tables, media and the summary; no folder-marker objects ("x/") nor leftovers of any stage."""
     keys = _objects(runs.client, OUTPUT_PREFIX)
     unexpected = [key for key in keys if not (
-        key in (f"{OUTPUT_PREFIX}summary.json", f"{OUTPUT_PREFIX}_manifest/inputs.parquet")
+        key in (f"{OUTPUT_PREFIX}summary.json", f"{OUTPUT_PREFIX}_manifest/inputs.parquet",
+                f"{OUTPUT_PREFIX}_manifest/tracks.parquet")
         or re.fullmatch(rf"{OUTPUT_PREFIX}(people|frames)/source_kind=(image|video)/part-[\w-]+\.parquet", key)
         or re.fullmatch(rf"{OUTPUT_PREFIX}media/(images/[\w-]+\.jpg|videos/[\w-]+\.mp4)", key))]
     assert unexpected == []

@@ -283,6 +283,66 @@ def test_plan_video_frames_and_timestamps(data_dir, name, count, fps):
     assert len({s.shard_id for s in shards}) == len(shards)
 
 
+def test_sample_frames_by_step_and_by_rate():
+    from openpose_ray.sources.planning import sample_frames
+
+    seconds = [i / 30 for i in range(20)]
+    assert sample_frames(seconds, frame_step=5) == [0, 5, 10, 15]
+    assert sample_frames(seconds, target_fps=10) == [0, 3, 6, 9, 12, 15, 18]
+    assert sample_frames(seconds, target_fps=7) == [0, 4, 9, 13, 17]  # the nearest frames
+    assert sample_frames(seconds, target_fps=30) == sample_frames(seconds, target_fps=100) == list(range(20))
+    assert sample_frames(seconds, frame_step=2, target_fps=10) == [0, 6, 12, 18]
+    irregular = [0.0, 0.01, 0.5, 0.52, 1.7, 2.0]  # a variable frame rate: real times decide
+    assert sample_frames(irregular, target_fps=2) == [0, 2, 3, 4, 5]  # 1.0 s: 0.52 is nearer than 1.7
+    assert sample_frames([], target_fps=5) == []
+
+
+@pytest.mark.parametrize("name, step, rate, per_segment", [(STREET, 5, None, 100), (SPORTS, 1, 10.0, 16)])
+def test_sampled_video_decodes_the_kept_frames_only_with_their_own_index_and_time(data_dir, name, step, rate, per_segment):
+    """Segments of a sampled video tile it, yield only the kept frames, with the frame's true index,
+    timestamp and pixels (as decoding every frame gives them)."""
+    obj = local_object(data_dir / name)
+    (whole,) = plan_video(obj, 10_000, LOCAL)
+    every = {f.frame_index: f for f in decode_frames(whole, SOURCES, LOCAL)}
+    segments = plan_video(obj, per_segment, LOCAL, frame_step=step, target_fps=rate)
+    assert segments[0].start_frame == 0 and segments[-1].end_frame == len(every)
+    assert all(a.end_frame == b.start_frame for a, b in zip(segments, segments[1:]))
+    assert all(len(s.sampled) <= per_segment for s in segments)
+    frames = decode_all(segments)
+    want = list(range(0, len(every), step if rate is None else 3))  # 10 fps of a 30 fps video: every 3rd
+    assert [f.frame_index for f in frames] == want
+    for frame in frames:
+        full = every[frame.frame_index]
+        assert frame.status == "ok" and frame.timestamp == full.timestamp
+        assert np.array_equal(frame.image, full.image), frame.frame_index
+    unsampled = {s.shard_id for s in plan_video(obj, per_segment, LOCAL)}
+    assert not unsampled & {s.shard_id for s in segments}  # sampled segments are other shards
+
+
+def test_a_video_with_a_display_matrix_is_decoded_as_players_show_it(data_dir, tmp_path):
+    """A phone-style portrait video (pixels stored turned, a display matrix turning them back) decodes
+    to the upright frames: the source clip's pixels (within the 4:4:4 round trip), width and height."""
+    from synthetic_media import rotated_clip, video_clip
+
+    from openpose_ray.sources.decoding import displayed
+
+    upright = video_clip(data_dir / STREET, tmp_path / "upright.mp4", 6, width=160)
+    turned = rotated_clip(upright, tmp_path / "turned.mp4")
+    with av.open(str(turned)) as container:
+        stored = next(container.decode(video=0))
+        assert (stored.width, stored.height, stored.rotation) == (90, 160, -90)  # stored portrait, shown turned
+    want = decode_all(plan_video(local_object(upright), 64, LOCAL))
+    got = decode_all(plan_video(local_object(turned), 4, LOCAL))
+    assert len(got) == len(want) == 6
+    for a, b in zip(got, want):
+        assert (a.status, a.frame_index, a.width, a.height) == ("ok", b.frame_index, 160, 90)
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 1.0
+    image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    assert np.array_equal(displayed(image, -90), np.rot90(image, -1))  # clockwise
+    assert np.array_equal(displayed(image, 90), np.rot90(image, 1))
+    assert np.array_equal(displayed(image, 180), displayed(image, -180)) and displayed(image, 0) is image
+
+
 @pytest.mark.parametrize("name, compared", [(STREET, 205), (SPORTS, 192)])
 def test_segmented_decode_equals_sequential(data_dir, name, compared):
     obj = local_object(data_dir / name)

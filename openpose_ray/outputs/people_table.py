@@ -9,8 +9,19 @@ source            string                       file path or URI of the image or 
 frame_index       int64                        frame of a video, counted from 0; 0 for images
 person_index      int32                        index of the person in the estimator's output
                                                for that frame (0, 1, ...)
+track_id          int64, nullable              the same number for the same person through a
+                                               video (0, 1, ... per video; openpose_ray.tracking);
+                                               NULL for images and tar members, and for the
+                                               rows of a video until all its frames are done
+                                               (openpose_ray.outputs.tracks)
 score             float32                      OpenPose person score
 num_parts         int16                        number of parts found (confidence > 0)
+bbox              struct<x, y, width,          the tightest box around the found parts, in
+                  height: float32>             source pixels (same convention as the parts):
+                                               x, y = smallest part x, y; width, height =
+                                               largest minus smallest (0 for a single part
+                                               column or row). No padding is added: a box of
+                                               the whole body grows it, e.g. by 10% per side
 nose, neck, ...   struct<x: float32,           one column per part, in skeleton order:
                   y: float32,                  position in source-image pixels (pixel centres
                   confidence: float32>         at integer coordinates, x right, y down,
@@ -29,7 +40,7 @@ convention), never NULL, so filter on the confidence before using positions::
     SELECT avg(r_wrist.y - neck.y) FROM people
     WHERE r_wrist.confidence > 0 AND neck.confidence > 0
 
-All columns above are non-nullable. Frames in which nobody was found have no
+All columns above but track_id are non-nullable. Frames in which nobody was found have no
 rows (the frames table has one row per frame, people or not). The schema metadata
 key ``openpose_ray.skeleton`` holds the skeleton name.
 
@@ -67,12 +78,16 @@ KEYPOINT_TYPE = pa.struct([
     pa.field("confidence", pa.float32(), nullable=False),
 ])
 
+BBOX_TYPE = pa.struct([pa.field(name, pa.float32(), nullable=False) for name in ("x", "y", "width", "height")])
+
 _PERSON_FIELDS = (
     pa.field("source", pa.string(), nullable=False),
     pa.field("frame_index", pa.int64(), nullable=False),
     pa.field("person_index", pa.int32(), nullable=False),
+    pa.field("track_id", pa.int64(), nullable=True),
     pa.field("score", pa.float32(), nullable=False),
     pa.field("num_parts", pa.int16(), nullable=False),
+    pa.field("bbox", BBOX_TYPE, nullable=False),
 )
 
 
@@ -172,8 +187,10 @@ class PeopleTableBuilder:
             pa.array(self._sources, pa.string()).take(frame_of_row),
             pa.array(np.repeat(np.array(self._frame_indices, dtype=np.int64), counts)),
             pa.array((np.arange(len(keypoints)) - np.repeat(first_row_of_frame, counts)).astype(np.int32)),
+            pa.nulls(len(keypoints), pa.int64()),  # set once the video is complete (outputs.tracks)
             pa.array(np.concatenate(self._scores)),
             pa.array(np.count_nonzero(keypoints[:, :, 2] > 0, axis=1).astype(np.int16)),
+            bbox_struct(keypoints_bbox(keypoints)),
         ]
         columns += [_keypoint_struct(keypoints[:, part]) for part in range(self.skeleton.num_parts)]
         columns += [
@@ -191,6 +208,23 @@ class PeopleTableBuilder:
         for field in self._extra_fields:
             if not field.nullable and extra.get(field.name) is None:
                 raise ValueError(f"{source}: extra field {field.name!r} is not nullable and needs a value")
+
+
+def keypoints_bbox(keypoints: np.ndarray) -> np.ndarray:
+    """float32[R, 4] as x, y, width, height: the tightest box around the found parts
+    (confidence > 0) of float32[R, K, 3] keypoints; zeros for a person without parts."""
+    found = keypoints[:, :, 2] > 0
+    xy = keypoints[:, :, :2]
+    low = np.where(found[..., None], xy, np.inf).min(1)
+    high = np.where(found[..., None], xy, -np.inf).max(1)
+    box = np.concatenate([low, high - low], axis=1)
+    box[~found.any(1)] = 0.0
+    return box.astype(np.float32)
+
+
+def bbox_struct(boxes: np.ndarray) -> pa.StructArray:
+    return pa.StructArray.from_arrays([pa.array(np.ascontiguousarray(boxes[:, c])) for c in range(4)],
+                                      fields=list(BBOX_TYPE))
 
 
 def _keypoint_struct(part_keypoints: np.ndarray) -> pa.StructArray:

@@ -8,7 +8,7 @@
       -> render_shard (optional)
     Each stage hands the next one typed record (pipeline.records).
     then, on the driver: progress, the manifest (snapshot, garbage collection),
-    rendered-video assembly, summary.json.
+    track ids of completed videos (outputs.tracks), rendered-video assembly, summary.json.
 
 Before the pipeline starts, the driver resolves the weights once and ships
 them to the actors through the object store (pipeline.shipped_weights), and
@@ -55,6 +55,7 @@ from ..models.registry import get_entry
 from ..models.weights import resolve_weights
 from ..outputs.provenance import Provenance
 from ..outputs import manifest
+from ..outputs.tracks import track_pending_videos
 from ..outputs.writer import write_summary
 from ..storage import redact
 from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
@@ -226,6 +227,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     from .rendering import assemble_pending_videos
 
     live, folded = manifest.finalize(config.output, config.s3, config.write.compression)
+    tracked = track_pending_videos(live, config, get_entry(config.model.name).skeleton)
     videos_written = assemble_pending_videos(manifest.complete_videos(live), config) if config.write.render_videos else []
     wall = time.time() - started
     summary = {
@@ -242,6 +244,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "frames_inferred": int(totals["inferred"]),
         "people": int(totals["people"]),
         "manifest": {"generation": provenance.generation, **folded},
+        "tracking": tracked,
         "wall_time_s": round(wall, 2),
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
         "stage_seconds": {stage: round(value, 2) for stage, value in seconds.items()},

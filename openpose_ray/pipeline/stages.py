@@ -81,7 +81,8 @@ def plan_shards(row: dict, config: JobConfig) -> list[dict]:
     obj, todo = record.obj, record.todo
     try:
         if obj.kind == "video":
-            shards = plan_video(obj, todo.frames_per_segment or config.sources.frames_per_segment, config.s3)
+            shards = plan_video(obj, todo.frames_per_segment or config.sources.frames_per_segment, config.s3,
+                                frame_step=config.sources.frame_step, target_fps=config.sources.target_fps)
             shards = [shard for shard in shards if shard.start_frame not in todo.done_starts]
         else:
             shards = plan_tar(obj)

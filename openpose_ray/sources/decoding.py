@@ -8,8 +8,10 @@ goes on. Messages pass through :func:`~openpose_ray.storage.redact`.
 What each kind yields:
 
 * images: one Frame per URI, in shard order (frame_index 0, timestamp None);
-* video: exactly one Frame per planned frame, frame_index = start_frame + rank in
-  presentation order, timestamp = pts * time_base in seconds. Frames are yielded as the
+* video: exactly one Frame per planned frame (per kept frame of a sampled video,
+  ``Shard.sampled``), frame_index = start_frame + rank in presentation order (the
+  frame's true index in the video), timestamp = pts * time_base in seconds; pixels in
+  the displayed orientation (a display matrix's rotation applied, :func:`displayed`). Frames are yielded as the
   decoder outputs them (presentation order); frames that could not be decoded follow
   as error Frames, with their index and timestamp. After a corrupt packet, the frames up
   to the next key frame are errors too (the decoder would only guess their pixels), so
@@ -202,7 +204,7 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
         except Exception as error:
             problem = error
         break
-    missing = [rank for rank in range(len(shard.frame_pts)) if rank not in emitted]
+    missing = [rank for rank in shard.output_ranks() if rank not in emitted]
     if isinstance(problem, _NoVideoStream):  # nothing planned applies: one row, not one per frame
         missing = missing[:1]
     if isinstance(problem, SourceError):
@@ -216,6 +218,23 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
         yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message)
 
 
+def displayed(image: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded frame uint8[H, W, 3] as players show it.
+
+    rotation: the frame's display-matrix rotation as FFmpeg reports it
+    (``av_display_rotation_get``: degrees counter-clockwise, e.g. -90 for a
+    phone's portrait video stored landscape); the frame is turned the other way,
+    by a multiple of 90 degrees (the only turns containers use). Like EXIF on
+    images, so keypoints, width and height are those of the displayed frame.
+    """
+    turn = int(round(-rotation / 90.0)) % 4
+    if turn == 0:
+        return image
+    import cv2
+
+    return cv2.rotate(image, (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turn - 1])
+
+
 def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str]):
     """(rank, uint8[H, W, 3] BGR) of the segment's frames as the decoder outputs them.
 
@@ -224,9 +243,10 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
     """
     import av
 
-    wanted = len(shard.frame_pts)
+    output = set(shard.output_ranks())  # a sampled video's other frames are decoded (later ones depend on
+    wanted = len(output)                 # them) but never converted to pixels
     rank_of = {pts: rank for rank, pts in enumerate(shard.frame_pts)}
-    last_pts = shard.frame_pts[-1]
+    last_pts = shard.frame_pts[max(output)]
     file = open_uri(shard.uris[0], s3, expected_version=shard.versions[0] or None)
     with file, av.open(file, "r") as container:
         if shard.stream_index >= len(container.streams) or container.streams[shard.stream_index].type != "video":
@@ -272,10 +292,10 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
                     if not frame.key_frame:
                         continue
                     references_broken = False
-                if rank is None or rank >= wanted or rank in emitted:
+                if rank is None or rank not in output or rank in emitted:
                     continue
                 try:
-                    image = frame.to_ndarray(format="bgr24")
+                    image = displayed(frame.to_ndarray(format="bgr24"), frame.rotation)
                 except (av.FFmpegError, ValueError) as error:
                     notes.append(str(error))
                     continue

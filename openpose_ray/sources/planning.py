@@ -26,6 +26,8 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..jobconfig import S3Config
 from ..storage import redact
 from .errors import SourceError, UnreadableVideo
@@ -54,6 +56,8 @@ class Shard:
     sizes: bytes of each of ``uris`` at listing (recorded in the manifest).
     video_frames: frames of the whole video (video segments only).
     frames_per_segment: the cut the video was planned with (video segments only).
+    sampled: ranks (0-based within the segment) of the frames to decode to pixels when the
+        video is sampled (``sources.frame_step`` / ``target_fps``); () for every frame.
     """
 
     shard_id: str
@@ -70,6 +74,11 @@ class Shard:
     sizes: tuple[int, ...] = ()
     video_frames: int | None = None
     frames_per_segment: int | None = None
+    sampled: tuple[int, ...] = ()
+
+    def output_ranks(self) -> tuple[int, ...] | range:
+        """Ranks within a video segment of the frames it yields (all of them unless sampled)."""
+        return self.sampled if self.sampled else range(len(self.frame_pts))
 
 
 def shard_id(kind: str, *content) -> str:
@@ -105,8 +114,34 @@ def plan_tar(obj: SourceObject) -> list[Shard]:
     return [Shard(shard_id("tar", obj.uri, obj.version), "tar", (obj.uri,), (obj.version,), sizes=(obj.size,))]
 
 
-def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list[Shard]:
-    """Segments of ``frames_per_segment`` frames of the first video stream, from its packets (nothing is decoded).
+def sample_frames(seconds: list[float], frame_step: int = 1, target_fps: float | None = None) -> list[int]:
+    """Indices of the frames kept out of frames at ``seconds`` (presentation order, increasing).
+
+    frame_step: every Nth frame from the first (0, N, 2N, ...). target_fps: for each
+    time ``first + k / target_fps`` up to the last frame, the frame nearest to it (the
+    earlier on a tie), each frame at most once; at or above the video's own rate that is
+    every frame. With both given, the step applies to the frames the rate keeps.
+    """
+    kept = list(range(len(seconds)))
+    if target_fps is not None and seconds:
+        times = np.asarray(seconds, dtype=np.float64)
+        targets = times[0] + np.arange(int(np.floor((times[-1] - times[0]) * target_fps + 1e-9)) + 1) / target_fps
+        after = np.clip(np.searchsorted(times, targets), 1, len(times) - 1) if len(times) > 1 else np.zeros(len(targets), int)
+        before = np.maximum(after - 1, 0)
+        nearest = np.where(np.abs(times[after] - targets) < np.abs(times[before] - targets), after, before)
+        kept = sorted(set(nearest.tolist()))
+    return kept[::frame_step]
+
+
+def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_step: int = 1,
+               target_fps: float | None = None) -> list[Shard]:
+    """Segments of the first video stream, from its packets (nothing is decoded).
+
+    Each segment holds ``frames_per_segment`` frames to annotate. Sampled
+    (``frame_step`` > 1 or ``target_fps``, see :func:`sample_frames`), a segment
+    spans the video's frames from its first kept frame to the next segment's
+    (the first from frame 0), so segments still tile the video, and
+    ``Shard.sampled`` names the kept ones.
 
     Reads the whole file once (demuxing), through ranged GETs for S3. Raises
     UnreadableVideo (a SourceError) when the file is not a video PyAV can demux, has no
@@ -144,20 +179,29 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config) -> list
         raise UnreadableVideo(f"not a readable video: {redact(obj.uri)}: {redact(str(error))}") from error
     if not ts:
         raise UnreadableVideo(f"video has no frames: {redact(obj.uri)}")
+    presented = sorted(set(ts))  # a duplicated pts is one frame (the decoder outputs one of them)
+    sampling = frame_step != 1 or target_fps is not None
+    kept = sample_frames([float(p * time_base) for p in presented], frame_step, target_fps) if sampling else None
     if unordered_pts and all(a < b for a, b in zip(ts, ts[1:])):
         # B-frames, yet pts increase in decode order: the container made them up from dts.
-        every = sorted(set(ts))
-        return [_segment(obj, index, time_base, 0, every, None, len(every), len(every), order_by_output=True)]
-    presented = sorted(set(ts))  # a duplicated pts is one frame (the decoder outputs one of them)
+        return [_segment(obj, index, time_base, 0, presented, None, len(presented), len(presented),
+                         order_by_output=True, sampled=tuple(kept) if sampling else ())]
     first_decoded = {}  # pts -> decode index of its packet
     for decode_index, value in enumerate(ts):
         first_decoded.setdefault(value, decode_index)
+    if kept is None:
+        kept = range(len(presented))
+    chunks = [kept[i : i + frames_per_segment] for i in range(0, len(kept), frames_per_segment)]
     shards = []
-    for start in range(0, len(presented), frames_per_segment):
-        segment_pts = presented[start : start + frames_per_segment]
-        earliest = min(first_decoded[p] for p in segment_pts)
-        seek_ts = _seek_target(keys, ts, dts, earliest, segment_pts[0])
-        shards.append(_segment(obj, index, time_base, start, segment_pts, seek_ts, len(presented), frames_per_segment))
+    for number, chunk in enumerate(chunks):
+        start = 0 if number == 0 else chunk[0]
+        end = chunks[number + 1][0] if number + 1 < len(chunks) else len(presented)
+        # decoding starts at the key frame before the first frame kept, not before the segment's start
+        earliest = min(first_decoded[p] for p in presented[chunk[0] : end])
+        seek_ts = _seek_target(keys, ts, dts, earliest, presented[chunk[0]])
+        sampled = tuple(i - start for i in chunk) if sampling else ()
+        shards.append(_segment(obj, index, time_base, start, presented[start:end], seek_ts, len(presented),
+                               frames_per_segment, sampled=sampled))
     return shards
 
 
@@ -176,10 +220,11 @@ def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: i
 
 
 def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, frames_per_segment,
-             order_by_output=False) -> Shard:
+             order_by_output=False, sampled: tuple[int, ...] = ()) -> Shard:
     end = start + len(segment_pts)
+    content = (obj.uri, obj.version, index, start, end) + ((list(sampled),) if sampled else ())
     return Shard(
-        shard_id=shard_id("video", obj.uri, obj.version, index, start, end),
+        shard_id=shard_id("video", *content),
         kind="video",
         uris=(obj.uri,),
         versions=(obj.version,),
@@ -193,6 +238,7 @@ def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, f
         sizes=(obj.size,),
         video_frames=video_frames,
         frames_per_segment=frames_per_segment,
+        sampled=sampled,
     )
 
 
