@@ -248,3 +248,20 @@ def test_s3_run_writes_nothing_locally(runs: Runs):
     # and the input bucket is left as it was
     inputs = sorted(item["Key"] for item in runs.client.list_objects_v2(Bucket=INPUT_BUCKET)["Contents"])
     assert inputs == runs.input_keys
+
+
+def test_export_from_and_to_s3_equals_the_local_export(runs: Runs, tmp_path):
+    """openpose-json from the S3 output into another S3 prefix: the files of the local run's export,
+    name for name and byte for byte (the two runs' tables are equal)."""
+    from openpose_ray.exports import export
+    from openpose_ray.jobconfig import S3Config
+
+    s3 = S3Config(endpoint_url=runs.endpoint)
+    counts = export(f"s3://{OUTPUT_BUCKET}/{OUTPUT_PREFIX}", "openpose-json", f"s3://{OUTPUT_BUCKET}/json/", s3)
+    local = tmp_path / "json"
+    assert export(str(runs.local_out), "openpose-json", str(local)) == counts
+    keys = _objects(runs.client, "json/")
+    assert len(keys) == counts["files"] == runs.s3_summary["frames"]
+    for key in keys:
+        remote = runs.client.get_object(Bucket=OUTPUT_BUCKET, Key=key)["Body"].read()
+        assert remote == (local / key.removeprefix("json/")).read_bytes(), key

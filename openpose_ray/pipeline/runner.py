@@ -196,7 +196,9 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     seconds: dict[str, float] = defaultdict(float)
     skipped: list[dict] = []
     last_log = time.time()
+    marks = {"start": time.time()}  # when each part of the run ended, for summary["wall_seconds"]
     for row in ds.iter_rows():
+        marks.setdefault("first_result", time.time())
         record = from_row(row)
         if isinstance(record, Skipped):
             totals["skipped"] += 1
@@ -226,10 +228,16 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
 
     from .rendering import assemble_pending_videos
 
+    marks["pipeline"] = time.time()
     live, folded = manifest.finalize(config.output, config.s3, config.write.compression)
+    marks["manifest"] = time.time()
     tracked = track_pending_videos(live, config, get_entry(config.model.name).skeleton)
+    marks["tracks"] = time.time()
     videos_written = assemble_pending_videos(manifest.complete_videos(live), config) if config.write.render_videos else []
+    marks["videos"] = time.time()
     wall = time.time() - started
+    ends = [started, *marks.values()]
+    wall_seconds = {name: round(end - before, 2) for name, before, end in zip(marks, ends, ends[1:])}
     summary = {
         "run_id": provenance.run_id,
         "output": redact(config.output),
@@ -246,6 +254,9 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "manifest": {"generation": provenance.generation, **folded},
         "tracking": tracked,
         "wall_time_s": round(wall, 2),
+        # start: Ray, weights, actors placed; first_result: until the first shard is written; pipeline: the
+        # rest of the dataset; manifest: snapshot and tidying; tracks: track ids; videos: rendered videos joined
+        "wall_seconds": wall_seconds,
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
         "stage_seconds": {stage: round(value, 2) for stage, value in seconds.items()},
         "inference": {"device": plan.device, "precision": config.inference.precision,
