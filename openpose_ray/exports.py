@@ -42,10 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
+from .coco import coco_detections
 from .jobconfig import S3Config
 from .outputs.people_table import read_keypoints
 from .outputs.writer import write_bytes
-from .skeleton import COCO18, COCO18_TO_COCO17, Skeleton
+from .person import Person
+from .skeleton import COCO18, Skeleton
 from .storage import parse
 from .tables import read_table
 
@@ -126,12 +128,7 @@ def coco_results(people: pa.Table, image_ids: Mapping[str, int] | None = None) -
         if image_id is None:
             left_out["no image id for the file name" + (" in --annotations" if image_ids is not None else "")] += 1
             continue
-        coco = keypoints[row][list(COCO18_TO_COCO17)]
-        found = coco[:, 2] > 0
-        flat = np.zeros((17, 3))
-        flat[found, :2] = coco[found, :2]
-        flat[found, 2] = 2
-        results.append({"image_id": image_id, "category_id": 1, "keypoints": flat.ravel().tolist(), "score": float(score)})
+        results.extend(coco_detections(image_id, [Person(keypoints=keypoints[row], score=float(score))]))
     return results, left_out
 
 

@@ -119,18 +119,19 @@ def track_pending_videos(live: pa.Table, config: JobConfig, skeleton: Skeleton) 
     if not config.tracking.enabled:
         return {"enabled": False, "videos_tracked": 0, "tracks": 0}
     todo = pending(live, config)
-    tracks, in_flight, finished = 0, {}, {}
+    tracks, finished = 0, {}
     if len(todo) <= _IN_DRIVER:  # a task's worker start costs more than tracking a few videos here
         for source, (records, key) in todo.items():
             tracks += track_video(source, records, config, skeleton)
             finished[source] = key
-    remote = ray.remote(num_cpus=0.5, max_retries=3)(track_video)
-    for source, (records, key) in todo.items() if len(todo) > _IN_DRIVER else ():
-        if len(in_flight) >= _MAX_IN_FLIGHT:
+    else:
+        remote, in_flight = ray.remote(num_cpus=0.5, max_retries=3)(track_video), {}
+        for source, (records, key) in todo.items():
+            if len(in_flight) >= _MAX_IN_FLIGHT:
+                tracks += _collect_one(in_flight, finished)
+            in_flight[remote.remote(source, records, config, skeleton)] = (source, key)
+        while in_flight:
             tracks += _collect_one(in_flight, finished)
-        in_flight[remote.remote(source, records, config, skeleton)] = (source, key)
-    while in_flight:
-        tracks += _collect_one(in_flight, finished)
     current_videos = set(complete_videos(live))
     state = {s: k for s, k in zip(*(_read_state(config).column(n).to_pylist() for n in ("source", "key")))
              if s in current_videos}
