@@ -3,6 +3,7 @@
     openpose-ray predict photos/ clip.mp4 s3://bucket/shards/ --out people.parquet [--render rendered/]
     openpose-ray run --config configs/local.yaml [--set key=value ...]
     openpose-ray export OUTPUT --format openpose-json|coco --to DEST
+    openpose-ray status OUTPUT [--json]
     openpose-ray evaluate --annotations person_keypoints.json --images DIR [--net-size WxH] [--scales ...]
     openpose-ray weights list
     openpose-ray weights fetch [--model mobilenet_thin] [--force]
@@ -119,6 +120,17 @@ def _parser() -> argparse.ArgumentParser:
     export_command.add_arguments(export)
     export.set_defaults(run=_export)
 
+    status = commands.add_parser(
+        "status", parents=[common], help="what a job's output holds: inputs, frames, failures, generations, runs",
+        description="Read an output's manifest and tables (no Ray, nothing written) and say what is done: inputs "
+                    "per kind, frames and failures (by reason, with examples), rows visible, generations, runs "
+                    "(ended, or still going / killed).")
+    status.add_argument("output", metavar="OUTPUT", help="the job's output folder or s3:// prefix")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--endpoint-url", help="S3 API URL for an S3-compatible store; default: AWS or $AWS_ENDPOINT_URL")
+    status.add_argument("--region", help="S3 region; default: the AWS chain's")
+    status.set_defaults(run=_status)
+
     weights = commands.add_parser("weights", help="list models; fetch or export their default weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
     listing = weights_commands.add_parser("list", parents=[common], help="known models and their weights")
@@ -139,6 +151,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--region", help="S3 region; default: the AWS chain's")
     export.set_defaults(run=_weights_export)
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from openpose_ray.jobconfig import S3Config
+    from openpose_ray.outputs.status import format_status, output_status
+
+    try:
+        status = output_status(args.output, S3Config(endpoint_url=args.endpoint_url, region=args.region))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -279,6 +279,21 @@ def test_the_job_finishes_and_counts_everything(run: Run):
     assert Counter(people_keys) == {key: f["num_people"] for key, f in zip(keys, frames) if f["num_people"]}
 
 
+def test_status_names_the_failures_by_reason_with_examples(run: Run, capsys):
+    """`openpose-ray status` of this output: every failed frame under a reason, each broken input named."""
+    from openpose_ray.cli import main
+
+    assert main(["status", run.config.output, "--json", "--endpoint-url", run.config.s3.endpoint_url]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["inputs"] == {"images": 13, "tars": 1, "videos_complete": 1, "videos_partial": 0, "videos_unreadable": 3}
+    failures = status["failures"]
+    assert failures["frames"] == status["frames_failed"] == run.summary["frames_failed"]
+    assert sum(r["frames"] for r in failures["by_reason"]) == failures["frames"]
+    named = {e["source"].rsplit("/", 1)[-1] for r in failures["by_reason"] for e in r["examples"]}
+    assert set(EXPECTED_ERRORS) <= named | {m for r in failures["by_reason"] for e in r["examples"] for m in [e["member"]] if m}
+    assert all("<input>" not in e["error"] for r in failures["by_reason"] for e in r["examples"])
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
 def test_each_broken_input_has_one_clear_error_row(run: Run, name):
     kind, fragments = EXPECTED_ERRORS[name]

@@ -169,3 +169,18 @@ def test_predict_reads_what_the_job_reads_and_finds_the_same_people(job_output, 
     members = {m for m, s in zip(ours["member"].to_pylist(), ours["source"].to_pylist()) if s.endswith(".tar")}
     assert members == {f"inside/{photo.name}" for photo in photos[:2]}
     assert set(ours["source_kind"].to_pylist()) == {"image", "video", "tar"}
+
+
+def test_status_of_a_finished_output(job_output, capsys):
+    _, output = job_output
+    assert main(["status", str(output), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    people = read_table(str(output), "people").num_rows
+    assert status["inputs"] == {"images": 4, "tars": 0, "videos_complete": 2, "videos_partial": 0, "videos_unreadable": 0}
+    assert (status["frames"], status["frames_failed"]) == (4 + 2 * CLIP_FRAMES, 0)
+    assert status["rows_visible"] == {"people": people, "frames": 4 + 2 * CLIP_FRAMES}
+    assert [g["current"] for g in status["generations"]] == [True] and status["generations"][0]["inputs"] == 6
+    (run,) = status["runs"]
+    assert run["ended"] and run["frames"] == 4 + 2 * CLIP_FRAMES and status["last_summary"]["run_id"] == run["run_id"]
+    assert main(["status", str(output)]) == 0
+    assert f"{people} people" in capsys.readouterr().out

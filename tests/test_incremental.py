@@ -208,3 +208,26 @@ def test_track_ids_survive_an_interrupted_tracking_step_and_a_redone_segment(ray
     assert glob_table(output, "people").num_rows == again.num_rows  # plain readers see the same rows
 
     assert run_job(config)["tracking"] == {"enabled": True, "videos_tracked": 0, "tracks": 0}
+
+
+def test_status_of_a_killed_run_and_of_an_empty_output(ray_session, data_dir, tmp_path, monkeypatch, capsys):
+    """A run killed before its end leaves commit files only: status counts what they hold and says the
+    run did not end; an empty folder has nothing annotated; a missing one is a usage error."""
+    from openpose_ray.cli import main
+
+    output = tmp_path / "out"
+    config = config_for(street_clip(data_dir, tmp_path), output, "sources.frames_per_segment=16")
+    run_killed_at("openpose_ray.outputs.manifest.finalize", config, monkeypatch)
+    assert main(["status", str(output), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["inputs"]["videos_complete"] == 1 and status["frames"] == 48
+    (run,) = status["runs"]
+    assert not run["ended"] and run["shards"] == 3
+    assert main(["status", str(output)]) == 0
+    assert "still running or killed" in capsys.readouterr().out
+
+    (tmp_path / "empty").mkdir()
+    assert main(["status", str(tmp_path / "empty")]) == 0
+    assert "nothing annotated yet" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
