@@ -343,6 +343,32 @@ def test_a_video_with_a_display_matrix_is_decoded_as_players_show_it(data_dir, t
     assert np.array_equal(displayed(image, 180), displayed(image, -180)) and displayed(image, 0) is image
 
 
+@pytest.mark.parametrize("main_is_default", [True, False])
+def test_of_several_video_streams_the_largest_is_annotated(tmp_path, main_is_default):
+    """A camera file with a small preview stream first and the main stream second: the main one is read,
+    whether it is marked default or not (the muxer then marks the preview default)."""
+    path = tmp_path / "two_streams.mp4"
+    with av.open(str(path), "w") as out:
+        streams = []
+        for width, height, default in ((160, 90, False), (320, 180, main_is_default)):
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
+            streams.append(stream)
+        for index in range(4):
+            for stream in streams:
+                image = np.full((stream.height, stream.width, 3), 40 * index, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                    out.mux(packet)
+        for stream in streams:
+            for packet in stream.encode():
+                out.mux(packet)
+    (shard,) = plan_video(local_object(path), 64, LOCAL)
+    frames = decode_all([shard])
+    assert shard.stream_index == 1 and len(frames) == 4
+    assert {(f.status, f.width, f.height) for f in frames} == {("ok", 320, 180)}
+
+
 @pytest.mark.parametrize("name, compared", [(STREET, 205), (SPORTS, 192)])
 def test_segmented_decode_equals_sequential(data_dir, name, compared):
     obj = local_object(data_dir / name)

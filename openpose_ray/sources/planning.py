@@ -12,7 +12,7 @@ the stream and frame range).
   reading every header, which for S3 means reading the whole archive, so the decode
   stage streams it in a single pass instead of planning inside it.
 
-Video frames are numbered in presentation order: the packets' pts, sorted (a packet
+A container with several video streams gives its largest (:func:`video_stream`). Video frames are numbered in presentation order: the packets' pts, sorted (a packet
 without pts uses its dts). Timestamps are ``pts * time_base`` of the container, never
 index / fps, so variable frame rates and gaps are kept.
 """
@@ -20,6 +20,7 @@ index / fps, so variable frame rates and gaps are kept.
 from __future__ import annotations
 
 import bisect
+import logging
 import hashlib
 import json
 from array import array
@@ -33,6 +34,8 @@ from ..storage import redact
 from .errors import SourceError, UnreadableVideo
 from .listing import SourceObject
 from .s3io import open_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
         raise ValueError(f"frames_per_segment must be >= 1, got {frames_per_segment}")
     try:
         with open_uri(obj.uri, s3, expected_version=obj.version or None) as file, av.open(file, "r") as container:
-            stream = video_stream(container)
+            stream = video_stream(container, obj.uri)
             if stream is None:
                 raise UnreadableVideo(f"video has no video stream: {redact(obj.uri)}")
             index, time_base = stream.index, stream.time_base
@@ -242,14 +245,22 @@ def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, f
     )
 
 
-def video_stream(container):
-    """The first video stream that is not an attached picture (cover art), or None."""
+def video_stream(container, uri: str = ""):
+    """The video stream to annotate, or None: of the streams that are not attached pictures (cover art),
+    the one with the most pixels (a camera's preview stream is smaller than its main one); on a tie the
+    one marked default, then the first. Size comes first because muxers mark the first track default
+    by themselves when none is, so a preview written first is often the "default"."""
     import av
 
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            return stream
-    return None
+    candidates = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not candidates:
+        return None
+    chosen = max(candidates, key=lambda s: ((s.width or 0) * (s.height or 0),
+                                            bool(s.disposition & av.stream.Disposition.default), -s.index))
+    if len(candidates) > 1:
+        log.info("%s: %d video streams; annotating stream %d (%dx%d, the largest)", redact(uri), len(candidates),
+                 chosen.index, chosen.width or 0, chosen.height or 0)
+    return chosen
 
 
 def _has_b_frames(stream) -> bool:
