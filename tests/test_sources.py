@@ -369,6 +369,25 @@ def test_of_several_video_streams_the_largest_is_annotated(tmp_path, main_is_def
     assert {(f.status, f.width, f.height) for f in frames} == {("ok", 320, 180)}
 
 
+def test_an_mp4_cut_short_says_so_in_one_error_row(data_dir, tmp_path):
+    """The sports MP4 (moov first) cut in half: the frames that are there, however the video is cut into
+    segments, then one error row at the next index naming the truncation; complete files get none."""
+    data = (data_dir / SPORTS).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    whole = plan_video(local_object(cut), 10_000, LOCAL)
+    segments = plan_video(local_object(cut), 40, LOCAL)
+    present = whole[-1].end_frame
+    assert 0 < present < 230 and segments[-1].end_frame == present
+    assert [s.truncated is not None for s in segments] == [False] * (len(segments) - 1) + [True]
+    rows = [(f.frame_index, f.status) for f in decode_all(segments)]
+    assert rows == [(f.frame_index, f.status) for f in decode_all(whole)]
+    assert rows[-1] == (present, "error") and len(rows) == present + 1
+    (last,) = [f for f in decode_all(whole) if f.frame_index == present]
+    assert f"ends after {present} of the 230 frames" in last.error
+    assert all(s.truncated is None for s in plan_video(local_object(data_dir / SPORTS), 64, LOCAL))
+
+
 @pytest.mark.parametrize("name, compared", [(STREET, 205), (SPORTS, 192)])
 def test_segmented_decode_equals_sequential(data_dir, name, compared):
     obj = local_object(data_dir / name)

@@ -11,7 +11,8 @@ What each kind yields:
 * video: exactly one Frame per planned frame (per kept frame of a sampled video,
   ``Shard.sampled``), frame_index = start_frame + rank in presentation order (the
   frame's true index in the video), timestamp = pts * time_base in seconds; pixels in
-  the displayed orientation (a display matrix's rotation applied, :func:`displayed`). Frames are yielded as the
+  the displayed orientation (a display matrix's rotation applied, :func:`displayed`). An
+  MP4 cut short gets one more error row, at the index after its last frame, saying so. Frames are yielded as the
   decoder outputs them (presentation order); frames that could not be decoded follow
   as error Frames, with their index and timestamp. After a corrupt packet, the frames up
   to the next key frame are errors too (the decoder would only guess their pixels), so
@@ -216,6 +217,8 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
         message = f"video frame not decoded: corrupt or missing data in it or in a frame it depends on{detail}"
     for rank in missing:
         yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message)
+    if shard.truncated:  # the frames the container lists past the end of the file: one row says so
+        yield _error(uri, None, shard.end_frame, None, shard.truncated)
 
 
 def displayed(image: np.ndarray, rotation: float) -> np.ndarray:

@@ -61,6 +61,8 @@ class Shard:
     frames_per_segment: the cut the video was planned with (video segments only).
     sampled: ranks (0-based within the segment) of the frames to decode to pixels when the
         video is sampled (``sources.frame_step`` / ``target_fps``); () for every frame.
+    truncated: on a video's last segment, why the file ends before the frames its container
+        lists (an MP4 cut short); decoding then adds one error row after the last frame.
     """
 
     shard_id: str
@@ -78,6 +80,7 @@ class Shard:
     video_frames: int | None = None
     frames_per_segment: int | None = None
     sampled: tuple[int, ...] = ()
+    truncated: str | None = None
 
     def output_ranks(self) -> tuple[int, ...] | range:
         """Ranks within a video segment of the frames it yields (all of them unless sampled)."""
@@ -166,7 +169,11 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
             unordered_pts = _has_b_frames(stream)
             # Packet timestamps in decode order, compactly: an hour at 60 fps is 216k packets.
             ts, dts, keys = array("q"), array("q"), array("q")
+            # MP4 / MOV list every sample up front (moov), so a file cut short is known by its count.
+            listed = stream.frames if any(n in container.format.name.split(",") for n in ("mp4", "mov")) else 0
+            packets = 0
             for packet in container.demux(stream):
+                packets += packet.size > 0
                 if packet.size == 0 or packet.is_discard:  # flush markers; frames the decoder drops (edit lists)
                     continue
                 value = packet.pts if packet.pts is not None else packet.dts
@@ -183,12 +190,14 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
     if not ts:
         raise UnreadableVideo(f"video has no frames: {redact(obj.uri)}")
     presented = sorted(set(ts))  # a duplicated pts is one frame (the decoder outputs one of them)
+    truncated = (f"video truncated: the file ends after {packets} of the {listed} frames its container lists"
+                 if listed and packets < listed else None)
     sampling = frame_step != 1 or target_fps is not None
     kept = sample_frames([float(p * time_base) for p in presented], frame_step, target_fps) if sampling else None
     if unordered_pts and all(a < b for a, b in zip(ts, ts[1:])):
         # B-frames, yet pts increase in decode order: the container made them up from dts.
         return [_segment(obj, index, time_base, 0, presented, None, len(presented), len(presented),
-                         order_by_output=True, sampled=tuple(kept) if sampling else ())]
+                         order_by_output=True, sampled=tuple(kept) if sampling else (), truncated=truncated)]
     first_decoded = {}  # pts -> decode index of its packet
     for decode_index, value in enumerate(ts):
         first_decoded.setdefault(value, decode_index)
@@ -205,6 +214,9 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
         sampled = tuple(i - start for i in chunk) if sampling else ()
         shards.append(_segment(obj, index, time_base, start, presented[start:end], seek_ts, len(presented),
                                frames_per_segment, sampled=sampled))
+    if truncated:
+        shards[-1] = _segment(obj, index, time_base, shards[-1].start_frame, shards[-1].frame_pts, shards[-1].seek_ts,
+                              len(presented), frames_per_segment, sampled=shards[-1].sampled, truncated=truncated)
     return shards
 
 
@@ -223,9 +235,10 @@ def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: i
 
 
 def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, frames_per_segment,
-             order_by_output=False, sampled: tuple[int, ...] = ()) -> Shard:
+             order_by_output=False, sampled: tuple[int, ...] = (), truncated: str | None = None) -> Shard:
     end = start + len(segment_pts)
-    content = (obj.uri, obj.version, index, start, end) + ((list(sampled),) if sampled else ())
+    content = (obj.uri, obj.version, index, start, end) + ((list(sampled),) if sampled else ()) + (
+        (truncated,) if truncated else ())
     return Shard(
         shard_id=shard_id("video", *content),
         kind="video",
@@ -242,6 +255,7 @@ def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, f
         video_frames=video_frames,
         frames_per_segment=frames_per_segment,
         sampled=sampled,
+        truncated=truncated,
     )
 
 
