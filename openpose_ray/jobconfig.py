@@ -66,7 +66,7 @@ class SourcesConfig:
     """
 
     recursive: bool = True
-    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    image_extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".avif")
     video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
     tar_extensions: tuple[str, ...] = (".tar",)
     images_per_shard: int = 64

@@ -62,7 +62,7 @@ BUCKET = "bad-inputs"
 EXPECTED_ERRORS = {
     "empty.jpg": ("image", ["cannot decode image: empty file (0 bytes)"]),
     "truncated.jpg": ("image", ["cannot decode JPEG image: truncated", "no end-of-image marker"]),
-    "noise.jpg": ("image", ["cannot decode image: not a JPEG/PNG/BMP/WebP/TIFF or truncated"]),
+    "noise.jpg": ("image", ["cannot decode image: not a JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF or truncated"]),
     "notes.mp4": ("video", ["cannot read video: not a readable video", "notes.mp4"]),
     "audio_only.mp4": ("video", ["cannot read video: video has no video stream", "audio_only.mp4"]),
     "huge.png": ("image", ["image of 20000x20000 exceeds max_image_pixels (100000000)"]),

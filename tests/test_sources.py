@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -510,7 +511,7 @@ def test_broken_images_become_error_frames(tmp_path, data_dir):
     assert frames["empty.jpg"].error == "cannot decode image: empty file (0 bytes)"
     assert "cannot decode JPEG image: truncated" in frames["truncated.jpg"].error
     assert (frames["truncated.jpg"].width, frames["truncated.jpg"].height) == (640, 425)  # known from the header
-    assert "not a JPEG/PNG/BMP/WebP/TIFF or truncated" in frames["random.jpg"].error
+    assert "not a JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF or truncated" in frames["random.jpg"].error
     assert "cannot decode PNG image: corrupt or truncated" in frames["truncated.png"].error
     for name in ("empty.jpg", "truncated.jpg", "random.jpg", "truncated.png"):
         assert frames[name].status == "error" and frames[name].image is None
@@ -539,10 +540,22 @@ def test_oversized_image_refused_before_decoding(tmp_path, monkeypatch):
     assert frames["ok.png"].status == "ok" and len(calls) == 1  # only the small one reached the decoder
 
 
-@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tiff"])
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tiff", ".gif", ".avif"])
 def test_header_probe_reads_dimensions(ext):
     fmt, width, height, complete = probe_image(encode(gradient(23, 37), ext))
     assert (width, height, complete) == (37, 23, True)
+
+
+def test_gif_and_avif_are_read_by_default_and_a_huge_gif_is_refused_before_decoding(tmp_path):
+    image = gradient(30, 44)
+    gif = encode(image, ".gif")
+    huge = bytearray(gif)
+    huge[6:10] = struct.pack("<HH", 30000, 30000)  # a 9e8-pixel screen: refused from the header
+    frames = image_frames(tmp_path, {"a.gif": gif, "b.avif": encode(image, ".avif"), "huge.gif": bytes(huge)})
+    assert {name: (f.status, f.width, f.height) for name, f in frames.items() if name != "huge.gif"} == {
+        "a.gif": ("ok", 44, 30), "b.avif": ("ok", 44, 30)}
+    assert frames["huge.gif"].error.startswith("image of 30000x30000 exceeds max_image_pixels")
+    assert {".gif", ".avif"} <= set(SourcesConfig().image_extensions)
 
 
 def test_exif_orientation_is_applied(tmp_path):

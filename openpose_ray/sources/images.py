@@ -1,7 +1,8 @@
-"""Decoding encoded still images (JPEG, PNG, BMP, WebP, TIFF, ...) to BGR uint8 arrays.
+"""Decoding encoded still images (JPEG, PNG, BMP, WebP, TIFF, GIF, AVIF, ...) to BGR uint8 arrays.
 
 Before any pixel is decoded the dimensions are read from the header (JPEG SOF, PNG
-IHDR, BMP, WebP VP8/VP8L/VP8X, TIFF first IFD), so an image larger than the allowed
+IHDR, BMP, WebP VP8/VP8L/VP8X, TIFF first IFD, GIF logical screen, AVIF 'ispe'), so an
+image larger than the allowed
 number of pixels is refused without allocating it. Formats not parsed here fall back to
 OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS, 2**30 by default).
 
@@ -17,7 +18,7 @@ import struct
 import cv2
 import numpy as np
 
-_FORMATS = "JPEG/PNG/BMP/WebP/TIFF"
+_FORMATS = "JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF"
 
 
 class ImageDecodeError(ValueError):
@@ -81,9 +82,27 @@ def probe_image(data: bytes) -> tuple[str, int, int, bool] | None:
             return _probe_webp(data)
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             return _probe_tiff(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):  # logical screen size
+            width, height = struct.unpack("<HH", data[6:10])
+            return "GIF", width, height, True
+        if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+            return _probe_avif(data)
     except (struct.error, IndexError, ValueError):
         return None  # a header too short to parse: let the decoder report the file
     return None
+
+
+def _probe_avif(data: bytes) -> tuple[str, int, int, bool] | None:
+    """The largest image spatial extent ('ispe' property: version/flags, then width and height, 32-bit
+    big-endian) in the file's meta box: the primary image or its grid."""
+    sizes, position = [], data.find(b"ispe", 0, 1 << 16)
+    while position >= 4:
+        sizes.append(struct.unpack(">II", data[position + 8 : position + 16]))
+        position = data.find(b"ispe", position + 4, 1 << 16)
+    if not sizes:
+        return None
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    return "AVIF", width, height, True
 
 
 def _probe_jpeg(data: bytes) -> tuple[str, int, int, bool] | None:
