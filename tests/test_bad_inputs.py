@@ -292,6 +292,8 @@ def test_status_names_the_failures_by_reason_with_examples(run: Run, capsys):
     named = {e["source"].rsplit("/", 1)[-1] for r in failures["by_reason"] for e in r["examples"]}
     assert set(EXPECTED_ERRORS) <= named | {m for r in failures["by_reason"] for e in r["examples"] for m in [e["member"]] if m}
     assert all("<input>" not in e["error"] for r in failures["by_reason"] for e in r["examples"])
+    (skipped,) = status["last_summary"]["skipped_inputs"]  # inputs not read are named too, with the reason
+    assert skipped["uri"].endswith(SKIPPED) and "not annotated" in skipped["reason"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))

@@ -136,7 +136,7 @@ def _last_summary(filesystem, root: str) -> dict | None:
     with filesystem.open_input_stream(path) as stream:
         summary = json.loads(stream.read())
     return {key: summary.get(key) for key in ("run_id", "wall_time_s", "frames", "frames_failed", "people",
-                                              "frames_per_s", "inputs")}
+                                              "frames_per_s", "inputs", "skipped_inputs")}
 
 
 def format_status(status: dict) -> str:
@@ -160,6 +160,9 @@ def format_status(status: dict) -> str:
         state = "ended" if run["ended"] else "still running or killed (commits not folded; the next run folds them)"
         lines.append(f"    {run['run_id']}: {run['first_commit']} .. {run['last_commit']}, {run['shards']} shards, "
                      f"{run['frames']} frames ({run['frames_failed']} failed), {state}")
+    skipped = (status["last_summary"] or {}).get("skipped_inputs") or []
+    for entry in skipped:
+        lines.append(f"  skipped by the last run: {entry['uri']}: {entry['reason']}")
     for reason in status["failures"].get("by_reason", []):
         example = reason["examples"][0]
         lines.append(f"  failed: {reason['frames']} x {reason['reason']}  e.g. {example['source']}"
