@@ -75,13 +75,10 @@ def openpose_json_names(frames: pa.Table) -> dict[tuple[str, str | None, int], s
     """{(source, member, frame_index): relative file name} for every ok frame (see the module docstring)."""
     rows = frames.select(["source", "member", "source_kind", "frame_index", "status"]).to_pylist()
     rows = [r for r in rows if r["status"] == "ok"]
-    folder_of: dict[str, str] = {}  # per source, the stem it is written under
-    stems = Counter()
-    for source in sorted({r["source"] for r in rows}):
-        stems[_safe(_stem(parse(source).key))] += 1
-    for source in sorted({r["source"] for r in rows}):
-        stem = _safe(_stem(parse(source).key))
-        folder_of[source] = stem if stems[stem] == 1 else f"{stem}-{_short_hash(source)}"
+    stem_of = {source: _safe(_stem(parse(source).key)) for source in sorted({r["source"] for r in rows})}
+    uses = Counter(stem_of.values())
+    # per source, the stem it is written under
+    folder_of = {source: stem if uses[stem] == 1 else f"{stem}-{_short_hash(source)}" for source, stem in stem_of.items()}
     names = {}
     for r in rows:
         stem = folder_of[r["source"]]

@@ -50,6 +50,18 @@ class Person:
         return f"Person(score={self.score:.3f}, parts={self.num_parts})"
 
 
+def keypoints_bbox(keypoints: np.ndarray) -> np.ndarray:
+    """float32[R, 4] as x, y, width, height: the tightest box around the found parts
+    (confidence > 0) of float32[R, K, 3] keypoints; zeros for a person without parts."""
+    found = keypoints[:, :, 2] > 0
+    xy = keypoints[:, :, :2]
+    low = np.where(found[..., None], xy, np.inf).min(1)
+    high = np.where(found[..., None], xy, -np.inf).max(1)
+    box = np.concatenate([low, high - low], axis=1)
+    box[~found.any(1)] = 0.0
+    return box.astype(np.float32)
+
+
 def people_from_fields(heatmaps: np.ndarray, pafs: np.ndarray, transform: "ResizeTransform", entry: "ModelEntry",
                        config: PostprocessConfig) -> list[Person]:
     """People in source pixels from one frame's fields (valid region, at the model's stride)."""

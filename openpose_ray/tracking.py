@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import TrackingConfig
+from .person import keypoints_bbox
 from .skeleton import Skeleton
 
 DEFAULT_OKS_SIGMA = 0.08  # per part, for skeletons that define none
@@ -72,7 +73,8 @@ def similarity(a: np.ndarray, b: np.ndarray, sigmas: np.ndarray, min_area_px: fl
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     found_a, found_b = a[:, :, 2] > 0, b[:, :, 2] > 0
-    area = np.maximum(_box_area(a, found_a)[:, None], _box_area(b, found_b)[None, :])
+    box_a, box_b = keypoints_bbox(a).astype(np.float64), keypoints_bbox(b).astype(np.float64)
+    area = np.maximum((box_a[:, 2] * box_a[:, 3])[:, None], (box_b[:, 2] * box_b[:, 3])[None, :])
     area = np.maximum(area, min_area_px)  # [A, B]
     squared = ((a[:, None, :, :2].astype(np.float64) - b[None, :, :, :2]) ** 2).sum(-1)  # [A, B, K]
     k = 2.0 * sigmas
@@ -80,14 +82,6 @@ def similarity(a: np.ndarray, b: np.ndarray, sigmas: np.ndarray, min_area_px: fl
     both = found_a[:, None, :] & found_b[None, :, :]
     either = (found_a[:, None, :] | found_b[None, :, :]).sum(-1)
     return np.where(both, per_part, 0.0).sum(-1) / np.maximum(either, 1)
-
-
-def _box_area(poses: np.ndarray, found: np.ndarray) -> np.ndarray:
-    xy = poses[:, :, :2].astype(np.float64)
-    low = np.where(found[..., None], xy, np.inf).min(1)
-    high = np.where(found[..., None], xy, -np.inf).max(1)
-    size = np.where(found.any(1)[:, None], high - low, 0.0)
-    return size[:, 0] * size[:, 1]
 
 
 def track(frames: Iterable[FramePeople], skeleton: Skeleton, config: TrackingConfig) -> list[np.ndarray]:

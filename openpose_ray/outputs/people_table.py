@@ -67,7 +67,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from openpose_ray.person import Person
+from openpose_ray.person import Person, keypoints_bbox
 from openpose_ray.skeleton import COCO18, Skeleton
 
 SKELETON_METADATA_KEY = b"openpose_ray.skeleton"
@@ -208,18 +208,6 @@ class PeopleTableBuilder:
         for field in self._extra_fields:
             if not field.nullable and extra.get(field.name) is None:
                 raise ValueError(f"{source}: extra field {field.name!r} is not nullable and needs a value")
-
-
-def keypoints_bbox(keypoints: np.ndarray) -> np.ndarray:
-    """float32[R, 4] as x, y, width, height: the tightest box around the found parts
-    (confidence > 0) of float32[R, K, 3] keypoints; zeros for a person without parts."""
-    found = keypoints[:, :, 2] > 0
-    xy = keypoints[:, :, :2]
-    low = np.where(found[..., None], xy, np.inf).min(1)
-    high = np.where(found[..., None], xy, -np.inf).max(1)
-    box = np.concatenate([low, high - low], axis=1)
-    box[~found.any(1)] = 0.0
-    return box.astype(np.float32)
 
 
 def bbox_struct(boxes: np.ndarray) -> pa.StructArray:

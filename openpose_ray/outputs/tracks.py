@@ -43,7 +43,8 @@ from ..skeleton import Skeleton
 from ..storage import parse
 from ..tracking import track_rows
 from .manifest import MANIFEST_DIR, complete_videos, row_keys
-from .people_table import bbox_struct, keypoints_bbox, people_schema, read_keypoints
+from ..person import keypoints_bbox
+from .people_table import bbox_struct, people_schema, read_keypoints
 from .writer import output_filesystem, parquet_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ def tracks_key(records: list[dict], tracking: TrackingConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pending(live: pa.Table, config: JobConfig) -> dict[str, tuple[list[dict], str]]:
-    """{video source: (its current records, its tracks key)} for the complete videos not tracked as they are now
-    (whether or not tracking is enabled)."""
-    done = dict(zip(*(_read_state(config).column(name).to_pylist() for name in ("source", "key"))))
+def pending(live: pa.Table, config: JobConfig, done: dict[str, str]) -> dict[str, tuple[list[dict], str]]:
+    """{video source: (its current records, its tracks key)} for the complete videos not tracked as they are now.
+
+    done: {video source: tracks key} of the videos tracked so far (the state file)."""
     videos = set(complete_videos(live))
     current = live.filter(live["current"]).to_pylist()
     records: dict[str, list[dict]] = {}
@@ -118,7 +119,8 @@ def track_pending_videos(live: pa.Table, config: JobConfig, skeleton: Skeleton) 
 
     if not config.tracking.enabled:
         return {"enabled": False, "videos_tracked": 0, "tracks": 0}
-    todo = pending(live, config)
+    done = _read_state(config)
+    todo = pending(live, config, done)
     tracks, finished = 0, {}
     if len(todo) <= _IN_DRIVER:  # a task's worker start costs more than tracking a few videos here
         for source, (records, key) in todo.items():
@@ -133,9 +135,7 @@ def track_pending_videos(live: pa.Table, config: JobConfig, skeleton: Skeleton) 
         while in_flight:
             tracks += _collect_one(in_flight, finished)
     current_videos = set(complete_videos(live))
-    state = {s: k for s, k in zip(*(_read_state(config).column(n).to_pylist() for n in ("source", "key")))
-             if s in current_videos}
-    state.update(finished)
+    state = {source: key for source, key in done.items() if source in current_videos} | finished
     if todo or state.keys() != current_videos:
         _write_state(config, state)
     if todo:
@@ -172,12 +172,14 @@ def _read(filesystem, path: str, config: JobConfig) -> pa.Table:
                              attempts=config.s3.max_attempts)
 
 
-def _read_state(config: JobConfig) -> pa.Table:
+def _read_state(config: JobConfig) -> dict[str, str]:
+    """{video source: tracks key} from the state file ({} before the first tracking)."""
     filesystem, root = output_filesystem(parse(config.output), config.s3)
     path = posixpath.join(root, TRACKS_STATE)
     if filesystem.get_file_info(path).type != pafs.FileType.File:
-        return _STATE_SCHEMA.empty_table()
-    return _read(filesystem, path, config)
+        return {}
+    table = _read(filesystem, path, config)
+    return dict(zip(table["source"].to_pylist(), table["key"].to_pylist()))
 
 
 def _write_state(config: JobConfig, state: dict[str, str]) -> None:

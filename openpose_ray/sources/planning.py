@@ -12,7 +12,8 @@ the stream and frame range).
   reading every header, which for S3 means reading the whole archive, so the decode
   stage streams it in a single pass instead of planning inside it.
 
-A container with several video streams gives its largest (:func:`video_stream`). Video frames are numbered in presentation order: the packets' pts, sorted (a packet
+A container with several video streams gives its largest (:func:`video_stream`).
+Video frames are numbered in presentation order: the packets' pts, sorted (a packet
 without pts uses its dts). Timestamps are ``pts * time_base`` of the container, never
 index / fps, so variable frame rates and gaps are kept.
 """
@@ -20,9 +21,9 @@ index / fps, so variable frame rates and gaps are kept.
 from __future__ import annotations
 
 import bisect
-import logging
 import hashlib
 import json
+import logging
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def sample_frames(seconds: list[float], frame_step: int = 1, target_fps: float |
 
 def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_step: int = 1,
                target_fps: float | None = None) -> list[Shard]:
-    """Segments of the first video stream, from its packets (nothing is decoded).
+    """Segments of the video stream :func:`video_stream` picks, from its packets (nothing is decoded).
 
     Each segment holds ``frames_per_segment`` frames to annotate. Sampled
     (``frame_step`` > 1 or ``target_fps``, see :func:`sample_frames`), a segment
@@ -212,11 +213,9 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
         earliest = min(first_decoded[p] for p in presented[chunk[0] : end])
         seek_ts = _seek_target(keys, ts, dts, earliest, presented[chunk[0]])
         sampled = tuple(i - start for i in chunk) if sampling else ()
+        last = number + 1 == len(chunks)
         shards.append(_segment(obj, index, time_base, start, presented[start:end], seek_ts, len(presented),
-                               frames_per_segment, sampled=sampled))
-    if truncated:
-        shards[-1] = _segment(obj, index, time_base, shards[-1].start_frame, shards[-1].frame_pts, shards[-1].seek_ts,
-                              len(presented), frames_per_segment, sampled=shards[-1].sampled, truncated=truncated)
+                               frames_per_segment, sampled=sampled, truncated=truncated if last else None))
     return shards
 
 
