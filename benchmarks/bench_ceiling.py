@@ -75,7 +75,8 @@ class ReplayActor:
         if not isinstance(record, PreparedShard):
             return row
         results, inferred = self.recorded[record.frames.shard_id]
-        return to_row(InferredShard(record.frames, results, inferred, record.seconds), row["key"])
+        return to_row(InferredShard(record.frames, results, inferred, record.seconds,
+                                    record.ended.plus(infer=time.time())), row["key"])
 
 
 def count_frames(row: dict, config) -> dict:

@@ -9,8 +9,10 @@ memory is the step's own:
 
 1. ``load`` + ``resolve`` + ``done_index`` of that output: what the driver does
    before a run that has nothing to do;
-2. the same with ``--new`` more image records in commit files (a run that added
-   files and is folded at its end: ``finalize``'s resolve).
+2. the same with ``--new`` more image records in commit files (a run whose
+   earlier attempt was killed before its end);
+3. ``finalize`` of that output: what the driver does at the end of a run that
+   added files (fold the commits, write the snapshot, tidy the tables).
 
 Prints seconds and peak RSS (MiB) per step. Issue 12's goal on the 2-core
 development machine: under 1 GiB and 30 s each.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -82,16 +83,39 @@ def step(output: str) -> dict:
     """Load, resolve and index the manifest of ``output``; seconds and peak RSS."""
     from openpose_ray.jobconfig import S3Config
 
+    imported_mib = _rss_mib("VmRSS")
     started = time.perf_counter()
-    loaded = manifest.load(output, S3Config())
+    loaded = manifest.load(output, S3Config(), columns=manifest.INDEX_COLUMNS)  # as run_job does
     loaded_s = time.perf_counter() - started
+    records = loaded.records.num_rows
     live = manifest.resolve(loaded.records)
+    del loaded  # as run_job does: the records are not needed once resolved
     resolved_s = time.perf_counter() - started
     index = manifest.done_index(live, GENERATION)
     total = time.perf_counter() - started
-    return {"records": loaded.records.num_rows, "inputs_indexed": len(index), "load_s": round(loaded_s, 1),
+    return {"records": records, "inputs_indexed": len(index), "load_s": round(loaded_s, 1),
             "resolve_s": round(resolved_s - loaded_s, 1), "done_index_s": round(total - resolved_s, 1),
-            "total_s": round(total, 1), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+            "total_s": round(total, 1), "peak_rss_mib": _rss_mib("VmHWM"), "rss_after_imports_mib": imported_mib}
+
+
+def finalize_step(output: str) -> dict:
+    """The end of a run over ``output``: ``finalize`` (fold the commits, write the snapshot, tidy)."""
+    from openpose_ray.jobconfig import S3Config
+
+    imported_mib = _rss_mib("VmRSS")
+    started = time.perf_counter()
+    live, counts = manifest.finalize(output, S3Config())
+    return {"live_records": live.num_rows, "finalize_s": round(time.perf_counter() - started, 1),
+            "peak_rss_mib": _rss_mib("VmHWM"), "rss_after_imports_mib": imported_mib}
+
+
+def _rss_mib(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process in MiB. Not getrusage's ru_maxrss, which
+    a child inherits from its parent across fork + exec (the parent built the synthetic tables)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def main() -> None:
@@ -100,9 +124,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=10_000)
     parser.add_argument("--new", type=int, default=1_000)
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
+    parser.add_argument("--finalize", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(step(args.step)))
+        print(json.dumps(finalize_step(args.step) if args.finalize else step(args.step)))
         return
     with tempfile.TemporaryDirectory() as scratch:
         for name, new in (("nothing to do", 0), (f"{args.new} new image records", args.new)):
@@ -111,6 +136,9 @@ def main() -> None:
             result = subprocess.run([sys.executable, __file__, "--step", str(output)], check=True,
                                     capture_output=True, text=True)
             print(f"{name}: {result.stdout.strip()}")
+        result = subprocess.run([sys.executable, __file__, "--step", str(output), "--finalize"], check=True,
+                                capture_output=True, text=True)
+        print(f"finalize of the run that added {args.new}: {result.stdout.strip()}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from .estimator import PoseEstimator
 from .jobconfig import S3Config, SourcesConfig
 from .outputs.people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
 from .render import render
-from .sources import Frame, SourceObject, decode_frames, group_images, iter_objects, plan_tar, plan_video
-from .storage import redact
+from .sources import Frame, SourceObject, decode_frames, error_kind, group_images, iter_objects, plan_tar, plan_video
+from .storage import redact, text_form
 
 log = logging.getLogger("openpose_ray.cli")
 
@@ -82,7 +82,8 @@ def frames_of(obj: SourceObject, sources: SourcesConfig, s3: S3Config) -> Iterat
         try:
             shards = plan_video(obj, _WHOLE_VIDEO, s3, frame_step=sources.frame_step, target_fps=sources.target_fps)
         except Exception as exc:  # an unreadable video is one error, as in the job
-            yield Frame(obj.uri, None, 0, None, None, 0, 0, "error", redact(f"cannot read video: {exc}"))
+            yield Frame(obj.uri, None, 0, None, None, 0, 0, "error", redact(f"cannot read video: {exc}"),
+                        error_kind(exc))
             return
     else:
         shards = plan_tar(obj)
@@ -132,8 +133,9 @@ def predict(objects: Sequence[SourceObject], sources: SourcesConfig, estimator: 
                               exc_info=log.isEnabledFor(logging.DEBUG))
                     failed.append(where)
                     continue
-                builder.add(frame.source, frame.frame_index, people,
-                            {"member": frame.member, "source_kind": obj.kind, "timestamp": frame.timestamp})
+                member = None if frame.member is None else text_form(frame.member)
+                builder.add(text_form(frame.source), frame.frame_index, people,
+                            {"member": member, "source_kind": obj.kind, "timestamp": frame.timestamp})
                 if obj.kind == "image":
                     done_images += 1
                 else:

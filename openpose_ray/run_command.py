@@ -2,7 +2,7 @@
 
 Both entry points take the same arguments::
 
-    --config configs/NAME.yaml [--set dotted.key=value ...] [--force] [-v]
+    --config configs/NAME.yaml [--set dotted.key=value ...] [--force] [--break-lock] [-v]
 
 Runs are incremental: inputs the output's manifest says were annotated with the
 same model, weights and result-changing settings are left out (``--force``
@@ -12,7 +12,9 @@ and print the job summary as JSON on stdout at the end (it is also written as
 summary.json next to the tables). Exit code: 0 on success; 1 when inputs failed
 and ``fail_on_error`` is set; 2 for a configuration error; 3 when the cluster
 did not offer the inference actors' resources within
-``inference.wait_for_actors_s`` (no input was listed, no output written).
+``inference.wait_for_actors_s`` (no input was listed, no output written); 4 when
+another run holds the output's lock (openpose_ray.outputs.lock; nothing written),
+or took it during this run (this run's shards are kept; it did not finalize).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set input=/data/photos --set inference.batch_size=8 (repeatable)")
     parser.add_argument("--force", action="store_true",
                         help="annotate every input again, also those already done in this output")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take the output's lock (_manifest/lock) even if the run holding it may still be "
+                             "running; only when you know it is not")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -48,6 +53,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
+    from .outputs.lock import LockHeld, LockLost
     from .pipeline.actor_pool import ActorsUnavailable  # imports Ray: only when a job really runs
     from .pipeline.runner import run_job
 
@@ -59,13 +65,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).getEffectiveLevel()))
     log.info("configuration: %s", json.dumps(redacted_dict(config)))
     try:
-        summary = run_job(config, force=args.force)
+        summary = run_job(config, force=args.force, break_lock=args.break_lock)
     except ConfigError as exc:  # a setting the cluster cannot honour (e.g. fp16 where only CPUs are)
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
     except ActorsUnavailable as exc:
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 3
+    except (LockHeld, LockLost) as exc:
+        print(f"openpose-ray run: error: {exc}", file=sys.stderr)
+        return 4
     print(json.dumps(summary, indent=2))
     failed = summary["frames_failed"]
     if failed:

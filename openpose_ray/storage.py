@@ -137,3 +137,31 @@ def redact(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1<redacted>", text)
     return text
+
+
+def text_form(name: str) -> str:
+    """A file name, URI or message as it is stored in tables, JSON and object keys: valid UTF-8 text.
+
+    Names listed from a file system are str with each byte that is not UTF-8 as a
+    lone surrogate (Python's ``surrogateescape``, as ``os.fsdecode`` gives them; a
+    Latin-1 ``caf\\xe9.jpg`` from an old file server, or a tar member's name). The
+    job reads the file by that str; the tables hold its text form: each such byte,
+    and each "%" of that name, written as %XX (upper-case hex), e.g. b"caf\\xe9.jpg"
+    -> "caf%E9.jpg", b"50%\\xff" -> "50%25%FF". Percent-decoding it gives the exact
+    bytes back. A name that is valid UTF-8 is kept as it is ("%" included).
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return "".join(_escaped(ch) for ch in name)
+
+
+def _escaped(ch: str) -> str:
+    if "\udc80" <= ch <= "\udcff":  # a byte that was not UTF-8
+        return f"%{ord(ch) - 0xDC00:02X}"
+    if ch == "%":
+        return "%25"
+    if "\ud800" <= ch <= "\udfff":  # any other lone surrogate: its bytes, so nothing is lost
+        return "".join(f"%{byte:02X}" for byte in ch.encode("utf-8", "surrogatepass"))
+    return ch

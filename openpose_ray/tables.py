@@ -16,6 +16,9 @@ The same in SQL (DuckDB), with the manifest snapshot as the filter::
     SEMI JOIN (SELECT source, shard_id, run_id FROM 'out/_manifest/inputs.parquet' WHERE current) AS c
     USING (source, shard_id, run_id);
 
+:class:`CurrentRows` reads the same rows a few files at a time, optionally only
+those one run wrote (the run report, :mod:`openpose_ray.outputs.report`).
+
 The snapshot is rewritten at the end of every run, so shards committed by a run
 still going (or killed) become visible when that run (or the next one) ends.
 """
@@ -32,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .jobconfig import S3Config
+from .outputs.frames_table import FRAMES_SCHEMA
 from .outputs.manifest import ROW_KEY, SNAPSHOT, SNAPSHOT_SCHEMA, row_keys
 from .outputs.writer import TABLES, output_filesystem
 from .retry import call_with_retries
@@ -56,28 +60,68 @@ def read_table(output: str, table: str, s3: S3Config | None = None,
     """
     if table not in TABLES:
         raise ValueError(f"table must be one of {TABLES}, got {table!r}")
-    s3 = s3 or S3Config()
-    return call_with_retries(lambda: _read_table(output, table, s3, columns),
-                             what=f"READ {table} of {redact(output)}", attempts=s3.max_attempts)
+    rows = CurrentRows(output, s3)
+    return rows.read(table, rows.files(table), columns)
 
 
-def _read_table(output: str, table: str, s3: S3Config, columns: Sequence[str] | None) -> pa.Table:
-    records = current_records(output, s3)
-    if records.num_rows == 0:
-        filesystem, root = output_filesystem(parse(output), s3)
-        if filesystem.get_file_info(posixpath.join(root, SNAPSHOT)).type != pafs.FileType.File:
-            raise FileNotFoundError(f"{redact(output)} has no {SNAPSHOT}: no run has finished writing there yet")
-    filesystem, root = output_filesystem(parse(output), s3)
-    files = sorted(set(records[f"{table}_file"].to_pylist()))
-    dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
-                           partitioning="hive", partition_base_dir=posixpath.join(root, table))
-    wanted = list(columns) if columns is not None else None
-    read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
-    rows = dataset.to_table(columns=read_columns)
-    # A file can hold rows of inputs annotated again since (a new version or generation
-    # of an image regrouped into another shard): keep the rows the current records name.
-    # (A semi join would do, but Acero joins refuse the keypoint struct columns.)
-    rows = rows.filter(pc.is_in(row_keys(rows), value_set=pc.unique(row_keys(records))))
-    if wanted is not None:
-        rows = rows.select(wanted)
-    return rows
+class CurrentRows:
+    """The current rows of an output, read a few files at a time: for readers that bound their memory.
+
+        rows = CurrentRows("s3://bucket/poses", run_id=summary["run_id"])   # the rows one run wrote
+        files = rows.files("frames")
+        for start in range(0, len(files), 64):
+            chunk = rows.read("frames", files[start:start + 64], columns=["source", "status"])
+
+    run_id: only the current records that run committed (None: all current records).
+    Raises FileNotFoundError when the output has no manifest yet.
+    """
+
+    def __init__(self, output: str, s3: S3Config | None = None, run_id: str | None = None):
+        self.output = output
+        self.s3 = s3 or S3Config()
+        records = call_with_retries(self._records, what=f"READ the manifest of {redact(output)}",
+                                    attempts=self.s3.max_attempts)
+        if run_id is not None:
+            records = records.filter(pc.equal(records["run_id"], run_id))
+        self.records = records
+        self._keys = pc.unique(row_keys(records))
+
+    def _records(self) -> pa.Table:
+        records = current_records(self.output, self.s3)
+        if records.num_rows == 0:
+            filesystem, root = output_filesystem(parse(self.output), self.s3)
+            if filesystem.get_file_info(posixpath.join(root, SNAPSHOT)).type != pafs.FileType.File:
+                raise FileNotFoundError(f"{redact(self.output)} has no {SNAPSHOT}: no run has finished writing there yet")
+        return records
+
+    def files(self, table: str) -> list[str]:
+        """The files of ``table`` ("people" or "frames") holding these rows, relative to the output root, sorted."""
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        return sorted(set(self.records[f"{table}_file"].to_pylist()))
+
+    def read(self, table: str, files: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
+        """The current rows in ``files`` (of :meth:`files`) of ``table``; columns: as :func:`read_table`'s."""
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+        return call_with_retries(lambda: self._read(table, files, columns),
+                                 what=f"READ {table} of {redact(self.output)}", attempts=self.s3.max_attempts)
+
+    def _read(self, table: str, files: Sequence[str], columns: Sequence[str] | None) -> pa.Table:
+        filesystem, root = output_filesystem(parse(self.output), self.s3)
+        paths = [posixpath.join(root, f) for f in files]
+        options = {"format": "parquet", "filesystem": filesystem, "partitioning": "hive",
+                   "partition_base_dir": posixpath.join(root, table)}
+        dataset = pads.dataset(paths, **options)
+        if table == "frames":  # files written before a column existed (error_kind) read it as NULL
+            dataset = pads.dataset(paths, schema=pa.unify_schemas([dataset.schema, FRAMES_SCHEMA]), **options)
+        wanted = list(columns) if columns is not None else None
+        read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
+        rows = dataset.to_table(columns=read_columns)
+        # A file can hold rows of inputs annotated again since (a new version or generation
+        # of an image regrouped into another shard): keep the rows the current records name.
+        # (A semi join would do, but Acero joins refuse the keypoint struct columns.)
+        rows = rows.filter(pc.is_in(row_keys(rows), value_set=self._keys))
+        if wanted is not None:
+            rows = rows.select(wanted)
+        return rows

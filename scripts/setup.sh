@@ -36,5 +36,21 @@ else
 fi
 
 "${PIP[@]}" install --quiet -e ".[test]"
+
+# Optional: Chromium, with which tests/test_report.py looks at the run report in a real headless
+# browser (the test is skipped without it). Installed only where apt-get runs as root; never fatal.
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        if { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+             || { apt-get update -qq >/dev/null 2>&1 \
+                  && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; }; then
+            echo "chromium installed (for the report's browser test)"
+        else
+            echo "chromium could not be installed with apt-get: tests/test_report.py's browser test will be skipped"
+        fi
+    else
+        echo "chromium not found (needs root and apt-get to install): tests/test_report.py's browser test will be skipped"
+    fi
+fi
 .venv/bin/openpose-ray weights fetch
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"

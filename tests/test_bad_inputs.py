@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections import Counter
@@ -58,20 +59,22 @@ TAR_MEMBERS = ("shard/a.jpg", "shard/broken.jpg", "shard/b.jpg")  # the middle o
 TAR_PHOTOS = {"shard/a.jpg": "000000196141.jpg", "shard/b.jpg": "000000000785.jpg"}
 BUCKET = "bad-inputs"
 
-# Broken inputs: file name -> (source_kind, fragments its error message must contain).
+# Broken inputs: file name -> (source_kind, error_kind, fragments its error message must contain).
 EXPECTED_ERRORS = {
-    "empty.jpg": ("image", ["cannot decode image: empty file (0 bytes)"]),
-    "truncated.jpg": ("image", ["cannot decode JPEG image: truncated", "no end-of-image marker"]),
-    "noise.jpg": ("image", ["cannot decode image: not a JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF or truncated"]),
-    "notes.mp4": ("video", ["cannot read video: not a readable video", "notes.mp4"]),
-    "audio_only.mp4": ("video", ["cannot read video: video has no video stream", "audio_only.mp4"]),
-    "huge.png": ("image", ["image of 20000x20000 exceeds max_image_pixels (100000000)"]),
-    "archived.jpg": ("image", ["cannot read image: access denied (HTTP 403 InvalidObjectState)",
-                               f"s3://{BUCKET}/archived.jpg is archived (GLACIER)", "restore it"]),
-    "archived.mp4": ("video", ["cannot read video: access denied (HTTP 403 InvalidObjectState)",
-                               f"s3://{BUCKET}/archived.mp4 is archived (GLACIER)"]),
+    "empty.jpg": ("image", "corrupt", ["cannot decode image: empty file (0 bytes)"]),
+    "truncated.jpg": ("image", "corrupt", ["cannot decode JPEG image: truncated", "no end-of-image marker"]),
+    "noise.jpg": ("image", "corrupt", ["cannot decode image: not a JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF or truncated"]),
+    "notes.mp4": ("video", "unsupported", ["cannot read video: not a readable video", "notes.mp4"]),
+    "audio_only.mp4": ("video", "unsupported", ["cannot read video: video has no video stream", "audio_only.mp4"]),
+    "huge.png": ("image", "too_large", ["image of 20000x20000 exceeds max_image_pixels (100000000)"]),
+    "archived.jpg": ("image", "access_denied", ["cannot read image: access denied (HTTP 403 InvalidObjectState)",
+                                                f"s3://{BUCKET}/archived.jpg is archived (GLACIER)", "restore it"]),
+    "archived.mp4": ("video", "access_denied", ["cannot read video: access denied (HTTP 403 InvalidObjectState)",
+                                                f"s3://{BUCKET}/archived.mp4 is archived (GLACIER)"]),
 }
 SKIPPED = "readme.xyz"
+LATIN1_FILE, LATIN1_TEXT = b"caf\xe9 100%.jpg", "caf%E9 100%25.jpg"  # a name that is not UTF-8, its text form
+LATIN1_MEMBER, LATIN1_MEMBER_TEXT = b"\xe9t\xe9/photo.jpg", "%E9t%E9/photo.jpg"
 
 
 # --- building the inputs ------------------------------------------------------------------
@@ -161,6 +164,14 @@ def build_inputs(root: Path, data_dir: Path) -> Inputs:
     members = {name: (coco / photo_name).read_bytes() for name, photo_name in TAR_PHOTOS.items()}
     members["shard/broken.jpg"] = files["truncated.jpg"]
     write_tar(root / "shard.tar", {name: members[name] for name in TAR_MEMBERS})
+    # Names that are not UTF-8 (Latin-1, as old file servers and tools write them): read, annotated, and
+    # stored under their text form (storage.text_form): the bytes that are not UTF-8, and "%", as %XX.
+    Path(os.fsdecode(os.path.join(os.fsencode(root), LATIN1_FILE))).write_bytes(jpeg)
+    # GNU format: the raw bytes in the header (PAX, tarfile's default, would store the name as UTF-8)
+    with tarfile.open(root / "latin1.tar", "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        info = tarfile.TarInfo(LATIN1_MEMBER.decode("latin-1"))
+        info.size = len(jpeg)
+        archive.addfile(info, io.BytesIO(jpeg))
 
     # The pixels the job must annotate, decoded here without the job's image code.
     gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
@@ -176,6 +187,8 @@ def build_inputs(root: Path, data_dir: Path) -> Inputs:
     images = {(str(root / name), None): image for name, image in expected.items()}
     images.update({(str(root / "shard.tar"), member): cv2.imread(str(coco / name)) for member, name in TAR_PHOTOS.items()})
     images[(f"s3://{BUCKET}/photo.jpg", None)] = cv2.imread(str(coco / LOOSE_PHOTOS[1]))
+    images[(f"{root}/{LATIN1_TEXT}", None)] = cv2.imread(str(coco / LOOSE_PHOTOS[0]))
+    images[(str(root / "latin1.tar"), LATIN1_MEMBER_TEXT)] = cv2.imread(str(coco / LOOSE_PHOTOS[0]))
     return Inputs(root, images, damaged)
 
 
@@ -262,11 +275,11 @@ def assert_people_equal_estimate(run: Run, estimator, expected: dict[tuple[str, 
 
 def test_the_job_finishes_and_counts_everything(run: Run):
     summary, frames = run.summary, run.frames
-    assert summary["inputs"] == {"images": 13, "videos": 4, "tars": 1, "skipped": 1, "already_done": 0}
+    assert summary["inputs"] == {"images": 14, "videos": 4, "tars": 2, "skipped": 1, "already_done": 0}
     (skipped,) = summary["skipped_inputs"]
     assert skipped["uri"].endswith(SKIPPED) and "not annotated" in skipped["reason"]
     errors = [f for f in frames if f["status"] == "error"]
-    assert summary["frames"] == len(frames) == 13 + VIDEO_FRAMES + 3 + len(TAR_MEMBERS)
+    assert summary["frames"] == len(frames) == 14 + VIDEO_FRAMES + 3 + len(TAR_MEMBERS) + 1
     assert summary["frames_failed"] == len(errors) == len(EXPECTED_ERRORS) + 1 + len(run.inputs.damaged_frames)
     assert summary["people"] == run.people.num_rows
     keys = [(f["source"], f["member"], f["frame_index"]) for f in frames]
@@ -285,7 +298,7 @@ def test_status_names_the_failures_by_reason_with_examples(run: Run, capsys):
 
     assert main(["status", run.config.output, "--json", "--endpoint-url", run.config.s3.endpoint_url]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["inputs"] == {"images": 13, "tars": 1, "videos_complete": 1, "videos_partial": 0, "videos_unreadable": 3}
+    assert status["inputs"] == {"images": 14, "tars": 2, "videos_complete": 1, "videos_partial": 0, "videos_unreadable": 3}
     failures = status["failures"]
     assert failures["frames"] == status["frames_failed"] == run.summary["frames_failed"]
     assert sum(r["frames"] for r in failures["by_reason"]) == failures["frames"]
@@ -298,9 +311,10 @@ def test_status_names_the_failures_by_reason_with_examples(run: Run, capsys):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
 def test_each_broken_input_has_one_clear_error_row(run: Run, name):
-    kind, fragments = EXPECTED_ERRORS[name]
+    kind, error_kind, fragments = EXPECTED_ERRORS[name]
     (row,) = frame_rows(run, name)
     assert (row["status"], row["source_kind"], row["frame_index"], row["num_people"]) == ("error", kind, 0, 0)
+    assert row["error_kind"] == error_kind
     for fragment in fragments:
         assert fragment in row["error"], row["error"]
 
@@ -327,7 +341,7 @@ def test_damaged_video_keeps_the_frames_before_and_after_the_damage(run: Run, da
         assert f["source_kind"] == "video" and f["timestamp"] == pytest.approx(f["frame_index"] / 30, abs=1e-9)
         if f["status"] == "error":
             assert f["error"].startswith("video frame not decoded: corrupt or missing data"), f["error"]
-            assert "Invalid data found" in f["error"]
+            assert "Invalid data found" in f["error"] and f["error_kind"] == "corrupt"
         else:
             assert (f["height"], f["width"]) == (994, 1768)
 
@@ -355,7 +369,7 @@ def test_tar_with_a_corrupt_member(run: Run):
     assert [(f["member"], f["frame_index"], f["status"]) for f in rows] == [
         ("shard/a.jpg", 0, "ok"), ("shard/broken.jpg", 1, "error"), ("shard/b.jpg", 2, "ok"),
     ]
-    assert rows[1]["error"].startswith("cannot decode JPEG image: truncated")
+    assert rows[1]["error"].startswith("cannot decode JPEG image: truncated") and rows[1]["error_kind"] == "corrupt"
     assert {f["source_kind"] for f in rows} == {"tar"}
 
 
@@ -376,12 +390,25 @@ def test_converted_and_rotated_images_are_annotated(run: Run, estimator):
 
 def test_readable_images_equal_a_clean_run(run: Run, estimator):
     """Loose photos, converted images, tar members and the S3 photo: rows equal estimate() on their pixels."""
-    expected = {(source, member, TAR_MEMBERS.index(member) if member else 0): image
+    expected = {(source, member, TAR_MEMBERS.index(member) if member in TAR_MEMBERS else 0): image
                 for (source, member), image in run.inputs.expected_images.items()}
     for source, member, _ in expected:
         (row,) = [f for f in run.frames if (f["source"], f["member"]) == (source, member)]
         assert row["status"] == "ok", (source, member, row["error"])
     assert assert_people_equal_estimate(run, estimator, expected) > 0
+
+
+def test_names_that_are_not_utf8_are_read_and_stored_as_their_lossless_text_form(run: Run):
+    """The file and the tar member above: rows under the text form, which percent-decodes to the exact bytes."""
+    from urllib.parse import unquote_to_bytes
+
+    (photo,) = [f for f in run.frames if f["source"].endswith(LATIN1_TEXT)]
+    (member,) = [f for f in run.frames if f["member"] == LATIN1_MEMBER_TEXT]
+    assert photo["status"] == member["status"] == "ok" and photo["num_people"] == member["num_people"] > 0
+    assert os.path.exists(unquote_to_bytes(photo["source"]))
+    assert unquote_to_bytes(member["member"]) == LATIN1_MEMBER
+    records = pads.dataset(str(Path(run.config.output) / "_manifest" / "inputs.parquet")).to_table().to_pylist()
+    assert {r["source"] for r in records} >= {photo["source"], member["source"]}
 
 
 def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_path, estimator, monkeypatch):
@@ -433,13 +460,14 @@ def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_
     (gone,) = by_name["gone.jpg"]
     assert gone["status"] == "error"
     assert gone["error"] == "cannot read image: object disappeared since it was listed: s3://vanishing/gone.jpg"
+    assert gone["error_kind"] == "missing"
     (gone_video,) = by_name["gone.mp4"]
     assert gone_video["status"] == "error" and gone_video["source_kind"] == "video"
     assert gone_video["error"] == "cannot read video: object disappeared since it was listed: s3://vanishing/gone.mp4"
     late = sorted(by_name["late.mp4"], key=lambda f: f["frame_index"])
     assert [f["frame_index"] for f in late] == list(range(205))  # one row per planned frame
-    assert {(f["status"], f["error"]) for f in late} == {
-        ("error", "object disappeared since it was listed: s3://vanishing/late.mp4")}
+    assert {(f["status"], f["error"], f["error_kind"]) for f in late} == {
+        ("error", "object disappeared since it was listed: s3://vanishing/late.mp4", "missing")}
 
     people = read_table(output, "people")
     assert set(people.column("source").to_pylist()) == {"s3://vanishing/kept.jpg"}

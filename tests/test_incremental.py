@@ -3,8 +3,9 @@
 One output folder goes through a sequence of runs (module-scoped, in order):
 first run; the same again (no model work); two files added (only those);
 a file modified (only that one, its old rows replaced); the settings changed
-(everything again, old rows replaced); --force (everything again); a broken
-input (retried each run, one row).
+(everything again, old rows replaced); --force (everything again); the output
+locked by another run (refused at once; --break-lock); a broken input (not tried
+again, one row).
 """
 
 from __future__ import annotations
@@ -125,14 +126,54 @@ def test_force_recomputes_everything_without_duplicates(first, folder):
     assert glob_table(folder["out"], "people").num_rows == len(expected["people"])
 
 
-def test_an_input_that_failed_is_tried_again_and_keeps_one_row(first, folder):
+def test_a_run_on_a_locked_output_stops_at_once_naming_the_holder_and_break_lock_takes_it(first, folder, capsys):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timezone
+
+    import psutil
+
+    from openpose_ray.outputs.lock import LOCK, LockInfo
+    from openpose_ray.run_command import main
+
+    argv = ["--config", str(REPO_ROOT / "configs" / "local.yaml"), "--set", f"input={json.dumps([str(folder['in'])])}",
+            "--set", f"output={folder['out']}", "--set", f"model.net_size={list(NET_SIZE)}",
+            "--set", "model.resize_mode=stretch", "--set", "write.render_images=false",
+            "--set", "write.render_videos=false", "--set", "sources.images_per_shard=2"]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a run still going
+    try:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        info = LockInfo("20261130T000000Z-held", socket.gethostname(), holder.pid,
+                        psutil.Process(holder.pid).create_time(), now, now, "h" * 32)
+        (folder["out"] / LOCK).write_bytes(info.to_bytes())
+        files = sorted((p, p.stat().st_mtime_ns) for p in folder["out"].rglob("*") if p.is_file())
+        started = time.monotonic()
+        assert main(argv) == 4
+        assert time.monotonic() - started < 60
+        message = capsys.readouterr().err
+        assert "20261130T000000Z-held" in message and f"pid {holder.pid}" in message and "--break-lock" in message
+        assert sorted((p, p.stat().st_mtime_ns) for p in folder["out"].rglob("*") if p.is_file()) == files
+        assert main(argv + ["--break-lock"]) == 0
+        assert json.loads(capsys.readouterr().out)["inputs"]["already_done"] == 5
+        assert not (folder["out"] / LOCK).exists()  # released at the end of the run
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_input_that_failed_for_good_is_not_tried_again_and_keeps_one_row(first, folder):
+    """An empty file is corrupt: a fact about the input, so the next run leaves it (a passing failure,
+    e.g. an outage, is tried again: tests/test_s3_outage.py)."""
     (folder["in"] / "zz_empty.jpg").write_bytes(b"")
-    for attempt in range(2):
-        summary = run_job(config_for(folder["in"], folder["out"]))
-        assert summary["frames_failed"] == 1 and summary["frames_inferred"] == 0
-        assert summary["inputs"]["already_done"] == 5
-        rows = [f for f in read_table(str(folder["out"]), "frames").to_pylist() if f["source"].endswith("zz_empty.jpg")]
-        assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["run_id"] == summary["run_id"]
+    failed = run_job(config_for(folder["in"], folder["out"]))
+    assert failed["frames_failed"] == 1 and failed["frames_inferred"] == 0
+    assert failed["inputs"]["already_done"] == 5
+    again = run_job(config_for(folder["in"], folder["out"]))
+    assert again["frames_failed"] == 0 and again["frames"] == 0 and again["inputs"]["already_done"] == 6
+    rows = [f for f in read_table(str(folder["out"]), "frames").to_pylist() if f["source"].endswith("zz_empty.jpg")]
+    assert [(r["status"], r["error_kind"], r["run_id"]) for r in rows] == [("error", "corrupt", failed["run_id"])]
     assert_exactly_once(folder["out"])
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from openpose_ray.jobconfig import S3Config
 from openpose_ray.outputs.manifest import (
-    RECORD_SCHEMA, complete_videos, done_index, finalize, load, resolve, write_commit,
+    RECORD_SCHEMA, SNAPSHOT_SCHEMA, complete_videos, done_index, finalize, load, resolve, write_commit,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -79,6 +82,24 @@ def test_inputs_that_failed_entirely_are_tried_again_partial_failures_are_not():
     assert (video.action, video.done_starts) == ("partial", {40, 80})
 
 
+def test_frames_failed_for_a_passing_reason_are_tried_again_those_failed_for_good_are_not():
+    """frames_to_retry: failures such as an outage or a 403 (sources.errors.RETRIED_KINDS)."""
+    live = live_of({**record("/in/corrupt.jpg", failed=1), "frames_to_retry": 0},
+                   {**record("/in/denied.jpg", failed=1), "frames_to_retry": 1},
+                   {**segment(0, 40, failed=2), "frames_to_retry": 0},     # two corrupt frames: finished
+                   {**segment(40, 80, failed=7), "frames_to_retry": 5},    # storage outage mid-stream: again
+                   {**segment(80, 100), "frames_to_retry": 0},
+                   {**record("/in/w.mp4", kind="video", start=0, end=0, video_frames=0, failed=1), "frames_to_retry": 0},
+                   {**record("/in/x.mp4", kind="video", start=0, end=0, video_frames=0, failed=1), "frames_to_retry": 1})
+    done = done_index(live, "g1")
+    assert done.todo("/in/corrupt.jpg", "v1").action == "done"
+    assert done.todo("/in/denied.jpg", "v1").action == "new"
+    video = done.todo("/in/v.mp4", "v1")
+    assert (video.action, video.done_starts) == ("partial", {0, 80})
+    assert done.todo("/in/w.mp4", "v1").action == "done"  # e.g. no video stream: not planned again and again
+    assert done.todo("/in/x.mp4", "v1").action == "new"   # e.g. the store was down while planning
+
+
 def test_a_video_that_could_not_be_planned_is_complete_but_tried_again():
     failed = record("/in/v.mp4", kind="video", start=0, end=0, video_frames=0, failed=1)
     live = live_of(failed)
@@ -117,3 +138,114 @@ def test_finalize_folds_commits_into_the_snapshot_and_deletes_unreferenced_files
     write_commit(out, s3, "r1", "s1", [{k: v for k, v in record().items() if k != "committed_at"}])
     again, _ = finalize(out, s3)
     assert again.drop_columns(["committed_at"]).equals(live.drop_columns(["committed_at"]))
+
+
+# --- the columnar resolve and index against the rules written out one record at a time ------------
+
+
+def reference_resolve(records: list[dict]) -> list[dict]:
+    """The module docstring's rules, record by record (the former implementation)."""
+    newest: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["source"], r["version"], r["generation"], r["start_frame"])
+        if key not in newest or r["committed_at"] >= newest[key]["committed_at"]:
+            newest[key] = r
+    groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in newest.values():
+        groups[r["source"]][(r["version"], r["generation"])].append(r)
+    live = []
+    for by_group in groups.values():
+        cuts = []
+        for group in by_group.values():
+            latest = max(group, key=lambda r: r["committed_at"])["frames_per_segment"]
+            cuts.append([r for r in group if r["frames_per_segment"] == latest])
+        cuts.sort(key=lambda group: max(r["committed_at"] for r in group))
+        complete = [i for i, group in enumerate(cuts) if reference_complete(group)]
+        chosen = complete[-1] if complete else len(cuts) - 1
+        for i in range(chosen, len(cuts)):
+            live += [{**r, "current": i == chosen} for r in cuts[i]]
+    return live
+
+
+def reference_complete(group: list[dict]) -> bool:
+    first = group[0]
+    if first["source_kind"] != "video" or first["video_frames"] == 0:
+        return True
+    return sum(r["end_frame"] - r["start_frame"] for r in group) >= (first["video_frames"] or 0)
+
+
+def reference_todo(group: list[dict]) -> tuple:
+    ok = [r["frames_failed"] < r["frames"] if r.get("frames_to_retry") is None else r["frames_to_retry"] == 0
+          for r in group]
+    if group[0]["source_kind"] != "video":
+        return ("done",) if all(ok) else ("new",)
+    if group[0]["video_frames"] == 0:
+        return ("done",) if group[0].get("frames_to_retry") == 0 else ("new",)
+    starts = frozenset(r["start_frame"] for r, good in zip(group, ok) if good)
+    if reference_complete(group) and len(starts) == len(group):
+        return ("done",)
+    return ("partial", group[0]["frames_per_segment"], starts)
+
+
+def random_records(rng: random.Random, count: int) -> list[dict]:
+    """Records of a few images, tars and videos over several runs, versions, generations and cuts."""
+    records = []
+    for minute in rng.sample(range(10 * count), count):  # distinct commit times
+        with_kinds = rng.random() < 0.5  # records since error kinds exist say how many failed frames to retry
+        kind = rng.choice(["image", "tar", "video", "video"])
+        source = f"/in/{kind}-{rng.randrange(4)}"
+        version, generation, run = f"v{rng.randrange(2)}", f"g{rng.randrange(2)}", f"r{minute}"
+        if kind != "video":
+            failed = int(rng.random() < 0.3)
+            records.append({**record(source, kind=kind, version=version, generation=generation, failed=failed,
+                                     minute=minute, run=run, shard=f"s{minute}"),
+                            "frames_to_retry": rng.randrange(failed + 1) if with_kinds else None})
+            continue
+        fps = rng.choice([20, 40])
+        video_frames = 0 if (source, version) == ("/in/video-3", "v0") else 100  # this version cannot be planned
+        start = 0 if video_frames == 0 else fps * rng.randrange(100 // fps + 1)
+        end = min(start + fps, 100) if video_frames else 0
+        if start >= 100:
+            continue
+        failed = rng.choice([0, 0, 1, max(end - start, 1)])
+        records.append({**record(source, kind="video", version=version, generation=generation, start=start, end=end,
+                                 video_frames=video_frames, fps=fps, frames=max(end - start, 1), failed=failed,
+                                 minute=minute, run=run, shard=f"s{minute}"),
+                        "frames_to_retry": rng.randrange(failed + 1) if with_kinds else None})
+    return records
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_columnar_resolve_and_index_follow_the_rules_record_by_record(seed):
+    rng = random.Random(seed)
+    records = random_records(rng, rng.randrange(1, 40))
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    if seed % 3 == 0:  # several chunks, as commit files make
+        table = pa.concat_tables([table.slice(0, len(records) // 2), table.slice(len(records) // 2)])
+    live = resolve(table)
+
+    def key(r):
+        return (r["source"], r["version"], r["generation"], r["start_frame"], r["run_id"], r["current"])
+
+    expected = reference_resolve(records)
+    assert [key(r) for r in live.to_pylist()] == sorted(key(r) for r in expected)
+    assert live.schema == SNAPSHOT_SCHEMA.remove_metadata()
+    for generation in ("g0", "g1"):
+        index = done_index(live, generation)
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for r in expected:
+            if r["generation"] == generation:
+                groups[(r["source"], r["version"])].append(r)
+        newest_partial: dict[str, tuple] = {}
+        for (source, version), group in groups.items():
+            if reference_todo(group)[0] == "partial":
+                when = max(r["committed_at"] for r in group)
+                newest_partial[source] = max(newest_partial.get(source, (when, version)), (when, version))
+        for (source, version), group in groups.items():
+            want = reference_todo(group)
+            if want[0] == "partial" and newest_partial[source][1] != version:
+                want = ("new",)  # one partial video per source is resumed: the newest
+            todo = index.todo(source, version)
+            got = (todo.action,) if todo.action != "partial" else (todo.action, todo.frames_per_segment, todo.done_starts)
+            assert got == want, (source, version)
+            assert index.todo(source, "another version").action == "new"

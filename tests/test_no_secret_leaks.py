@@ -3,7 +3,7 @@
 The job runs in its own process (so its Ray workers get distinctive credentials
 in their environment) against the loopback S3 server, over inputs that produce
 error rows (an archived object answering 403, a corrupt image) and with
-rendering on; then every byte it left behind is searched for the key id and
+rendering on; then every byte it left behind (tables, media, summary, report) is searched for the key id and
 the secret: its stdout/stderr, every object of its output, and every file of
 its Ray session (driver, worker and system logs).
 """
@@ -54,6 +54,7 @@ def test_no_credentials_in_anything_the_job_leaves(moto_s3, labelled_photos):
             for obj in page.get("Contents", []):
                 places[f"s3://leak/{obj['Key']}"] = s3.get_object(Bucket="leak", Key=obj["Key"])["Body"].read()
         assert any(k.endswith(".parquet") for k in places) and any(k.endswith("summary.json") for k in places)
+        assert any(k.endswith("report.html") for k in places)  # the run report (error messages, inputs) too
         logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()]
         assert any(p.suffix in (".out", ".err", ".log") for p in logs), "the Ray session logs were not found"
         for path in logs:

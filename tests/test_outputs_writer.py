@@ -52,7 +52,7 @@ def _shard(shard_id: str, source_kind: str, people_per_frame=(2, 0, 3, 0, 1), se
             tables.add_frame("/data/photos/album.tar", 0, persons, source_kind="tar", member=f"img_{index}.jpg",
                              width=320, height=240)
     tables.add_error("/data/broken.jpg" if source_kind != "video" else "s3://in/cams/cam1.mp4",
-                     "cannot decode: X-Amz-Signature=secret123", source_kind=source_kind)
+                     "cannot decode: X-Amz-Signature=secret123", "corrupt", source_kind=source_kind)
     people, frames = tables.to_tables()
     return people, frames, np.array(keypoints, dtype=np.float32).reshape(-1, COCO18.num_parts, 3)
 
@@ -80,13 +80,15 @@ def test_two_shards_are_one_hive_partitioned_dataset(tmp_path):
     by_kind = dict(duckdb.sql(f"SELECT source_kind, count(*) FROM read_parquet('{people_glob}', hive_partitioning=true) "
                               "GROUP BY ALL").fetchall())
     assert by_kind == {"tar": 6, "video": 4}
-    frames = duckdb.sql(f"SELECT source_kind, num_people, status, error, member, timestamp "
+    frames = duckdb.sql(f"SELECT source_kind, num_people, status, error, member, timestamp, error_kind "
                         f"FROM read_parquet('{frames_glob}', hive_partitioning=true)").fetchall()
     assert len(frames) == 5 + 1 + 3 + 1
     assert sum(1 for row in frames if row[1] == 0 and row[2] == "ok") == 2 + 2
     errors = [row for row in frames if row[2] == "error"]
     assert {row[0] for row in errors} == {"tar", "video"}
     assert all("secret123" not in row[3] and "cannot decode" in row[3] for row in errors), "errors are redacted"
+    assert [row[6] for row in errors] == ["corrupt"] * len(errors)
+    assert {row[6] for row in frames if row[2] == "ok"} == {None}
 
     for path in written:
         schema = pq.read_schema(path)
@@ -183,6 +185,13 @@ def test_frames_builder_rejects_inconsistent_rows():
     builder = FramesTableBuilder(run_id="r", shard_id="s", model="m", config_fingerprint="c")
     with pytest.raises(ValueError, match="error message"):
         builder.add("/a.jpg", 0, source_kind="image", width=1, height=1, num_people=0, status="error")
+    with pytest.raises(ValueError, match="error_kind"):
+        builder.add("/a.jpg", 0, source_kind="image", width=1, height=1, num_people=0, status="error", error="x")
+    with pytest.raises(ValueError, match="error_kind"):
+        builder.add("/a.jpg", 0, source_kind="image", width=1, height=1, num_people=0, status="error", error="x",
+                    error_kind="broken")
+    with pytest.raises(ValueError, match="error_kind"):
+        builder.add("/a.jpg", 0, source_kind="image", width=1, height=1, num_people=0, error_kind="corrupt")
     with pytest.raises(ValueError, match="source_kind"):
         builder.add("/a.jpg", 0, source_kind="images", width=1, height=1, num_people=0)
     assert builder.to_table().schema.equals(FRAMES_SCHEMA)

@@ -190,6 +190,10 @@ def test_s3_summary(runs: Runs):
     assert stored["frames"] == len(runs.photos) + VIDEO_FRAMES
     assert stored["inputs"]["skipped"] == 1
     assert stored["output"] == f"s3://{OUTPUT_BUCKET}/{OUTPUT_PREFIX}"
+    # the run report beside it, served as a page
+    assert stored["report"] == f"s3://{OUTPUT_BUCKET}/{OUTPUT_PREFIX}report.html"
+    head = runs.client.head_object(Bucket=OUTPUT_BUCKET, Key=f"{OUTPUT_PREFIX}report.html")
+    assert head["ContentType"] == "text/html; charset=utf-8" and head["ContentLength"] > 10_000
     # No credentials and no signed-URL query strings: the secret, the key id, X-Amz-* parameters.
     for secret in {"testing", os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]}:
         assert secret not in text
@@ -232,7 +236,7 @@ def test_s3_output_holds_only_results(runs: Runs):
     """Tables, media and the summary; no folder-marker objects ("x/") nor leftovers of any stage."""
     keys = _objects(runs.client, OUTPUT_PREFIX)
     unexpected = [key for key in keys if not (
-        key in (f"{OUTPUT_PREFIX}summary.json", f"{OUTPUT_PREFIX}_manifest/inputs.parquet",
+        key in (f"{OUTPUT_PREFIX}summary.json", f"{OUTPUT_PREFIX}report.html", f"{OUTPUT_PREFIX}_manifest/inputs.parquet",
                 f"{OUTPUT_PREFIX}_manifest/tracks.parquet")
         or re.fullmatch(rf"{OUTPUT_PREFIX}(people|frames)/source_kind=(image|video)/part-[\w-]+\.parquet", key)
         or re.fullmatch(rf"{OUTPUT_PREFIX}media/(images/[\w-]+\.jpg|videos/[\w-]+\.mp4)", key))]

@@ -582,3 +582,49 @@ def test_job_completes_through_an_outage_with_complete_output(server, s3, job_in
         calm_rows, stormy_rows = read_rows(s3, "calm", table), read_rows(s3, "stormy", table)
         assert len(stormy_rows) == len(calm_rows) > 0
         assert stormy_rows == calm_rows, table
+
+
+def test_a_tar_cut_by_an_outage_is_read_again_whole_by_the_next_run(server, s3, labelled_photos, tmp_path,
+                                                                      ray_session):
+    """Frames lost to storage (error_kind storage_unavailable) make their tar (or segment) not done:
+    the next run reads it again although its first members were annotated, and keeps one row each."""
+    import io
+    import tarfile
+
+    from openpose_ray.config_loader import load_config
+    from openpose_ray.pipeline.runner import run_job
+    from openpose_ray.tables import read_table
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for index, photo in enumerate(labelled_photos[:4]):
+            tar.add(str(photo), arcname=f"photo_{index}.jpg")
+    put(s3, "retry/album.tar", archive.getvalue())
+    client = s3io.s3_client(s3)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=OUTPUT_BUCKET)
+    config = load_config(REPO_ROOT / "configs" / "s3.yaml", [
+        f"input=[s3://{BUCKET}/retry/]", f"output=s3://{OUTPUT_BUCKET}/retried/", f"s3.endpoint_url={s3.endpoint_url}",
+        "s3.region=us-east-1", "s3.max_attempts=2", "model.net_size=[216,184]", "model.resize_mode=stretch"])
+
+    def reads_of_the_tar(request: dict) -> bool:
+        return request["method"] == "GET" and request["path"] == f"/{BUCKET}/retry/album.tar"
+
+    server.add_fault(reads_of_the_tar, cut_body(0.6))  # the stream breaks in the third photo ...
+    for _ in range(30):  # ... and stays broken through the retries of this run (ours and the SDK's)
+        server.add_fault(reads_of_the_tar, error_answer(503, "ServiceUnavailable"))
+    cut = run_job(config)
+    frames = read_table(config.output, "frames", s3).to_pylist()
+    assert [(f["member"], f["status"], f["error_kind"]) for f in frames] == [
+        ("photo_0.jpg", "ok", None), ("photo_1.jpg", "ok", None), ("photo_2.jpg", "error", "storage_unavailable")]
+    assert cut["frames_failed"] == 1
+
+    server.clear()
+    again = run_job(config)
+    assert again["frames_failed"] == 0 and again["frames"] == 4 and again["inputs"]["already_done"] == 0
+    frames = read_table(config.output, "frames", s3).to_pylist()
+    assert [(f["member"], f["status"], f["run_id"]) for f in frames] == [
+        (f"photo_{i}.jpg", "ok", again["run_id"]) for i in range(4)]
+    people = read_table(config.output, "people", s3).to_pylist()
+    assert {p["run_id"] for p in people} == {again["run_id"]}
+    assert run_job(config)["inputs"]["already_done"] == 1  # now done

@@ -646,3 +646,22 @@ def test_values_survive_pickling(data_dir):
 def test_malformed_shard_gives_one_error_frame():
     (frame,) = decode_all([Shard("x-1", "parquet", ("/nowhere",), ("",))])
     assert frame.status == "error" and "unknown shard kind" in frame.error
+
+
+@pytest.mark.parametrize("partition_by, shard_sizes", [(None, [4, 4, 2]), ("source_dir", [1] * 10)])
+def test_image_shards_span_folders_unless_partitioned_by_folder(tmp_path, partition_by, shard_sizes):
+    """A dataset with one image per folder gets full shards; partitioned by folder, one per folder."""
+    from openpose_ray.config_loader import load_config
+    from openpose_ray.pipeline.listing_source import iter_work_items
+    from openpose_ray.pipeline.records import from_row
+
+    for i in range(10):
+        (tmp_path / f"person{i:02d}").mkdir()
+        cv2.imwrite(str(tmp_path / f"person{i:02d}" / "photo.png"), gradient())
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "local.yaml", [
+        f"input=[\"{tmp_path}\"]", f"output={tmp_path / 'out'}", "sources.images_per_shard=4",
+        f"write.partition_by={'null' if partition_by is None else partition_by}"])
+    shards = [from_row(row) for row in iter_work_items(str(tmp_path), config)]
+    assert [len(shard.uris) for shard in shards] == shard_sizes
+    assert [uri for shard in shards for uri in shard.uris] == [
+        str(tmp_path / f"person{i:02d}" / "photo.png") for i in range(10)]

@@ -13,8 +13,8 @@ from openpose_ray.models.registry import get_entry
 from openpose_ray.outputs.manifest import NEW
 from openpose_ray.person import Person
 from openpose_ray.pipeline.records import (ROW_SCHEMA, AlreadyDone, FrameMeta, InferredShard, PreparedShard,
-                                           ShardFrames, ShardStats, Skipped, StageSeconds, ToPlan, WrittenShard,
-                                           from_row, to_row)
+                                           ShardFrames, ShardStats, Skipped, StageEnds, StageSeconds, ToPlan,
+                                           WrittenShard, from_row, to_row)
 from openpose_ray.preprocess import prepare_image, resolve_input_spec
 from openpose_ray.sources.listing import SourceObject
 
@@ -41,10 +41,10 @@ def test_a_prepared_shard_comes_back_with_its_network_inputs_unchanged():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (180, 320, 3), dtype=np.uint8), rng.integers(0, 256, (240, 240, 3), dtype=np.uint8)]
     frames, inputs = frames_of(images)
-    record = PreparedShard(frames, inputs, StageSeconds(decode=0.5, resize=0.25))
+    record = PreparedShard(frames, inputs, StageSeconds(decode=0.5, resize=0.25), StageEnds(decode=1.8e9 + 0.25))
     back = round_trip(record)
     assert type(back) is PreparedShard
-    assert back.frames == frames and back.seconds == record.seconds
+    assert back.frames == frames and back.seconds == record.seconds and back.ended == StageEnds(decode=1.8e9 + 0.25)
     assert back.inputs[-1] is None
     for got, want in zip(back.inputs[:-1], inputs[:-1]):
         assert len(got.inputs) == 2  # both scales
@@ -57,15 +57,17 @@ def test_an_inferred_and_a_written_shard_come_back_whole():
     frames, _ = frames_of([np.zeros((90, 160, 3), np.uint8)])
     rng = np.random.default_rng(1)
     fields = FrameFields(rng.random((19, 46, 82), dtype=np.float32), rng.random((38, 46, 82), dtype=np.float32))
-    inferred = round_trip(InferredShard(frames, (fields, None), 1, StageSeconds(infer=2.0)))
-    assert inferred.inferred == 1 and inferred.results[1] is None
+    ended = StageEnds(decode=1.8e9, infer=1.8e9 + 2.0)
+    inferred = round_trip(InferredShard(frames, (fields, None), 1, StageSeconds(infer=2.0), ended))
+    assert inferred.inferred == 1 and inferred.results[1] is None and inferred.ended == ended
     assert np.array_equal(inferred.results[0].heatmaps, fields.heatmaps)
     assert np.array_equal(inferred.results[0].pafs, fields.pafs)
     assert inferred.results[0].pafs.dtype == np.float32
 
     person = Person(rng.random((18, 3)).astype(np.float32), 0.75)
     stats = ShardStats(frames=2, failed=1, people=1, inferred=1, seconds=StageSeconds(post=0.1, write=0.2),
-                       files=("a.parquet", "b.parquet"), inputs={"video_inputs": 1})
+                       files=("a.parquet", "b.parquet"), inputs={"video_inputs": 1},
+                       ended=ended.plus(post=1.8e9 + 2.5))
     written = round_trip(WrittenShard(frames, ({"source": "/data/v.mp4"},), stats, ([person], [])))
     assert written.stats == stats and written.people == ([person], []) and written.records == ({"source": "/data/v.mp4"},)
 
@@ -87,3 +89,4 @@ def test_records_are_immutable_so_no_stage_changes_what_an_earlier_one_meant():
     with pytest.raises(dataclasses.FrozenInstanceError):
         frames.shard_id = "other"
     assert record.seconds.plus(infer=1.0) == StageSeconds(infer=1.0) and record.seconds == StageSeconds()
+    assert record.ended.plus(infer=5.0) == StageEnds(infer=5.0) and record.ended == StageEnds()

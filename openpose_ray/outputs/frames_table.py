@@ -19,6 +19,11 @@ width, height       int32               decoded size in pixels; 0 when the input
 num_people          int32               persons found (rows of the people table); 0 on error
 status              string              "ok" or "error"
 error               string, nullable    what went wrong (credentials redacted); NULL if ok
+error_kind          string, nullable    the kind of failure, NULL if ok: corrupt, unsupported,
+                                        too_large, access_denied, missing, changed,
+                                        storage_unavailable or internal (see
+                                        openpose_ray.sources.errors.ERROR_KINDS); the
+                                        last four are tried again by the next run
 shard_id            string              the shard (and output file) the row belongs to
 model               string              registry name of the network
 config_fingerprint  string              hash of the settings that change results
@@ -37,7 +42,8 @@ import pyarrow as pa
 
 from openpose_ray.person import Person
 from openpose_ray.skeleton import COCO18, Skeleton
-from openpose_ray.storage import redact
+from openpose_ray.sources.errors import ERROR_KINDS
+from openpose_ray.storage import redact, text_form
 
 from .people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
 from .provenance import Provenance
@@ -59,6 +65,7 @@ FRAMES_SCHEMA = pa.schema([
     pa.field("num_people", pa.int32(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string(), nullable=True),
+    pa.field("error_kind", pa.string(), nullable=True),
     _SHARED["shard_id"],
     _SHARED["model"],
     _SHARED["config_fingerprint"],
@@ -97,8 +104,9 @@ class FramesTableBuilder:
         timestamp: float | None = None,
         status: str = "ok",
         error: str | None = None,
+        error_kind: str | None = None,
     ) -> None:
-        """Add one frame (or one failed input: ``status="error"`` with an ``error`` message)."""
+        """Add one frame (or one failed input: ``status="error"`` with an ``error`` message and its kind)."""
         where = f"{source}{f' [{member}]' if member else ''} frame {frame_index}"
         if source_kind not in SOURCE_KINDS:
             raise ValueError(f"{where}: source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
@@ -106,6 +114,9 @@ class FramesTableBuilder:
             raise ValueError(f"{where}: status must be one of {STATUSES}, got {status!r}")
         if (status == "error") != (error is not None):
             raise ValueError(f"{where}: give an error message exactly when status is 'error' (status={status!r})")
+        if (status == "error") != (error_kind in ERROR_KINDS) or (status == "ok" and error_kind is not None):
+            raise ValueError(f"{where}: an error row needs an error_kind of {ERROR_KINDS}, an ok row none "
+                             f"(status={status!r}, error_kind={error_kind!r})")
         if status == "error" and num_people:
             raise ValueError(f"{where}: a failed frame has no people, got num_people={num_people}")
         if frame_index < 0 or width < 0 or height < 0 or num_people < 0:
@@ -116,7 +127,7 @@ class FramesTableBuilder:
         row = {
             "source": source, "member": member, "source_kind": source_kind, "frame_index": frame_index,
             "timestamp": timestamp, "width": width, "height": height, "num_people": num_people,
-            "status": status, "error": redact(error) if error is not None else None,
+            "status": status, "error": text_form(redact(error)) if error is not None else None, "error_kind": error_kind,
         }
         for name, values in self._columns.items():
             values.append(row[name])
@@ -164,7 +175,12 @@ class ShardTablesBuilder:
         member: str | None = None,
         timestamp: float | None = None,
     ) -> None:
-        """One decoded frame and the persons found in it (possibly none)."""
+        """One decoded frame and the persons found in it (possibly none).
+
+        source, member: as read (a name that is not UTF-8 carries surrogates); the
+        tables get their :func:`~openpose_ray.storage.text_form`.
+        """
+        source, member = text_form(source), None if member is None else text_form(member)
         self.frames.add(source, frame_index, source_kind=source_kind, width=width, height=height,
                         num_people=len(persons), member=member, timestamp=timestamp)
         self.people.add(source, frame_index, persons, extra={
@@ -177,6 +193,7 @@ class ShardTablesBuilder:
         self,
         source: str,
         error: str,
+        error_kind: str,
         *,
         source_kind: str,
         frame_index: int = 0,
@@ -186,8 +203,10 @@ class ShardTablesBuilder:
         height: int = 0,
     ) -> None:
         """An input (or one frame of it) that failed: a frames row with status "error", no people."""
+        source, member = text_form(source), None if member is None else text_form(member)
         self.frames.add(source, frame_index, source_kind=source_kind, width=width, height=height,
-                        num_people=0, member=member, timestamp=timestamp, status="error", error=error)
+                        num_people=0, member=member, timestamp=timestamp, status="error", error=error,
+                        error_kind=error_kind)
 
     def to_tables(self) -> tuple[pa.Table, pa.Table]:
         """(people, frames) of this shard."""

@@ -37,6 +37,7 @@ next run's :func:`finalize`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
@@ -44,6 +45,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as pads
@@ -73,6 +75,9 @@ RECORD_SCHEMA = pa.schema([
     pa.field("frames_per_segment", pa.int64(), nullable=True),  # the cut used for a video
     pa.field("frames", pa.int64(), nullable=False),         # frames-table rows of this input in the shard
     pa.field("frames_failed", pa.int64(), nullable=False),  # of which status = 'error'
+    # of which error_kind is one a later run tries again (sources.errors.RETRIED_KINDS); NULL in
+    # records of versions before it existed (then: retried when every frame failed)
+    pa.field("frames_to_retry", pa.int64(), nullable=True),
     pa.field("people", pa.int64(), nullable=False),         # people-table rows
     pa.field("shard_id", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
@@ -121,55 +126,130 @@ class LoadedManifest:
     commit_files: list[str] = field(default_factory=list)
 
 
-def load(output: str, s3: S3Config) -> LoadedManifest:
+# The columns resolve and done_index read: what the driver loads before a run (a third of a
+# record's bytes; the file names, hashes and ids are only needed when finalizing).
+INDEX_COLUMNS = ("source", "version", "source_kind", "start_frame", "end_frame", "video_frames",
+                 "frames_per_segment", "frames", "frames_failed", "frames_to_retry", "generation", "committed_at")
+
+
+def load(output: str, s3: S3Config, columns: tuple[str, ...] | None = None) -> LoadedManifest:
     """Read the snapshot and every commit file under ``output`` (missing manifest: no records).
 
+    columns: read only these (e.g. :data:`INDEX_COLUMNS`), None: all of RECORD_SCHEMA.
     Retried as a whole through storage outages (reading is idempotent).
     """
-    return call_with_retries(lambda: _load(output, s3), what=f"READ the manifest of {redact(output)}",
+    return call_with_retries(lambda: _load(output, s3, columns), what=f"READ the manifest of {redact(output)}",
                              attempts=s3.max_attempts)
 
 
-def _load(output: str, s3: S3Config) -> LoadedManifest:
+def _load(output: str, s3: S3Config, columns: tuple[str, ...] | None = None) -> LoadedManifest:
+    schema = RECORD_SCHEMA if columns is None else pa.schema([RECORD_SCHEMA.field(name) for name in columns])
     filesystem, root = output_filesystem(parse(output), s3)
     tables = []
     snapshot = posixpath.join(root, SNAPSHOT)
     if filesystem.get_file_info(snapshot).type == pafs.FileType.File:
-        tables.append(pq.read_table(snapshot, filesystem=filesystem, schema=SNAPSHOT_SCHEMA).drop_columns(["current"]))
+        tables.append(pq.read_table(snapshot, filesystem=filesystem, schema=SNAPSHOT_SCHEMA,
+                                    columns=list(schema.names)))
     commit_files = _list_files(filesystem, posixpath.join(root, COMMITS_DIR), s3)
     if commit_files:
         dataset = pads.dataset(commit_files, schema=RECORD_SCHEMA, format="parquet", filesystem=filesystem)
-        tables.append(dataset.to_table())
-    records = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+        tables.append(dataset.to_table(columns=list(schema.names)))
+    records = pa.concat_tables(tables) if tables else schema.empty_table()
     return LoadedManifest(records, commit_files)
 
 
 def resolve(records: pa.Table) -> pa.Table:
-    """The live records with ``current`` set (see the module docstring); SNAPSHOT_SCHEMA, sorted."""
-    newest: dict[tuple, dict] = {}
-    for record in records.to_pylist():
-        key = (record["source"], record["version"], record["generation"], record["start_frame"])
-        if key not in newest or record["committed_at"] >= newest[key]["committed_at"]:
-            newest[key] = record
-    groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for record in newest.values():
-        groups[record["source"]][(record["version"], record["generation"])].append(record)
-    live = []
-    for by_group in groups.values():
-        ordered = sorted((_one_cut(group) for group in by_group.values()),
-                         key=lambda group: max(r["committed_at"] for r in group))
-        complete = [i for i, group in enumerate(ordered) if _complete(group)]
-        current = complete[-1] if complete else len(ordered) - 1
-        for i in range(current, len(ordered)):
-            live += [{**r, "current": i == current} for r in ordered[i]]
-    live.sort(key=lambda r: (r["source"], r["version"], r["generation"], r["start_frame"]))
-    return pa.Table.from_pylist(live, schema=SNAPSHOT_SCHEMA)
+    """The live records with ``current`` set (see the module docstring), sorted.
+
+    records: RECORD_SCHEMA's columns, or a subset holding at least :data:`INDEX_COLUMNS`;
+    the result has the same columns and ``current`` (SNAPSHOT_SCHEMA's types).
+
+    Columnar (numpy over Arrow columns, no Python object per record): a manifest
+    of a million records resolves in seconds (benchmarks/bench_manifest.py).
+    Equal ``committed_at`` times are broken by the record's position in ``records``
+    (the later one wins), so the result never depends on hash order.
+    """
+    positions, current = live_positions(records)
+    schema = pa.schema([SNAPSHOT_SCHEMA.field(name) for name in (*records.column_names, "current")])
+    table = records.take(pa.array(positions))
+    return table.append_column(schema.field("current"), pa.array(current, pa.bool_())).cast(schema)
 
 
-def _one_cut(group: list[dict]) -> list[dict]:
-    """Keep the records of the newest frames_per_segment (a video re-cut with --force must not overlap)."""
-    latest = max(group, key=lambda r: r["committed_at"])["frames_per_segment"]
-    return [r for r in group if r["frames_per_segment"] == latest]
+def live_positions(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The rules of :func:`resolve`: positions in ``records`` of the live records, in resolve's
+    order, and whether each is current (two arrays of one length)."""
+    if records.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    # Ranks in sort order double as group codes: the records come out sorted without a sort of the table.
+    source, version, generation = (_ranks(records[name]) for name in ("source", "version", "generation"))
+    start = _numpy(records["start_frame"])
+    committed = _numpy(records["committed_at"].cast(pa.int64()))
+    position = np.arange(records.num_rows)
+
+    # 1. The newest record per (source, version, generation, start_frame): a re-run replaces.
+    order = np.lexsort((position, committed, start, generation, version, source))
+    kept = order[_last_of_runs(source[order], version[order], generation[order], start[order])]
+    del order
+    # kept is sorted by (source, version, generation, start): each group is a contiguous run.
+    group = _run_ids(source[kept], version[kept], generation[kept])
+
+    # 2. One cut per group: the records whose frames_per_segment is the group's newest record's.
+    cut = _numpy(records["frames_per_segment"].fill_null(-1))[kept]
+    newest = np.lexsort((position[kept], committed[kept], group))
+    newest = newest[_last_of_runs(group[newest])]  # one per group, in group order
+    kept_in_cut = cut == cut[newest][group]
+    kept, group = kept[kept_in_cut], group[kept_in_cut]
+
+    # 3. Per group: when it was last committed, and whether it covers its input.
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    group_time = np.maximum.reduceat(committed[kept], starts)
+    first = kept[starts]
+    video_frames = _numpy(records["video_frames"].fill_null(0))[first]
+    covered = np.add.reduceat((_numpy(records["end_frame"]) - start)[kept], starts)
+    is_video = _numpy(pa.compute.equal(records["source_kind"], "video"))[first]
+    complete = ~is_video | (video_frames == 0) | (covered >= video_frames)
+
+    # 4. Per source: the current group is the newest complete one (else the newest); older ones go.
+    groups = len(first)
+    group_source = source[first]
+    by_source = np.lexsort((np.arange(groups), group_time, group_source))
+    sorted_source = group_source[by_source]
+    source_starts = np.flatnonzero(np.r_[True, sorted_source[1:] != sorted_source[:-1]])
+    per_source = np.diff(np.r_[source_starts, groups])
+    rank = np.arange(groups) - np.repeat(source_starts, per_source)  # 0 = oldest group of its source
+    last_complete = np.maximum.reduceat(np.where(complete[by_source], rank, -1), source_starts)
+    chosen = np.where(last_complete >= 0, last_complete, per_source - 1)
+    group_rank, group_chosen = np.empty(groups, np.int64), np.empty(groups, np.int64)
+    group_rank[by_source], group_chosen[by_source] = rank, np.repeat(chosen, per_source)
+
+    live = group_rank[group] >= group_chosen[group]
+    current = group_rank[group][live] == group_chosen[group][live]
+    return kept[live], current
+
+
+def _ranks(column: pa.ChunkedArray) -> np.ndarray:
+    """Per value, its rank among the distinct values in ascending order (equal values, equal ranks)."""
+    return _numpy(pa.compute.rank(column, sort_keys="ascending", tiebreaker="dense"))
+
+
+def _numpy(column) -> np.ndarray:
+    return column.to_numpy() if isinstance(column, pa.ChunkedArray) else column.to_numpy(zero_copy_only=False)
+
+
+def _last_of_runs(*keys: np.ndarray) -> np.ndarray:
+    """Mask of the rows that end a run of equal ``keys`` (the keys sorted)."""
+    last = np.ones(len(keys[0]), dtype=bool)
+    if len(last) > 1:
+        last[:-1] = np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
+    return last
+
+
+def _run_ids(*keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... per run of equal ``keys`` (the keys sorted)."""
+    first = np.ones(len(keys[0]), dtype=bool)
+    if len(first) > 1:
+        first[1:] = np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
+    return np.cumsum(first) - 1
 
 
 def _complete(group: list[dict]) -> bool:
@@ -198,46 +278,98 @@ DONE = Todo("done")
 
 @dataclass(frozen=True)
 class DoneIndex:
-    """Per input URI, the (version, Todo) of the run's generation; picklable, for the listing tasks.
+    """What the run's generation has done, for the listing tasks; picklable and compact.
 
-    An input listed with another version than recorded is new. Inputs whose every
-    frame failed are new again (errors such as a 403 or an outage may be transient).
+    done_keys: sorted :func:`input_key` of every (input, version) with nothing
+    left to do (8 bytes an input: a million inputs pickle to 8 MB); partial:
+    per video URI, the (version, Todo) of a video partly done. An input listed
+    with another version than recorded is new. A record is finished unless some
+    of its frames failed for a reason a later run may not meet (``frames_to_retry``:
+    an outage, a 403, an object gone; see sources.errors.RETRIED_KINDS): such an
+    image, tar or video segment is done again, whole. Frames failed for a reason
+    in the input itself (corrupt, unsupported, too large) are not tried again.
+    Records written before ``frames_to_retry`` existed count as finished unless
+    every frame failed.
     """
 
     generation: str
-    entries: dict[str, tuple[str, Todo]]
+    done_keys: np.ndarray
+    partial: dict[str, tuple[str, Todo]]
 
     def todo(self, uri: str, version: str) -> Todo:
-        entry = self.entries.get(uri)
-        if entry is None or entry[0] != version:
-            return NEW
-        return entry[1]
+        entry = self.partial.get(uri)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        key = input_key(uri, version)
+        at = int(np.searchsorted(self.done_keys, key))
+        return DONE if at < len(self.done_keys) and self.done_keys[at] == key else NEW
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.done_keys) + len(self.partial)
+
+
+def input_key(uri: str, version: str) -> np.uint64:
+    """A 64-bit hash of (uri, version). Two inputs of a million share one with odds of ~3e-8
+    per run (and a clash makes a new input look done only when that input is listed)."""
+    digest = hashlib.blake2b(f"{uri}\x00{version}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
 
 
 def done_index(live: pa.Table, generation: str) -> DoneIndex:
-    """The DoneIndex of ``generation`` from resolved live records (:func:`resolve`)."""
+    """The DoneIndex of ``generation`` from resolved live records (:func:`resolve`).
+
+    Images and tars (one record each) are indexed column-wise; videos, a few
+    records each, one by one.
+    """
+    columns = ["source", "version", "source_kind", "start_frame", "end_frame", "video_frames", "frames_per_segment",
+               "committed_at"] + (["frames_to_retry"] if "frames_to_retry" in live.column_names else [])
+    mine = pa.compute.equal(live["generation"], generation)
+    live = live.select(columns).append_column("finished", _finished(live)).filter(mine)
+    is_video = pa.compute.equal(live["source_kind"], "video")
+    others = live.select(["source", "version", "finished"]).filter(pa.compute.invert(is_video))
+    inputs = others.group_by(["source", "version"], use_threads=False).aggregate([("finished", "all")])
+    done = inputs.filter(inputs["finished_all"])
+    del others, inputs
+    done_keys = np.empty(done.num_rows, dtype=np.uint64)
+    at = 0
+    for batch in done.to_batches(max_chunksize=65536):  # Python strings for a batch at a time
+        keys = [input_key(uri, version) for uri, version in zip(batch["source"].to_pylist(), batch["version"].to_pylist())]
+        done_keys[at:at + len(keys)] = keys
+        at += len(keys)
+    done_keys.sort()
+
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for record in live.filter(pa.compute.equal(live["generation"], generation)).to_pylist():
+    for record in live.filter(is_video).to_pylist():
         groups[(record["source"], record["version"])].append(record)
-    entries = {}
+    video_keys, partial = [], {}
     for (source, version), group in groups.items():
-        entries[source] = (version, _todo(group))
-    return DoneIndex(generation, entries)
+        todo = _video_todo(group)
+        if todo is DONE:
+            video_keys.append(input_key(source, version))
+        elif todo.action == "partial":
+            newest = max(r["committed_at"] for r in group)
+            if source not in partial or newest > partial[source][2]:
+                partial[source] = (version, todo, newest)
+    if video_keys:
+        done_keys = np.sort(np.concatenate([done_keys, np.array(video_keys, dtype=np.uint64)]))
+    return DoneIndex(generation, done_keys, {source: (version, todo) for source, (version, todo, _) in partial.items()})
 
 
-def _todo(group: list[dict]) -> Todo:
-    def ok(r):
-        return r["frames_failed"] < r["frames"]
+def _finished(records: pa.Table) -> pa.ChunkedArray:
+    """Per record, whether its input (segment) needs no more work (see :class:`DoneIndex`)."""
+    compute = pa.compute
+    old_rule = compute.less(records["frames_failed"], records["frames"])
+    if "frames_to_retry" not in records.column_names:
+        return old_rule
+    retry = records["frames_to_retry"]
+    return compute.if_else(compute.is_null(retry), old_rule, compute.equal(retry.fill_null(0), 0))
 
+
+def _video_todo(group: list[dict]) -> Todo:
     first = group[0]
-    if first["source_kind"] != "video":
-        return DONE if all(ok(r) for r in group) else NEW
-    if first["video_frames"] == 0:  # the video could not be planned: try again
-        return NEW
-    done_starts = frozenset(r["start_frame"] for r in group if ok(r))
+    if first["video_frames"] == 0:  # the video could not be planned: done only if it failed for good
+        return DONE if first.get("frames_to_retry") == 0 else NEW
+    done_starts = frozenset(r["start_frame"] for r in group if r["finished"])
     if _complete(group) and len(done_starts) == len(group):
         return DONE
     return Todo("partial", first["frames_per_segment"], done_starts)
@@ -259,20 +391,31 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
     Returns the live records (:func:`resolve`) and counts for the summary.
     """
     loaded = load(output, s3)
-    live = resolve(loaded.records)
+    records, commit_files = loaded.records, loaded.commit_files
+    del loaded  # no more than the records and the live ones at once: a million records are 330 MB each
+    positions, current = live_positions(records)
+    live = records.take(pa.array(positions)).append_column(SNAPSHOT_SCHEMA.field("current"), pa.array(current, pa.bool_()))
+    live = live.cast(SNAPSHOT_SCHEMA)
+    dropped = records.select(["source", "shard_id", "run_id", "people_file", "frames_file"]).take(
+        pa.array(np.setdiff1d(np.arange(records.num_rows), positions, assume_unique=True)))
+    del records
     sink = pa.BufferOutputStream()
     pq.write_table(live, sink, compression="zstd")
     write_bytes(parse(output).join(SNAPSHOT).uri, sink.getvalue(), s3)
+    del sink
 
     filesystem, root = output_filesystem(parse(output), s3)
-    live_keys = pa.compute.unique(row_keys(live))
-    referenced = {path for column in ("people_file", "frames_file") for path in live[column].to_pylist()}
-    dropped = loaded.records.filter(pa.compute.invert(pa.compute.is_in(row_keys(loaded.records), value_set=live_keys)))
-    stale_files = {path for column in ("people_file", "frames_file") for path in dropped[column].to_pylist()
-                   if path in referenced}
-    for path in sorted(stale_files):
-        _keep_rows(filesystem, posixpath.join(root, path), live_keys, compression, s3)
-    referenced = {posixpath.join(root, path) for path in referenced}
+    referenced = pa.compute.unique(pa.chunked_array(live["people_file"].chunks + live["frames_file"].chunks, pa.string()))
+    stale_files: list[str] = []
+    if dropped.num_rows:
+        live_keys = pa.compute.unique(row_keys(live))
+        # A record found twice (a commit folded before, its file not yet deleted) is not dropped.
+        dropped = dropped.filter(pa.compute.invert(pa.compute.is_in(row_keys(dropped), value_set=live_keys)))
+        files = pa.chunked_array(dropped["people_file"].chunks + dropped["frames_file"].chunks, pa.string())
+        stale_files = sorted(set(files.filter(pa.compute.is_in(files, value_set=referenced)).to_pylist()))
+        for path in stale_files:
+            _keep_rows(filesystem, posixpath.join(root, path), live_keys, compression, s3)
+    referenced = {posixpath.join(root, path) for path in referenced.to_pylist()}
     garbage = []
     for table in TABLES:
         for path in _list_files(filesystem, posixpath.join(root, table), s3, include_hidden=True):
@@ -280,9 +423,9 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
             temporary = name.startswith(".") and name.endswith(".tmp")  # a local write killed half-way
             if path not in referenced and (temporary or (name.startswith("part-") and name.endswith(".parquet"))):
                 garbage.append(path)
-    _delete(filesystem, garbage + loaded.commit_files, s3)
+    _delete(filesystem, garbage + commit_files, s3)
     current = live.filter(live["current"])
-    return live, {"inputs_current": len(set(current["source"].to_pylist())), "records": current.num_rows,
+    return live, {"inputs_current": len(pa.compute.unique(current["source"])), "records": current.num_rows,
                   "files_deleted": len(garbage), "files_rewritten": len(stale_files)}
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import cv2
 import numpy as np
 
+from ..storage import text_form
 from .writer import write_bytes
 
 __all__ = ["concat_segments", "encode_image", "encode_segment", "media_path_for", "write_bytes"]
@@ -68,6 +69,7 @@ def media_path_for(source: str, member: str | None = None, *, kind: str = "image
         raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")
     ext = ext or (".jpg" if kind == "images" else ".mp4")
     ext = "." + (_safe_component(ext.lstrip(".")) or "bin")
+    source, member = text_form(source), None if member is None else text_form(member)
     identity = source if member is None else f"{source}\n{member}"
     digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     source_parts = _components(_SCHEME_AND_AUTHORITY.sub("", source))

@@ -23,6 +23,8 @@ from . import manifest
 from .writer import output_filesystem
 
 _EXAMPLES = 5  # failed frames named per reason
+_REASONS_COUNTED = 20  # distinct reasons counted per kind of failure (more are not counted apart)
+_REASONS_LISTED = 5  # of which the most common are listed
 
 
 def output_status(output: str, s3: S3Config | None = None) -> dict:
@@ -45,6 +47,8 @@ def output_status(output: str, s3: S3Config | None = None) -> dict:
         "inputs": _inputs(current, live),
         "frames": _sum(current, "frames"),
         "frames_failed": _sum(current, "frames_failed"),
+        # failed for a passing reason (sources.errors.RETRIED_KINDS): their inputs are done again next run
+        "frames_to_retry": _sum(current, "frames_to_retry"),
         "rows_visible": {"people": _sum(current, "people"), "frames": _sum(current, "frames")},
         "generations": _generations(live),
         "runs": _runs(loaded.records, unfolded),
@@ -103,26 +107,61 @@ def _runs(records: pa.Table, unfolded: Counter) -> list[dict]:
 
 
 def _failures(output: str, s3: S3Config) -> dict:
-    """Failed frames by reason (the error message without the input's name), with examples."""
+    """Failed frames by kind or reason (see :class:`FailureGroups`), with examples."""
     from ..tables import read_table
 
     try:
-        frames = read_table(output, "frames", s3, columns=["source", "member", "frame_index", "status", "error"])
+        frames = read_table(output, "frames", s3,
+                            columns=["source", "member", "frame_index", "status", "error", "error_kind"])
     except FileNotFoundError:  # only commit files so far (the first run still going, or killed): no snapshot
         return {"frames": None, "by_reason": [], "note": "no run has ended here yet: failed rows are named after one"}
-    failed = frames.filter(pc.equal(frames["status"], "error")).to_pylist()
-    reasons: dict[str, dict] = {}
-    for row in failed:
-        reason = _reason(row["error"] or "", row["source"], row["member"])
-        entry = reasons.setdefault(reason, {"reason": reason, "frames": 0, "examples": []})
-        entry["frames"] += 1
-        if len(entry["examples"]) < _EXAMPLES:
-            entry["examples"].append({"source": redact(row["source"]), "member": row["member"],
+    groups = FailureGroups()
+    for row in frames.filter(pc.equal(frames["status"], "error")).to_pylist():
+        groups.add(row)
+    return {"frames": groups.frames, "by_reason": groups.groups()}
+
+
+class FailureGroups:
+    """Failed frames grouped, with up to ``examples`` examples per group; fed row by row, so memory stays
+    bounded by the number of groups, not of failed frames (the run report feeds it a table chunk by chunk).
+
+    A row: {"source", "member", "frame_index", "error"} and, in frames tables that have the column,
+    "error_kind" (corrupt, unsupported, too_large, access_denied, missing, ...). Rows with a kind group
+    by it, their reasons counted beside; rows without one (outputs written before the column existed)
+    group by reason: the message without the input's own names and numbers (:func:`failure_reason`).
+    """
+
+    def __init__(self, examples: int = _EXAMPLES):
+        self.examples = examples
+        self.frames = 0
+        self._groups: dict[tuple[str, str], dict] = {}
+
+    def add(self, row: dict) -> None:
+        """Count one failed frame (a frames-table row with status "error")."""
+        reason = failure_reason(row["error"] or "", row["source"], row["member"])
+        kind = row.get("error_kind")
+        group = self._groups.setdefault(("kind", kind) if kind else ("reason", reason), {
+            "kind": kind or None, "reason": reason, "frames": 0, "examples": [], "reasons": Counter()})
+        self.frames += 1
+        group["frames"] += 1
+        if reason in group["reasons"] or len(group["reasons"]) < _REASONS_COUNTED:
+            group["reasons"][reason] += 1
+        if len(group["examples"]) < self.examples:
+            group["examples"].append({"source": redact(row["source"]), "member": row["member"],
                                       "frame_index": row["frame_index"], "error": row["error"]})
-    return {"frames": len(failed), "by_reason": sorted(reasons.values(), key=lambda r: -r["frames"])}
+
+    def groups(self) -> list[dict]:
+        """The groups, most frames first: {"kind" (None when grouped by reason), "reason" (the most common
+        one), "reasons" ([{"reason", "frames"}], most common first, up to 5), "frames", "examples"}."""
+        out = []
+        for group in sorted(self._groups.values(), key=lambda g: -g["frames"]):
+            reasons = group["reasons"].most_common(_REASONS_LISTED)
+            out.append({**group, "reason": reasons[0][0],
+                        "reasons": [{"reason": reason, "frames": frames} for reason, frames in reasons]})
+        return out
 
 
-def _reason(error: str, source: str, member: str | None) -> str:
+def failure_reason(error: str, source: str, member: str | None) -> str:
     """An error message with the input's own names and any numbers taken out, so alike failures group."""
     for name in filter(None, (redact(source), source, member)):
         error = error.replace(name, "<input>")
@@ -148,7 +187,8 @@ def format_status(status: dict) -> str:
         f"{status['output']}",
         f"  inputs done: {inputs['images']} images, {inputs['videos_complete']} videos "
         f"(+{inputs['videos_partial']} partly done, {inputs['videos_unreadable']} unreadable), {inputs['tars']} tars",
-        f"  frames: {status['frames']} ({status['frames_failed']} failed); rows visible: "
+        f"  frames: {status['frames']} ({status['frames_failed']} failed, {status['frames_to_retry']} of them for a "
+        "passing reason: tried again next run); rows visible: "
         f"{status['rows_visible']['people']} people, {status['rows_visible']['frames']} frames",
         "  generations:",
     ]
@@ -165,6 +205,7 @@ def format_status(status: dict) -> str:
         lines.append(f"  skipped by the last run: {entry['uri']}: {entry['reason']}")
     for reason in status["failures"].get("by_reason", []):
         example = reason["examples"][0]
-        lines.append(f"  failed: {reason['frames']} x {reason['reason']}  e.g. {example['source']}"
+        kind = f"[{reason['kind']}] " if reason["kind"] else ""
+        lines.append(f"  failed: {reason['frames']} x {kind}{reason['reason']}  e.g. {example['source']}"
                      + (f" member {example['member']}" if example["member"] else ""))
     return "\n".join(lines)

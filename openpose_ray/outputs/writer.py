@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from openpose_ray.atomic import write_bytes_atomic
 from openpose_ray.jobconfig import S3Config, WriteConfig
 from openpose_ray.retry import call_with_retries
-from openpose_ray.storage import Location, arrow_filesystem, parse, redact
+from openpose_ray.storage import Location, arrow_filesystem, parse, redact, text_form
 
 from .frames_table import FRAMES_SCHEMA
 from .provenance import Provenance
@@ -151,7 +151,7 @@ def partition_value(partition_by: str | None, source: str, source_kind: str,
     if partition_by == "run_date":
         return provenance.run_date
     if partition_by == "source_dir":
-        location = parse(source)
+        location = parse(text_form(source))
         if location.scheme == "s3":
             parts = location.key.split("/")
             return parts[-2] if len(parts) >= 2 and parts[-2] else location.bucket

@@ -21,6 +21,7 @@ from ..jobconfig import JobConfig
 from ..outputs.manifest import NEW, DoneIndex
 from ..sources.listing import SourceObject, iter_objects
 from ..sources.planning import group_images
+from ..storage import text_form
 from .records import ROW_SCHEMA, AlreadyDone, Skipped, ToPlan, to_row
 
 # Work items per yielded block: small, so downstream stages start early.
@@ -36,10 +37,13 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
     not processed (unsupported type), counted in the summary; an AlreadyDone count of
     inputs that ``done`` (the manifest of earlier runs) says need no work. Images
     already done are left out before grouping, so new images form new shards.
+    Image shards group consecutive images across folders, up to
+    ``sources.images_per_shard``, unless ``write.partition_by`` is source_dir.
     """
     objects = iter_objects(input_uri, config.sources, config.s3)
     pending_images: list[SourceObject] = []
     already_done = 0
+    by_folder = config.write.partition_by == "source_dir"
 
     def flush() -> Iterator[dict]:
         for shard in group_images(pending_images, config.sources.images_per_shard):
@@ -47,7 +51,8 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
         pending_images.clear()
 
     for obj in objects:
-        todo = done.todo(obj.uri, obj.version) if done is not None and obj.kind in ("image", "video", "tar") else NEW
+        todo = (done.todo(text_form(obj.uri), obj.version) if done is not None and obj.kind in ("image", "video", "tar")
+                else NEW)
         if todo.action == "done":
             already_done += 1
             if already_done == _DONE_PER_ITEM:
@@ -55,16 +60,18 @@ def iter_work_items(input_uri: str, config: JobConfig, done: DoneIndex | None = 
                 already_done = 0
             continue
         if obj.kind == "image":
-            # A shard never spans two folders, so it falls in one partition whatever partition_by is.
-            if pending_images and _parent(pending_images[-1].uri) != _parent(obj.uri):
+            # Shards span folders (a dataset with an image per folder still gets full shards), except
+            # when the tables are partitioned by folder: a shard's rows go to one partition.
+            if by_folder and pending_images and _parent(pending_images[-1].uri) != _parent(obj.uri):
                 yield from flush()
             pending_images.append(obj)
             if len(pending_images) >= config.sources.images_per_shard:
                 yield from flush()
         elif obj.kind in ("video", "tar"):
-            yield to_row(ToPlan(obj, todo), obj.uri)
+            yield to_row(ToPlan(obj, todo), text_form(obj.uri))
         else:
-            yield to_row(Skipped(obj.uri, obj.reason or "file type not annotated (see sources.*_extensions)"), obj.uri)
+            yield to_row(Skipped(obj.uri, obj.reason or "file type not annotated (see sources.*_extensions)"),
+                         text_form(obj.uri))
     yield from flush()
     if already_done:
         yield to_row(AlreadyDone(already_done))

@@ -84,13 +84,15 @@ class FailedInput:
     error: str
     version: str = ""
     size: int = 0
+    error_kind: str = "internal"  # an ERROR_KINDS value
 
 
 @dataclass(frozen=True)
 class FrameMeta:
     """Everything about a frame except its pixels. width, height: source pixels (0 when unknown).
 
-    status: "ok" or "error" (then ``error`` says why, and the frame has no network input).
+    status: "ok" or "error" (then ``error`` says why, ``error_kind`` which kind of failure it
+    is, and the frame has no network input).
     """
 
     source: str
@@ -101,6 +103,7 @@ class FrameMeta:
     height: int
     status: str
     error: str | None
+    error_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,32 @@ class StageSeconds:
 
 
 @dataclass(frozen=True)
+class StageEnds:
+    """When a shard's work in each stage ended: wall-clock epoch seconds (``time.time()`` of the worker
+    that did it), None for a stage it has not been through. With :class:`StageSeconds` this places each
+    shard's work in time, for the run report's frames/s per stage (outputs.report).
+
+    decode: decoding and resizing done (prepare_shard); infer: the actor's work done; post: people
+    found and the shard's files written (postprocess_and_write). Workers on other nodes have their own
+    clocks: NTP keeps them within milliseconds, far below the report's bins of seconds.
+    """
+
+    decode: float | None = None
+    infer: float | None = None
+    post: float | None = None
+
+    def plus(self, **ends: float) -> "StageEnds":
+        return dataclasses.replace(self, **ends)
+
+
+@dataclass(frozen=True)
 class PreparedShard:
     """A shard's frames decoded and resized. inputs: per frame the network inputs, None for failed frames."""
 
     frames: ShardFrames
     inputs: tuple[PreparedImage | None, ...]
     seconds: StageSeconds
+    ended: StageEnds = StageEnds()
 
 
 @dataclass(frozen=True)
@@ -165,6 +188,7 @@ class InferredShard:
     results: tuple[FrameFields | FramePeaks | None, ...]
     inferred: int
     seconds: StageSeconds
+    ended: StageEnds = StageEnds()
 
 
 @dataclass(frozen=True)
@@ -173,7 +197,7 @@ class ShardStats:
 
     inputs: inputs the shard accounts for, e.g. {"image_inputs": 64} (each video and tar
     is counted by its first shard). files: URIs of the Parquet files written. media: what
-    rendering wrote (empty when it is off).
+    rendering wrote (empty when it is off). ended: when the shard left each stage.
     """
 
     frames: int
@@ -184,6 +208,7 @@ class ShardStats:
     files: tuple[str, ...]
     inputs: dict[str, int]
     media: dict = field(default_factory=dict)
+    ended: StageEnds = StageEnds()
 
 
 @dataclass(frozen=True)

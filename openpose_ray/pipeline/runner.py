@@ -8,7 +8,8 @@
       -> render_shard (optional)
     Each stage hands the next one typed record (pipeline.records).
     then, on the driver: progress, the manifest (snapshot, garbage collection),
-    track ids of completed videos (outputs.tracks), rendered-video assembly, summary.json.
+    track ids of completed videos (outputs.tracks), rendered-video assembly, the run report
+    (report.html, outputs.report), summary.json.
 
 Before the pipeline starts, the driver resolves the weights once and ships
 them to the actors through the object store (pipeline.shipped_weights), and
@@ -55,9 +56,11 @@ from ..models.registry import get_entry
 from ..models.weights import resolve_weights
 from ..outputs.provenance import Provenance
 from ..outputs import manifest
+from ..outputs.lock import OutputLock
+from ..outputs.report import StageTimeline, write_report_or_warn
 from ..outputs.tracks import track_pending_videos
 from ..outputs.writer import write_summary
-from ..storage import redact
+from ..storage import redact, text_form
 from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
 from .shipped_weights import ShippedWeights
@@ -158,10 +161,12 @@ def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, we
     return ds
 
 
-def run_job(config: JobConfig, force: bool = False) -> dict:
+def run_job(config: JobConfig, force: bool = False, break_lock: bool = False) -> dict:
     """Run the job to completion; return the summary (also written as summary.json).
 
     force: annotate every input again, also those the manifest says are done.
+    break_lock: take the output's lock even if another run may still hold it
+    (outputs.lock; without it a held lock raises LockHeld before anything is written).
     """
     started = time.time()
     init_ray(config)
@@ -184,7 +189,16 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
              len(config.input), redact(config.output), plan.device, plan.why, plan.min_actors,
              plan.max_actors or "any", plan.describe_bundle(),
              "the inference device" if plan.peaks_on_device else "CPU workers")
-    done = manifest.done_index(manifest.resolve(manifest.load(config.output, config.s3).records), provenance.generation)
+    with OutputLock(config.output, config.s3, provenance.run_id, break_lock=break_lock) as lock:
+        return _annotate(config, force, started, plan, weights, provenance, lock)
+
+
+def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, weights: ShippedWeights,
+              provenance: Provenance, lock: OutputLock) -> dict:
+    """The part of :func:`run_job` that reads and writes the output, run while holding its lock."""
+    live = manifest.resolve(manifest.load(config.output, config.s3, columns=manifest.INDEX_COLUMNS).records)
+    done = manifest.done_index(live, provenance.generation)
+    del live
     if force:
         log.info("--force: annotating every input again (%d done in generation %s)", len(done), provenance.generation)
     else:
@@ -195,6 +209,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     totals: dict[str, float] = defaultdict(float)
     seconds: dict[str, float] = defaultdict(float)
     skipped: list[dict] = []
+    timeline = StageTimeline(started)  # when each shard went through each stage, for report.html
     last_log = time.time()
     marks = {"start": time.time()}  # when each part of the run ended, for summary["wall_seconds"]
     for row in ds.iter_rows():
@@ -203,7 +218,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         if isinstance(record, Skipped):
             totals["skipped"] += 1
             if len(skipped) < _SKIPPED_LISTED:
-                skipped.append({"uri": redact(record.uri), "reason": record.reason})
+                skipped.append({"uri": text_form(redact(record.uri)), "reason": text_form(record.reason)})
             continue
         if isinstance(record, AlreadyDone):
             totals["already_done"] += record.count
@@ -220,6 +235,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
             seconds[stage] += value
         for key, value in stats.inputs.items():
             totals[key] += value
+        timeline.add(stats)
         totals["images_rendered"] += stats.media.get("images", 0)
         if time.time() - last_log > _PROGRESS_EVERY_S:
             last_log = time.time()
@@ -229,6 +245,7 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
     from .rendering import assemble_pending_videos
 
     marks["pipeline"] = time.time()
+    lock.check()  # finalizing deletes files no record names: never while another run writes
     live, folded = manifest.finalize(config.output, config.s3, config.write.compression)
     marks["manifest"] = time.time()
     tracked = track_pending_videos(live, config, get_entry(config.model.name).skeleton)
@@ -267,5 +284,6 @@ def run_job(config: JobConfig, force: bool = False) -> dict:
         "rendered_videos": videos_written,
         "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},
     }
+    summary["report"] = write_report_or_warn(config, summary, timeline)  # null when it could not be written
     write_summary(config.output, config.s3, summary)
     return summary

@@ -32,10 +32,11 @@ from ..outputs.writer import ShardWriter, partition_value
 from ..person import Person, people_from_fields, people_from_peaks
 from ..preprocess import prepare_image, resolve_input_spec
 from ..sources.decoding import decode_frames
+from ..sources.errors import RETRIED_KINDS, error_kind
 from ..sources.planning import Shard, plan_tar, plan_video
-from ..storage import redact, stable_id
-from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageSeconds,
-                      ToPlan, WrittenShard, from_row, to_row)
+from ..storage import redact, stable_id, text_form
+from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageEnds,
+                      StageSeconds, ToPlan, WrittenShard, from_row, to_row)
 from .shipped_weights import ShippedWeights
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def plan_shards(row: dict, config: JobConfig) -> list[dict]:
     except Exception as exc:  # a broken input is data: record it and go on
         message = redact(f"cannot read {obj.kind}: {exc}")
         log.warning("%s: %s", redact(obj.uri), message)
-        failed = FailedInput(f"{obj.kind}-failed-{stable_id(obj.uri)}", obj.kind, obj.uri, message, obj.version, obj.size)
+        failed = FailedInput(f"{obj.kind}-failed-{stable_id(obj.uri)}", obj.kind, obj.uri, message, obj.version, obj.size,
+                             error_kind(exc))
         return [to_row(failed, failed.shard_id)]
     return [to_row(shard, shard.shard_id) for shard in shards]
 
@@ -105,9 +107,9 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     _yield_to_inference()
     record = from_row(row)
     if isinstance(record, FailedInput):
-        meta = FrameMeta(record.uri, None, 0, None, 0, 0, "error", record.error)
+        meta = FrameMeta(record.uri, None, 0, None, 0, 0, "error", record.error, record.error_kind)
         frames = ShardFrames(record.shard_id, record.source_kind, None, (meta,), (None,), failed=record)
-        return to_row(PreparedShard(frames, (None,), StageSeconds()), record.shard_id)
+        return to_row(PreparedShard(frames, (None,), StageSeconds(), StageEnds(decode=time.time())), record.shard_id)
     if not isinstance(record, Shard):
         return row
     shard, spec = record, model_input_spec(config)
@@ -116,21 +118,21 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     metas, transforms, inputs = [], [], []
     for frame in decode_frames(shard, config.sources, config.s3):
         item = None
-        status, error = frame.status, frame.error
+        status, error, kind = frame.status, frame.error, frame.error_kind
         if status == "ok":
             resize_start = time.perf_counter()
             try:
                 item = prepare_image(frame.image, spec, spec.net_size, config.model.scales)
             except Exception as exc:
-                status, error = "error", redact(f"cannot pre-process frame: {exc}")
+                status, error, kind = "error", redact(f"cannot pre-process frame: {exc}"), "internal"
             resize_seconds += time.perf_counter() - resize_start
         metas.append(FrameMeta(frame.source, frame.member, frame.frame_index, frame.timestamp,
-                               frame.width, frame.height, status, error))
+                               frame.width, frame.height, status, error, kind))
         inputs.append(item)
         transforms.append(item.base_transform if item is not None else None)
     frames = ShardFrames(shard.shard_id, _SOURCE_KIND[shard.kind], shard, tuple(metas), tuple(transforms))
     seconds = StageSeconds(decode=time.perf_counter() - start - resize_seconds, resize=resize_seconds)
-    return to_row(PreparedShard(frames, tuple(inputs), seconds), shard.shard_id)
+    return to_row(PreparedShard(frames, tuple(inputs), seconds, StageEnds(decode=time.time())), shard.shard_id)
 
 
 class InferenceActor:
@@ -186,7 +188,8 @@ class InferenceActor:
             for i, frame_result in zip(ok, found):
                 results[i] = frame_result
         seconds = record.seconds.plus(infer=time.perf_counter() - start)
-        return to_row(InferredShard(record.frames, tuple(results), len(ok), seconds), row["key"])
+        ended = record.ended.plus(infer=time.time())
+        return to_row(InferredShard(record.frames, tuple(results), len(ok), seconds, ended), row["key"])
 
 
 def _people(result: FrameFields | FramePeaks, transform, entry, config: JobConfig) -> list[Person]:
@@ -221,7 +224,8 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
         if meta.status == "ok":
             tables.add_frame(meta.source, meta.frame_index, persons, **common)
         else:
-            tables.add_error(meta.source, meta.error or "unknown error", frame_index=meta.frame_index, **common)
+            tables.add_error(meta.source, meta.error or "unknown error", meta.error_kind or "internal",
+                             frame_index=meta.frame_index, **common)
     people_table, frames_table = tables.to_tables()
     source = frames.frames[0].source if frames.frames else ""
     partition = partition_value(config.write.partition_by, source, frames.source_kind, provenance)
@@ -239,6 +243,7 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
         seconds=record.seconds.plus(post=post_seconds, write=time.perf_counter() - start),
         files=tuple(files),
         inputs=_inputs_counted(frames),
+        ended=record.ended.plus(post=time.time()),
     )
     return to_row(WrittenShard(frames, tuple(records), stats, people if renders else None), row["key"])
 
@@ -254,24 +259,27 @@ def shard_records(frames: ShardFrames, people: tuple[list[Person], ...], files: 
               "config_fingerprint": provenance.config_fingerprint, "people_file": files[0], "frames_file": files[1],
               "video_frames": None, "frames_per_segment": None}
     failed = sum(meta.status != "ok" for meta in frames.frames)
+    retry = sum(meta.error_kind in RETRIED_KINDS for meta in frames.frames)
     found = sum(len(p) for p in people)
     if frames.shard is None:  # planning failed: one error row
         f = frames.failed
         video = {"video_frames": 0} if f.source_kind == "video" else {}
-        return [{**common, **video, "source": f.uri, "version": f.version, "size": f.size,
+        return [{**common, **video, "source": text_form(f.uri), "version": f.version, "size": f.size,
                  "source_kind": f.source_kind, "start_frame": 0, "end_frame": 0, "frames": len(frames.frames),
-                 "frames_failed": failed, "people": found}]
+                 "frames_failed": failed, "frames_to_retry": retry, "people": found}]
     shard = frames.shard
     sizes = shard.sizes or (0,) * len(shard.uris)
     if shard.kind == "images":
         inputs = {uri: (version, size) for uri, version, size in zip(shard.uris, shard.versions, sizes)}
-        return [{**common, "source": meta.source, "version": inputs[meta.source][0], "size": inputs[meta.source][1],
+        return [{**common, "source": text_form(meta.source), "version": inputs[meta.source][0],
+                 "size": inputs[meta.source][1],
                  "source_kind": "image", "start_frame": 0, "end_frame": 1, "frames": 1,
-                 "frames_failed": int(meta.status != "ok"), "people": len(persons)}
+                 "frames_failed": int(meta.status != "ok"), "frames_to_retry": int(meta.error_kind in RETRIED_KINDS),
+                 "people": len(persons)}
                 for meta, persons in zip(frames.frames, people)]
-    record = {**common, "source": shard.uris[0], "version": shard.versions[0], "size": sizes[0],
+    record = {**common, "source": text_form(shard.uris[0]), "version": shard.versions[0], "size": sizes[0],
               "source_kind": frames.source_kind, "frames": len(frames.frames), "frames_failed": failed,
-              "people": found}
+              "frames_to_retry": retry, "people": found}
     if shard.kind == "video":
         return [{**record, "start_frame": shard.start_frame, "end_frame": shard.end_frame,
                  "video_frames": shard.video_frames, "frames_per_segment": shard.frames_per_segment}]

@@ -7,13 +7,16 @@ any process. S3 clients are built where they are used, from an S3Config.
 """
 
 from .decoding import Frame, decode_frames
-from .errors import AccessDenied, ObjectChanged, ObjectMissing, SourceError, UnreadableVideo
+from .errors import (ERROR_KINDS, RETRIED_KINDS, AccessDenied, ObjectChanged, ObjectMissing, SourceError,
+                     UnreadableVideo, error_kind)
 from .images import ImageDecodeError, decode_image, probe_image
 from .listing import SourceObject, classify, iter_objects
 from .planning import Shard, group_images, plan_tar, plan_video, shard_id
 from .s3io import S3RangeReader, open_stream, open_uri, read_bytes
 
 __all__ = [
+    "ERROR_KINDS",
+    "RETRIED_KINDS",
     "AccessDenied",
     "Frame",
     "ImageDecodeError",
@@ -27,6 +30,7 @@ __all__ = [
     "classify",
     "decode_image",
     "decode_frames",
+    "error_kind",
     "group_images",
     "iter_objects",
     "open_stream",

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..jobconfig import S3Config, SourcesConfig
 from ..storage import redact
-from .errors import SourceError
+from .errors import SourceError, error_kind
 from .images import ImageDecodeError, decode_image
 from .listing import classify
 from .planning import Shard
@@ -59,6 +59,7 @@ class Frame:
     timestamp: seconds (pts * time_base) for video frames, None for still images.
     image: uint8[H, W, 3] BGR, None when status is "error". width, height: pixels (0 when unknown).
     status: "ok" or "error". error: what went wrong, None when ok.
+    error_kind: which kind of failure (:data:`~.errors.ERROR_KINDS`), None when ok.
     """
 
     source: str
@@ -70,14 +71,15 @@ class Frame:
     height: int
     status: str
     error: str | None
+    error_kind: str | None = None
 
 
 def _ok(source: str, member: str | None, index: int, timestamp: float | None, image: np.ndarray) -> Frame:
     return Frame(source, member, index, timestamp, image, image.shape[1], image.shape[0], "ok", None)
 
 
-def _error(source, member, index, timestamp, message: str, width: int = 0, height: int = 0) -> Frame:
-    return Frame(source, member, index, timestamp, None, width, height, "error", redact(message))
+def _error(source, member, index, timestamp, message: str, kind: str, width: int = 0, height: int = 0) -> Frame:
+    return Frame(source, member, index, timestamp, None, width, height, "error", redact(message), kind)
 
 
 def _describe(error: Exception) -> str:
@@ -90,13 +92,15 @@ def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
     source = shard.uris[0] if shard.uris else shard.shard_id
     decoder = decoders.get(shard.kind)
     if decoder is None:
-        yield _error(source, None, 0, None, f"unknown shard kind {shard.kind!r} (expected images, video or tar)")
+        yield _error(source, None, 0, None, f"unknown shard kind {shard.kind!r} (expected images, video or tar)",
+                     "internal")
         return
     try:
         yield from decoder(shard, sources, s3)
     except Exception as error:  # a bug or an unforeseen failure: still one row, never a crashed task
         logger.exception("decoding shard %s failed", shard.shard_id)
-        yield _error(source, None, shard.start_frame or 0, None, f"internal error while decoding: {_describe(error)}")
+        yield _error(source, None, shard.start_frame or 0, None, f"internal error while decoding: {_describe(error)}",
+                     "internal")
 
 
 # --- images -------------------------------------------------------------------------------
@@ -107,9 +111,9 @@ def _decode_images(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterat
         try:
             image = decode_image(read_bytes(uri, s3, expected_version=version or None), sources.max_image_pixels)
         except ImageDecodeError as error:
-            yield _error(uri, None, 0, None, str(error), error.width, error.height)
+            yield _error(uri, None, 0, None, str(error), error.kind, error.width, error.height)
         except Exception as error:  # missing, changed, access denied, network
-            yield _error(uri, None, 0, None, f"cannot read image: {_describe(error)}")
+            yield _error(uri, None, 0, None, f"cannot read image: {_describe(error)}", error_kind(error))
         else:
             yield _ok(uri, None, 0, None, image)
 
@@ -134,7 +138,8 @@ def _decode_tar(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[
                     limit = (f"max_tar_members ({sources.max_tar_members})" if members_read > sources.max_tar_members
                              else f"max_tar_bytes ({sources.max_tar_bytes})")
                     yield _error(uri, member.name, index, None,
-                                 f"tar archive exceeds {limit}: member {member.name!r} and the rest are not read")
+                                 f"tar archive exceeds {limit}: member {member.name!r} and the rest are not read",
+                                 "too_large")
                     return
                 if not member.isfile() or classify(member.name, sources) != "image":
                     continue
@@ -144,18 +149,20 @@ def _decode_tar(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[
                         f"tar member of {member.size} bytes exceeds what an image of max_image_pixels "
                         f"({sources.max_image_pixels}) can take"
                     )
-                    frame = _error(uri, member.name, index, None, message)
+                    frame = _error(uri, member.name, index, None, message, "too_large")
                 else:
                     data = archive.extractfile(member).read()
                     try:
                         frame = _ok(uri, member.name, index, None, decode_image(data, sources.max_image_pixels))
                     except ImageDecodeError as error:
-                        frame = _error(uri, member.name, index, None, str(error), error.width, error.height)
+                        frame = _error(uri, member.name, index, None, str(error), error.kind, error.width,
+                                       error.height)
                 yield frame
                 index, member_name = index + 1, None
     except Exception as error:  # not a tar, truncated, missing, network
         where = f" at member {member_name!r}" if member_name else ""
-        yield _error(uri, member_name, index, None, f"cannot read tar archive{where}: {_describe(error)}")
+        yield _error(uri, member_name, index, None, f"cannot read tar archive{where}: {_describe(error)}",
+                     error_kind(error))
 
 
 class _TruncatedTar(SourceError):
@@ -208,6 +215,9 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
     missing = [rank for rank in shard.output_ranks() if rank not in emitted]
     if isinstance(problem, _NoVideoStream):  # nothing planned applies: one row, not one per frame
         missing = missing[:1]
+    kind = "corrupt" if problem is None else error_kind(problem)
+    if isinstance(problem, _NoVideoStream):
+        kind = "unsupported"
     if isinstance(problem, SourceError):
         message = str(problem)
     elif problem is not None:
@@ -216,9 +226,9 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
         detail = f" (last decoder error: {notes[-1]})" if notes else ""
         message = f"video frame not decoded: corrupt or missing data in it or in a frame it depends on{detail}"
     for rank in missing:
-        yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message)
+        yield _error(uri, None, shard.start_frame + rank, float(shard.frame_pts[rank] * time_base), message, kind)
     if shard.truncated:  # the frames the container lists past the end of the file: one row says so
-        yield _error(uri, None, shard.end_frame, None, shard.truncated)
+        yield _error(uri, None, shard.end_frame, None, shard.truncated, "corrupt")
 
 
 def displayed(image: np.ndarray, rotation: float) -> np.ndarray:

@@ -22,11 +22,14 @@ _FORMATS = "JPEG/PNG/BMP/WebP/TIFF/GIF/AVIF"
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not a decodable image; width/height are those of the header, 0 when unknown."""
+    """The bytes are not a decodable image; width/height are those of the header, 0 when unknown.
 
-    def __init__(self, message: str, width: int = 0, height: int = 0):
+    kind: "corrupt", or "too_large" when the image was refused for its size (an ERROR_KINDS value).
+    """
+
+    def __init__(self, message: str, width: int = 0, height: int = 0, kind: str = "corrupt"):
         super().__init__(message)
-        self.width, self.height = width, height
+        self.width, self.height, self.kind = width, height, kind
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -43,6 +46,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 "to read it",
                 width,
                 height,
+                kind="too_large",
             )
         if not complete:
             message = f"cannot decode {fmt} image: truncated (no end-of-image marker, {len(data)} bytes)"
