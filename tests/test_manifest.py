@@ -249,3 +249,20 @@ def test_columnar_resolve_and_index_follow_the_rules_record_by_record(seed):
             got = (todo.action,) if todo.action != "partial" else (todo.action, todo.frames_per_segment, todo.done_starts)
             assert got == want, (source, version)
             assert index.todo(source, "another version").action == "new"
+
+
+def test_the_manifest_benchmark_runs_and_indexes_every_input():
+    """benchmarks/bench_manifest.py at a small size: each step's numbers come out, every input indexed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_manifest.py"
+    out = subprocess.run([sys.executable, str(script), "--images", "2000", "--segments", "50", "--new", "100"],
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    steps = {line.split(": ", 1)[0]: json.loads(line.split(": ", 1)[1]) for line in out}
+    assert steps["nothing to do"]["inputs_indexed"] == 2000 + 5
+    assert steps["100 new image records"]["inputs_indexed"] == 2100 + 5
+    assert steps["finalize of the run that added 100"]["live_records"] == 2000 + 50 + 100
+    assert all(step["peak_rss_mib"] > 0 for step in steps.values())

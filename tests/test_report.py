@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from openpose_ray.config_loader import load_config
-from openpose_ray.outputs.frames_table import FRAMES_SCHEMA
 from openpose_ray.outputs.report import StageTimeline, write_report, write_report_or_warn
 from openpose_ray.outputs.status import FailureGroups
 from openpose_ray.pipeline.records import ShardStats, StageEnds, StageSeconds
@@ -36,6 +35,7 @@ CONFIG = REPO_ROOT / "configs" / "local.yaml"
 PHOTOS = ("COCO_val2014_000000000192.jpg", "COCO_val2014_000000000241.jpg", "COCO_val2014_000000000257.jpg")
 CLIP_FRAMES = 6
 BROKEN = "broken.jpg"
+SKIPPED = "notes.txt"
 PLOTS = ("plot-throughput", "plot-people-per-frame", "plot-joint-confidence")
 
 
@@ -94,6 +94,7 @@ def run(ray_session, data_dir, tmp_path_factory):
         shutil.copy(data_dir / "coco_val2014_samples" / name, inputs / name)
     video_clip(data_dir / "videos" / "street_720p_h264.avi", inputs / "clip.mp4", CLIP_FRAMES, width=480)
     (inputs / BROKEN).write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (inputs / SKIPPED).write_text("not an image or a video: listed, skipped, named\n")
     output = root / "out"
     config = load_config(CONFIG, [f"input=[{inputs}]", f"output={output}", "write.render_images=false",
                                   "write.render_videos=false"])
@@ -130,7 +131,13 @@ def test_the_failure_table_names_the_broken_file(run):
     assert sum(int(row[1]) for row in failures) == summary["frames_failed"] == 1
     (row,) = failures
     assert BROKEN in row[3] and "cannot decode image" in row[3] and "cannot decode image" in row[2]
-    assert (row[0] != "-") == ("error_kind" in FRAMES_SCHEMA.names)  # grouped by kind where the table has one
+    assert row[0] == "corrupt"  # grouped by error_kind
+
+
+def test_the_skipped_inputs_are_named_with_the_reason(run):
+    _, summary, _, page = run
+    (row,) = page.body_rows("skipped")
+    assert row[0].endswith(SKIPPED) and "not annotated" in row[1] and summary["inputs"]["skipped"] == 1
 
 
 def test_the_numbers_are_the_tables(run):

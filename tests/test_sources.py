@@ -665,3 +665,11 @@ def test_image_shards_span_folders_unless_partitioned_by_folder(tmp_path, partit
     assert [len(shard.uris) for shard in shards] == shard_sizes
     assert [uri for shard in shards for uri in shard.uris] == [
         str(tmp_path / f"person{i:02d}" / "photo.png") for i in range(10)]
+
+
+def test_a_multi_page_tiff_gives_its_first_page(tmp_path):
+    """As documented (README, "What it reads"): one image per file, the first page."""
+    pages = [np.full((20, 30, 3), value, np.uint8) for value in (10, 200)]
+    assert cv2.imwritemulti(str(tmp_path / "pages.tiff"), pages)
+    (frame,) = decode_all(group_images([local_object(tmp_path / "pages.tiff")], 1))
+    assert frame.status == "ok" and np.array_equal(frame.image, pages[0])

@@ -318,7 +318,7 @@ def _page(summary: dict, plots: dict[str, bytes], stage_frames: dict[str, int], 
              "<h2>Frames per second, per stage</h2>", _img("throughput", plots),
              "<table id='stage-frames'><tr><th>stage</th><th>frames</th></tr>",
              *(f"<tr><td>{_escape(STAGES[s])}</td><td class='n'>{n}</td></tr>" for s, n in stage_frames.items()),
-             "</table>", *_failures_section(frames.failures),
+             "</table>", *_failures_section(frames.failures), *_skipped_section(summary),
              "<h2>People</h2>", _img("people-per-frame", plots),
              "<table id='people-per-frame'><tr><th>people in the frame</th><th>frames</th></tr>",
              *(f"<tr><td class='n'>{n}</td><td class='n'>{count}</td></tr>"
@@ -343,6 +343,18 @@ def _failures_section(failures: FailureGroups) -> list[str]:
         parts.append(f"<tr><td>{_escape(group['kind'] or '-')}</td><td class='n'>{group['frames']}</td>"
                      f"<td>{reasons}</td><td>{examples}</td></tr>")
     return parts + ["</table>"]
+
+
+def _skipped_section(summary: dict) -> list[str]:
+    """The inputs the listing did not read (unsupported extension, ...), with the reason: the summary's list."""
+    skipped = summary.get("skipped_inputs") or []
+    if not skipped:
+        return []
+    listed = f"the first {len(skipped)} of " if len(skipped) < summary["inputs"]["skipped"] else ""
+    return [f"<h2>Skipped inputs ({listed}{summary['inputs']['skipped']})</h2>",
+            "<table id='skipped'><tr><th>input</th><th>reason</th></tr>",
+            *(f"<tr><td>{_escape(entry['uri'])}</td><td>{_escape(entry['reason'])}</td></tr>" for entry in skipped),
+            "</table>"]
 
 
 def _example(example: dict) -> str:
