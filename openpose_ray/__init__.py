@@ -4,8 +4,12 @@ Public API::
 
     from openpose_ray import PoseEstimator, render, to_coco17
     estimator = PoseEstimator.from_pretrained("mobilenet_thin", device="cpu")
-    people = estimator.estimate([bgr_image])[0]      # list[Person], keypoints float32[18, 3]
-    annotated = render(bgr_image, people)
+    people = estimator.estimate([bgr_image])[0]      # list[Person], keypoints float32[K, 3]
+    annotated = render(bgr_image, people, estimator.skeleton)
+    coco = to_coco17(people[0], estimator.skeleton)  # float32[17, 3], COCO-17 order
+
+K and the part order are those of ``estimator.skeleton``: 18 for the COCO-18
+models (COCO18), 25 for BODY_25 (BODY25).
 """
 
 import importlib.metadata
@@ -15,9 +19,10 @@ from .config import NetworkConfig, PostprocessConfig
 from .estimator import PoseEstimator
 from .person import Person
 from .render import render
-from .skeleton import COCO18, Skeleton
+from .skeleton import BODY25, COCO18, Skeleton
 
-__all__ = ["PoseEstimator", "Person", "render", "to_coco17", "PostprocessConfig", "NetworkConfig", "COCO18", "Skeleton"]
+__all__ = ["PoseEstimator", "Person", "render", "to_coco17", "PostprocessConfig", "NetworkConfig", "COCO18", "BODY25",
+           "Skeleton"]
 
 try:
     __version__ = importlib.metadata.version("openpose_ray")

@@ -265,7 +265,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return estimator.estimate([image])[0]
 
     try:
-        result = evaluate_keypoints(args.annotations, estimate, args.images)
+        result = evaluate_keypoints(args.annotations, estimate, args.images, estimator.skeleton)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--annotations {args.annotations}: not a COCO keypoint annotation file ({exc})") from None
     for name, value in result.items():

@@ -138,7 +138,7 @@ class PoseEstimator:
     def forward_fields(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw network output for BGR uint8 images [H, W, 3] at scale 1.
 
-        Returns (heatmaps float32[N, 19, h, w], pafs float32[N, 38, h, w]) at
+        Returns (heatmaps float32[N, K+1, h, w], pafs float32[N, 2L, h, w]) at
         stride 8 of the resized input (padded to the largest input in the batch
         in fit mode).
         """
@@ -155,8 +155,8 @@ class PoseEstimator:
         Inputs of equal geometry are batched (at most ``batch_size`` per call);
         inputs of different shapes never share a call, so a frame's fields do
         not depend on what else is in the batch. Returns per image (heatmaps
-        float32[19, h, w], pafs float32[38, h, w]) cropped to the valid field
-        size at scale 1.
+        float32[K+1, h, w], pafs float32[2L, h, w]; K parts and L limbs of
+        ``self.skeleton``) cropped to the valid field size at scale 1.
         """
         return [(f.heatmaps, f.pafs) for f in self.engine.fields(prepared, batch_size)]
 

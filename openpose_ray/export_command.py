@@ -4,7 +4,8 @@
     openpose-ray export OUTPUT --format coco --to DEST/results.json [--annotations person_keypoints.json]
 
 Prints the counts as JSON. Exit code: 0 success; 2 invalid usage (no job
-output at OUTPUT, an unreadable annotation file).
+output at OUTPUT, an unreadable annotation file, an output whose people come
+from models of two skeletons while a model change is under way).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .exports import FORMATS, export
+from .exports import FORMATS, MixedSkeletonsError, export
 from .jobconfig import S3Config
 from .storage import redact
 
@@ -47,5 +48,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                         annotations)
     except FileNotFoundError as exc:
         raise ExportUsageError(f"{redact(args.output)} holds no job output (no manifest): {exc}") from None
+    except MixedSkeletonsError as exc:
+        raise ExportUsageError(f"{redact(args.output)}: {exc}") from None
     print(json.dumps(counts))
     return 0

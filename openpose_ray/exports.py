@@ -17,16 +17,23 @@ without error, people or not, as OpenPose writes it:
   of them gets ``-<8 hex of the source URI's sha256>`` after its stem;
 - ``{"version": 1.3, "people": [{"person_id": [track id, or -1],
   "pose_keypoints_2d": [x, y, c] * K, "face_keypoints_2d": [], ...}]}`` with
-  the parts in the skeleton's order (COCO-18 is OpenPose's COCO order), a
-  missing part as 0, 0, 0, and positions in source pixels.
+  the K parts of the model's skeleton in its order, which is OpenPose's
+  (COCO-18: OpenPose's COCO order, 54 values; BODY_25: OpenPose's BODY_25
+  order, 75 values), a missing part as 0, 0, 0, and positions in source pixels.
 
 ``coco``: one JSON list of COCO keypoint results, ``{"image_id",
-"category_id": 1, "keypoints": [x, y, v] * 17, "score"}`` (COCO-17 order, v = 2
-for a found part, 0, 0, 0 otherwise), for images and tar members. ``image_id``
+"category_id": 1, "keypoints": [x, y, v] * 17, "score"}`` (COCO-17 order, by
+part name from the model's skeleton: the neck, BODY_25's mid-hip and feet are
+dropped; v = 2 for a found part, 0, 0, 0 otherwise), for images and tar members. ``image_id``
 comes from ``--annotations`` (the image whose ``file_name`` is the input's file
 name), else from the file name's digits (COCO's own names, 000000040083.jpg ->
 40083); an input with neither is left out and counted. Video frames have no
 COCO image and are left out (counted).
+
+The skeleton is the one the people table's schema metadata names. An output
+re-annotated with a model of another skeleton holds rows of both until that
+run is complete; it is refused (:class:`MixedSkeletonsError`) rather than
+exported half in one layout, half in the other.
 """
 
 from __future__ import annotations
@@ -41,13 +48,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .coco import coco_detections
 from .jobconfig import S3Config
-from .outputs.people_table import read_keypoints
+from .models.registry import get_entry
+from .outputs.people_table import read_keypoints, table_skeleton
 from .outputs.writer import write_bytes
 from .person import Person
-from .skeleton import COCO18, Skeleton
+from .skeleton import Skeleton
 from .storage import parse
 from .tables import read_table
 
@@ -93,10 +102,37 @@ def openpose_json_names(frames: pa.Table) -> dict[tuple[str, str | None, int], s
     return names
 
 
+class MixedSkeletonsError(ValueError):
+    """The people rows come from models of different skeletons (an output in the middle of a model change)."""
+
+
+def people_skeleton(people: pa.Table) -> Skeleton:
+    """The skeleton of a job's people rows: the one the table's metadata names, checked against the
+    models the rows name (their ``model`` column, where there is one)."""
+    skeleton = table_skeleton(people)
+    if "model" in people.column_names:
+        skeletons = {}
+        for model in pc.unique(people["model"]).to_pylist():
+            try:
+                skeletons[model] = get_entry(model).skeleton.name
+            except KeyError:  # a model this version does not know: its rows are taken as the metadata says
+                continue
+        if any(name != skeleton.name for name in skeletons.values()):
+            named = ", ".join(f"{model} ({name})" for model, name in sorted(skeletons.items()))
+            raise MixedSkeletonsError(
+                f"the people rows come from models of different skeletons: {named}; the output is being "
+                "annotated again with a new model (a new generation): let that run complete, then export")
+    return skeleton
+
+
 def openpose_json_documents(people: pa.Table, frames: pa.Table,
-                            skeleton: Skeleton = COCO18) -> Iterator[tuple[str, dict]]:
-    """(relative file name, document) per ok frame, people in person_index order."""
-    keypoints = read_keypoints(people, skeleton) if people.num_rows else np.zeros((0, skeleton.num_parts, 3))
+                            skeleton: Skeleton | None = None) -> Iterator[tuple[str, dict]]:
+    """(relative file name, document) per ok frame, people in person_index order.
+
+    skeleton: of the people table; None: its own (:func:`people_skeleton`). Each person's
+    ``pose_keypoints_2d`` holds ``skeleton.num_parts`` x 3 values in the skeleton's part order.
+    """
+    keypoints = read_keypoints(people, skeleton or people_skeleton(people)) if people.num_rows else None
     by_frame: dict[tuple, list[tuple[int, int | None, np.ndarray]]] = {}
     columns = [people[name].to_pylist() for name in ("source", "member", "frame_index", "person_index", "track_id")]
     for row, (source, member, frame, person, track) in enumerate(zip(*columns)):
@@ -110,11 +146,18 @@ def openpose_json_documents(people: pa.Table, frames: pa.Table,
             for _, track, k in persons]}
 
 
-def coco_results(people: pa.Table, image_ids: Mapping[str, int] | None = None) -> tuple[list[dict], Counter]:
-    """COCO keypoint results of the image and tar-member rows; and counts of the rows left out, by reason."""
+def coco_results(people: pa.Table, image_ids: Mapping[str, int] | None = None,
+                 skeleton: Skeleton | None = None) -> tuple[list[dict], Counter]:
+    """COCO keypoint results of the image and tar-member rows; and counts of the rows left out, by reason.
+
+    skeleton: of the people table; None: its own (:func:`people_skeleton`).
+    """
     left_out: Counter = Counter()
     results = []
-    keypoints = read_keypoints(people, COCO18) if people.num_rows else np.zeros((0, 18, 3))
+    if people.num_rows == 0:
+        return results, left_out
+    skeleton = skeleton or people_skeleton(people)
+    keypoints = read_keypoints(people, skeleton)
     columns = [people[name].to_pylist() for name in ("source", "member", "source_kind", "score")]
     for row, (source, member, kind, score) in enumerate(zip(*columns)):
         if kind == "video":
@@ -125,7 +168,7 @@ def coco_results(people: pa.Table, image_ids: Mapping[str, int] | None = None) -
         if image_id is None:
             left_out["no image id for the file name" + (" in --annotations" if image_ids is not None else "")] += 1
             continue
-        results.extend(coco_detections(image_id, [Person(keypoints=keypoints[row], score=float(score))]))
+        results.extend(coco_detections(image_id, [Person(keypoints=keypoints[row], score=float(score))], skeleton))
     return results, left_out
 
 

@@ -92,7 +92,7 @@ class SourcesConfig:
 class ModelConfig:
     """Which network and weights.
 
-    name: registry name (mobilenet_thin, cmu_body).
+    name: registry name (mobilenet_thin, cmu_body, body_25).
     weights: None for the default weights, else a path or s3:// URI of a checkpoint.
     weights_sha256: expected sha256 of ``weights`` (optional).
     resize_mode: "fit" keeps each frame's aspect ratio at net_size's height

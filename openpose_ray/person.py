@@ -28,7 +28,7 @@ class Person:
     keypoints: float32[K, 3] as x, y, confidence, in source-image pixels (pixel
         centres at integer coordinates, x right, y down). A part that was not
         found has all three values 0. K and the part order are those of the
-        skeleton of the model (COCO-18 for the built-in models).
+        skeleton of the model (``entry.skeleton``: COCO-18, or BODY_25).
     score: the OpenPose person score, the mean over the person's parts and
         limbs of the part confidences and limb PAF scores.
     """

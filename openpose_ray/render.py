@@ -38,12 +38,13 @@ def render(
     persons: each with keypoints float32 ``[K, 3]`` as x, y, confidence in the
         pixels of ``image``, K = ``skeleton.num_parts``. Parts with confidence
         <= 0 (the "not found" convention) or non-finite coordinates are skipped.
-    skeleton: part order and limbs of the keypoints. Limb ``i`` is drawn in
-        ``skeleton.part_colors_bgr[i]`` (the CMU demo colours limbs by their
-        index in limb order; the palette repeats if there are more limbs than
-        colours); only limbs with ``drawn`` set, and only when both parts were
-        found. Keypoints are drawn after the limbs, as filled circles in the
-        colour of their part.
+    skeleton: part order and limbs of the keypoints (the model's: a BODY_25
+        person needs ``skeleton.BODY25``). Limbs are drawn in
+        ``skeleton.limb_colors_bgr()``: for COCO-18 limb ``i`` in the colour of
+        part ``i``, as the CMU demo does; for BODY_25 each limb in the colour
+        of its second part, as OpenPose does. Only limbs with ``drawn`` set,
+        and only when both parts were found. Keypoints are drawn after the
+        limbs, as filled circles in the colour of their part.
     thickness, radius: line thickness and circle radius in pixels; by default
         they grow with the short side of the image so large frames stay legible.
 
@@ -59,7 +60,7 @@ def render(
     if thickness < 1 or radius < 1:
         raise ValueError(f"thickness and radius must be >= 1 pixel, got thickness={thickness}, radius={radius}")
 
-    colors = skeleton.part_colors_bgr
+    part_colors, limb_colors = skeleton.part_colors_bgr, skeleton.limb_colors_bgr()
     limb_parts = skeleton.limb_part_indices()
     for person_index, person in enumerate(persons):
         keypoints = np.asarray(person.keypoints)
@@ -71,12 +72,11 @@ def render(
         found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
         pixels = np.rint(np.where(found[:, None], keypoints[:, :2], 0)).astype(np.int64)
 
-        for limb_index, (limb, (a, b)) in enumerate(zip(skeleton.limbs, limb_parts)):
+        for limb, color, (a, b) in zip(skeleton.limbs, limb_colors, limb_parts):
             if limb.drawn and found[a] and found[b]:
-                color = colors[limb_index % len(colors)]
                 cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, thickness, cv2.LINE_AA)
         for part_index in np.flatnonzero(found):
-            cv2.circle(canvas, _point(pixels[part_index]), radius, colors[part_index], cv2.FILLED, cv2.LINE_AA)
+            cv2.circle(canvas, _point(pixels[part_index]), radius, part_colors[part_index], cv2.FILLED, cv2.LINE_AA)
     return canvas
 
 

@@ -102,7 +102,12 @@ def track(frames: Iterable[FramePeople], skeleton: Skeleton, config: TrackingCon
             raise ValueError(f"frames must be in increasing frame_index: {frame.frame_index} after {previous_frame}")
         previous_frame = frame.frame_index
         live = [t for t in live if frame.frame_index - t.frame_index - 1 <= config.max_gap_frames]  # frames missed
-        poses = np.asarray(frame.keypoints, dtype=np.float32).reshape(-1, skeleton.num_parts, 3)
+        poses = np.asarray(frame.keypoints, dtype=np.float32)
+        if len(poses) == 0:  # a frame with nobody may come as any empty array
+            poses = poses.reshape(0, skeleton.num_parts, 3)
+        if poses.shape[1:] != (skeleton.num_parts, 3):
+            raise ValueError(f"frame {frame.frame_index}: keypoints have shape {poses.shape}, expected "
+                             f"[P, {skeleton.num_parts}, 3] for skeleton {skeleton.name!r}; track with the model's skeleton")
         ids = np.full(len(poses), -1, np.int64)
         if live and len(poses):
             predicted = np.stack([t.predicted(frame.frame_index) for t in live])

@@ -52,5 +52,13 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "chromium not found (needs root and apt-get to install): tests/test_report.py's browser test will be skipped"
     fi
 fi
+
+# OpenCV 4.x in a venv of its own: its Caffe importer (OpenCV 5 dropped it) is the independent
+# runtime tests/test_caffe_models.py checks the cmu_body and body_25 networks against. Never fatal.
+if ! .venv-cv4/bin/python -c "import cv2, sys; sys.exit(not cv2.__version__.startswith('4.'))" 2>/dev/null; then
+    "$PYTHON" -m venv .venv-cv4 \
+        && .venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check "opencv-python-headless>=4.8,<5" numpy \
+        || echo "OpenCV 4 could not be installed in .venv-cv4: tests/test_caffe_models.py's parity tests will be skipped"
+fi
 .venv/bin/openpose-ray weights fetch
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"

@@ -23,6 +23,15 @@ STANDING_FIGURE: dict[str, tuple[float, float]] = {
     "r_eye": (-2, -7), "l_eye": (2, -7), "r_ear": (-4, -6), "l_ear": (4, -6),
 }
 
+# The same figure with BODY_25's extra parts: the mid-hip between the hips, and per foot the
+# heel just below and inside the ankle, the big toe below it and the small toe outside the big toe.
+STANDING_FIGURE_BODY25: dict[str, tuple[float, float]] = {
+    **STANDING_FIGURE,
+    "mid_hip": (0, 14),
+    "l_big_toe": (4, 34), "l_small_toe": (7, 34), "l_heel": (2, 32),
+    "r_big_toe": (-4, 34), "r_small_toe": (-7, 34), "r_heel": (-2, 32),
+}
+
 # Field x = k + 1/8 lands on the upsampled pixel centre 4k + 2 (and likewise for
 # y), so a blob's upsampled maximum is one pixel, not a tie between two.
 ON_UPSAMPLED_PIXEL = 1.0 / 8.0
@@ -71,7 +80,9 @@ def synthesize_fields(people: list[dict[str, tuple[float, float]]], size: tuple[
     return heatmaps.astype(np.float32), pafs.astype(np.float32)
 
 
-def figure_at(neck_x: float, neck_y: float, parts=None) -> dict[str, tuple[float, float]]:
-    """STANDING_FIGURE with its neck at (neck_x, neck_y) field pixels, optionally only some parts."""
-    names = STANDING_FIGURE if parts is None else parts
-    return {name: (neck_x + STANDING_FIGURE[name][0], neck_y + STANDING_FIGURE[name][1]) for name in names}
+def figure_at(neck_x: float, neck_y: float, parts=None,
+              figure: dict[str, tuple[float, float]] = STANDING_FIGURE) -> dict[str, tuple[float, float]]:
+    """``figure`` (STANDING_FIGURE, or STANDING_FIGURE_BODY25) with its neck at (neck_x, neck_y) field
+    pixels, optionally only some parts."""
+    names = figure if parts is None else parts
+    return {name: (neck_x + figure[name][0], neck_y + figure[name][1]) for name in names}

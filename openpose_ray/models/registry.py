@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..skeleton import COCO18, Skeleton
+from ..skeleton import BODY25, COCO18, Skeleton
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class ModelEntry:
         checkpoint is already the module's state dict.
     source: where the default weights come from; None when the user must
         supply a checkpoint.
+    state_dict_to_checkpoint: "module:function", the inverse of checkpoint_to_state_dict
+        (errors about a checkpoint then name its keys as the file does).
     source_converter: "module:function" turning the source file into a state dict.
     state_dict_digest: sha256 of the converted state dict's tensors
         (see ``loading.state_dict_digest``); checked on every load.
@@ -83,6 +85,7 @@ class ModelEntry:
     input_spec: InputSpec
     skeleton: Skeleton
     checkpoint_to_state_dict: str | None = None
+    state_dict_to_checkpoint: str | None = None
     source: PypiSdistFile | None = None
     source_converter: str | None = None
     state_dict_digest: str | None = None
@@ -145,24 +148,46 @@ MOBILENET_THIN = register(
     )
 )
 
+# The input of OpenPose's Caffe models (COCO and BODY_25 alike): BGR, x/256 - 0.5, height 368
+# keeping the aspect ratio, padded to a multiple of the stride (OpenPose's defaults).
+OPENPOSE_CAFFE_INPUT = InputSpec(
+    net_size=(368, 368),
+    resize_mode="fit",
+    color_order="BGR",
+    scale=1.0 / 256.0,
+    offset=-0.5,
+    interpolation="cubic",
+)
+
 CMU_BODY = register(
     ModelEntry(
         name="cmu_body",
         description="CMU OpenPose body model (VGG-19 + 6 two-branch stages), COCO-18; bring your own checkpoint",
         network="openpose_ray.models.cmu:CmuBodyNet",
-        input_spec=InputSpec(
-            net_size=(368, 368),
-            resize_mode="fit",
-            color_order="BGR",
-            scale=1.0 / 256.0,
-            offset=-0.5,
-            interpolation="cubic",
-        ),
+        input_spec=OPENPOSE_CAFFE_INPUT,
         skeleton=COCO18,
         checkpoint_to_state_dict="openpose_ray.models.cmu:cmu_checkpoint_to_state_dict",
+        state_dict_to_checkpoint="openpose_ray.models.cmu:state_dict_to_cmu_checkpoint",
         checkpoint_layout=(
-            "the common PyTorch conversion of the CMU body model (body_pose_model.pth): flat keys "
-            "conv1_1.weight ... Mconv7_stage6_L1.weight, Mconv7_stage6_L2.weight"
+            "OpenPose's models/pose/coco/pose_iter_440000.caffemodel, or the common PyTorch conversion of it "
+            "(body_pose_model.pth): flat keys conv1_1.weight ... Mconv7_stage6_L1.weight, Mconv7_stage6_L2.weight"
+        ),
+    )
+)
+
+BODY_25 = register(
+    ModelEntry(
+        name="body_25",
+        description="OpenPose BODY_25 (VGG-19 + 4 PAF and 2 heatmap stages, PReLU), 25 parts with feet; "
+                    "bring OpenPose's caffemodel",
+        network="openpose_ray.models.body25:Body25Net",
+        input_spec=OPENPOSE_CAFFE_INPUT,
+        skeleton=BODY25,
+        checkpoint_to_state_dict="openpose_ray.models.body25:body25_checkpoint_to_state_dict",
+        state_dict_to_checkpoint="openpose_ray.models.body25:state_dict_to_body25_checkpoint",
+        checkpoint_layout=(
+            "OpenPose's models/pose/body_25/pose_iter_584000.caffemodel, or a flat mapping of its layer names: "
+            "conv1_1.weight ... prelu4_2.weight ... Mconv7_stage1_L1.bias"
         ),
     )
 )

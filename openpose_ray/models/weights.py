@@ -220,12 +220,47 @@ def resolve_weights(entry: ModelEntry, uri: str | None = None, *, sha256: str | 
 
 def user_state_dict(entry: ModelEntry, uri: str, *, sha256: str | None = None,
                     s3: "S3Config | None" = None) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, sha256 of the file) of a user-supplied checkpoint in the entry's documented layout."""
+    """(state dict, sha256 of the file) of a user-supplied checkpoint in the entry's documented layout.
+
+    A ``.caffemodel`` (OpenPose's own model files) is read by layer name (:mod:`.caffe`) and
+    converted once: the result is cached as ``<cache>/checkpoints/<model>-<file sha256>.pt``.
+    """
     data = read_uri(uri, s3)
     file_sha = hashlib.sha256(data).hexdigest()
     if sha256 is not None and file_sha != sha256.lower():
         raise ValueError(f"checkpoint {uri} has sha256 {file_sha}, expected {sha256}")
+    if is_caffemodel(uri):
+        return _caffemodel_state_dict(entry, data, file_sha, uri), file_sha
     checkpoint = read_checkpoint(data, source=uri)
     if entry.checkpoint_to_state_dict:
         checkpoint = resolve(entry.checkpoint_to_state_dict)(checkpoint)
     return checkpoint, file_sha
+
+
+def is_caffemodel(uri: str) -> bool:
+    return urllib.parse.urlparse(uri).path.lower().endswith(".caffemodel")
+
+
+def _caffemodel_state_dict(entry: ModelEntry, data: bytes, file_sha: str, uri: str) -> dict[str, torch.Tensor]:
+    from .caffe import flat_checkpoint, read_caffemodel
+    from .loading import check_state_dict
+
+    cached = cache_dir() / "checkpoints" / f"{entry.name}-{file_sha[:32]}.pt"
+    if cached.exists():
+        try:
+            return read_checkpoint(cached)
+        except ValueError as exc:
+            log.warning("cached conversion %s is unreadable (%s); converting %s again", cached, exc, uri)
+    flat = flat_checkpoint(read_caffemodel(data, source=uri))
+    if entry.checkpoint_to_state_dict is None:
+        raise ValueError(f"model {entry.name!r} does not take caffemodels; its weights are {entry.checkpoint_layout}")
+    # Checked in the file's own terms (layer names) before renaming, so a message names the caffemodel's layer.
+    with torch.device("meta"):  # shapes only: nothing allocated
+        reference = resolve(entry.network)().state_dict()
+    check_state_dict(resolve(entry.state_dict_to_checkpoint)(reference), flat, source=uri)
+    state_dict = resolve(entry.checkpoint_to_state_dict)(flat)
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    write_bytes_atomic(cached, buffer.getvalue())
+    log.info("converted %s for %s (cached as %s)", uri, entry.name, cached)
+    return state_dict

@@ -165,6 +165,11 @@ class _LocalStore:
         current = self.read()
         if current is not None and current[1] == expected:
             os.remove(self.path)
+            for folder in (os.path.dirname(self.path), os.path.dirname(os.path.dirname(self.path))):
+                try:  # a run that wrote nothing (e.g. no actors came) leaves the output as it found it
+                    os.rmdir(folder)
+                except OSError:  # not empty: other files are there
+                    break
 
 
 class _S3Store:

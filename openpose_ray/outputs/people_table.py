@@ -32,7 +32,11 @@ nose, neck, ...   struct<x: float32,           one column per part, in skeleton 
 
 COCO-18 part columns: nose, neck, r_shoulder, r_elbow, r_wrist, l_shoulder, l_elbow,
 l_wrist, r_hip, r_knee, r_ankle, l_hip, l_knee, l_ankle, r_eye, l_eye, r_ear, l_ear
-("r_" is the person's right side).
+("r_" is the person's right side). BODY_25 part columns (OpenPose's BODY_25 order,
+``skeleton.BODY25_OPENPOSE_NAMES`` gives OpenPose's name of each): nose, neck,
+r_shoulder, r_elbow, r_wrist, l_shoulder, l_elbow, l_wrist, mid_hip, r_hip, r_knee,
+r_ankle, l_hip, l_knee, l_ankle, r_eye, l_eye, r_ear, l_ear, l_big_toe, l_small_toe,
+l_heel, r_big_toe, r_small_toe, r_heel: the parts both skeletons have share a name.
 
 A part that was not found has ``x = y = confidence = 0`` (the estimator's
 convention), never NULL, so filter on the confidence before using positions::
@@ -42,7 +46,8 @@ convention), never NULL, so filter on the confidence before using positions::
 
 All columns above but track_id are non-nullable. Frames in which nobody was found have no
 rows (the frames table has one row per frame, people or not). The schema metadata
-key ``openpose_ray.skeleton`` holds the skeleton name.
+key ``openpose_ray.skeleton`` holds the skeleton name (:func:`table_skeleton`), so a
+reader holding only a table knows its part columns.
 
 The annotation job appends :data:`PEOPLE_EXTRA_FIELDS`, the same per-frame
 columns as the frames table, so either table can be filtered without a join:
@@ -68,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from openpose_ray.person import Person, keypoints_bbox
-from openpose_ray.skeleton import COCO18, Skeleton
+from openpose_ray.skeleton import COCO18, Skeleton, skeleton_by_name
 
 SKELETON_METADATA_KEY = b"openpose_ray.skeleton"
 
@@ -223,13 +228,26 @@ def _keypoint_struct(part_keypoints: np.ndarray) -> pa.StructArray:
     )
 
 
-def read_keypoints(table: pa.Table, skeleton: Skeleton = COCO18) -> np.ndarray:
+def table_skeleton(table: pa.Table | pa.Schema) -> Skeleton:
+    """The skeleton a people table was written with, from its schema metadata (:data:`SKELETON_METADATA_KEY`)."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    name = (schema.metadata or {}).get(SKELETON_METADATA_KEY)
+    if name is None:
+        raise KeyError(f"the table's schema metadata names no skeleton (no {SKELETON_METADATA_KEY.decode()!r} key): "
+                       "not a people table as openpose_ray writes it; pass its skeleton explicitly")
+    return skeleton_by_name(name.decode())
+
+
+def read_keypoints(table: pa.Table, skeleton: Skeleton | None = None) -> np.ndarray:
     """float32[R, K, 3] as x, y, confidence: the keypoints of a people table, in skeleton part order.
 
+    skeleton: the part columns to read; None: the table's own (:func:`table_skeleton`).
     The inverse of what :class:`PeopleTableBuilder` writes: the result equals the
     estimator's keypoints exactly. NULL values (only possible in tables written
     by other tools) come back as NaN.
     """
+    if skeleton is None:
+        skeleton = table_skeleton(table)
     missing = [name for name in skeleton.part_names if name not in table.column_names]
     if missing:
         raise KeyError(

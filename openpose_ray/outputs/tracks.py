@@ -21,6 +21,10 @@ key of its current records and of the ``tracking`` settings. A video whose
 key is unchanged is not read again; changing a tracking setting re-tracks
 every video on the next run without annotating anything. Killed half-way, the
 step is simply done again (a file rewritten twice gets the same ids).
+
+A video's files are read with the skeleton their schema metadata names, not the
+running job's model's: a video whose current rows are still those of an older
+generation (a model change not yet complete) is tracked as it was annotated.
 """
 
 from __future__ import annotations
@@ -39,12 +43,11 @@ import pyarrow.parquet as pq
 from ..config import TrackingConfig
 from ..jobconfig import JobConfig
 from ..retry import call_with_retries
-from ..skeleton import Skeleton
 from ..storage import parse
 from ..tracking import track_rows
 from .manifest import MANIFEST_DIR, complete_videos, row_keys
 from ..person import keypoints_bbox
-from .people_table import bbox_struct, people_schema, read_keypoints
+from .people_table import bbox_struct, people_schema, read_keypoints, table_skeleton
 from .writer import output_filesystem, parquet_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -81,18 +84,19 @@ def pending(live: pa.Table, config: JobConfig, done: dict[str, str]) -> dict[str
     return todo
 
 
-def track_video(source: str, records: list[dict], config: JobConfig, skeleton: Skeleton) -> int:
+def track_video(source: str, records: list[dict], config: JobConfig) -> int:
     """Give every people row of one complete video its track id, rewriting the video's people files.
 
-    records: the video's current manifest records. Returns the number of tracks.
+    records: the video's current manifest records (of one generation, so one skeleton). Returns the
+    number of tracks.
     """
     filesystem, root = output_filesystem(parse(config.output), config.s3)
     files = sorted({r["people_file"] for r in records})
-    tables = {path: _with_current_columns(_read(filesystem, posixpath.join(root, path), config), skeleton)
-              for path in files}
+    tables = {path: _with_current_columns(_read(filesystem, posixpath.join(root, path), config)) for path in files}
     keys = pa.array(sorted({"\x00".join((source, r["shard_id"], r["run_id"])) for r in records}))
     mine = {path: pc.is_in(row_keys(table), value_set=keys) for path, table in tables.items()}
     rows = pa.concat_tables([table.filter(mine[path]) for path, table in tables.items()])
+    skeleton = table_skeleton(rows)
     ids = track_rows(rows["frame_index"].to_numpy(), rows["person_index"].to_numpy(),
                      read_keypoints(rows, skeleton), skeleton, config.tracking)
     start = 0
@@ -109,7 +113,7 @@ def track_video(source: str, records: list[dict], config: JobConfig, skeleton: S
     return int(ids.max()) + 1 if len(ids) else 0
 
 
-def track_pending_videos(live: pa.Table, config: JobConfig, skeleton: Skeleton) -> dict:
+def track_pending_videos(live: pa.Table, config: JobConfig) -> dict:
     """Track every complete video whose tracks are missing or stale (in Ray tasks, or here for a few);
     update the state file.
 
@@ -124,14 +128,14 @@ def track_pending_videos(live: pa.Table, config: JobConfig, skeleton: Skeleton) 
     tracks, finished = 0, {}
     if len(todo) <= _IN_DRIVER:  # a task's worker start costs more than tracking a few videos here
         for source, (records, key) in todo.items():
-            tracks += track_video(source, records, config, skeleton)
+            tracks += track_video(source, records, config)
             finished[source] = key
     else:
         remote, in_flight = ray.remote(num_cpus=0.5, max_retries=3)(track_video), {}
         for source, (records, key) in todo.items():
             if len(in_flight) >= _MAX_IN_FLIGHT:
                 tracks += _collect_one(in_flight, finished)
-            in_flight[remote.remote(source, records, config, skeleton)] = (source, key)
+            in_flight[remote.remote(source, records, config)] = (source, key)
         while in_flight:
             tracks += _collect_one(in_flight, finished)
     current_videos = set(complete_videos(live))
@@ -153,10 +157,10 @@ def _collect_one(in_flight: dict, finished: dict) -> int:
     return count
 
 
-def _with_current_columns(table: pa.Table, skeleton: Skeleton) -> pa.Table:
+def _with_current_columns(table: pa.Table) -> pa.Table:
     """A people file written before track_id and bbox existed, with both (bbox from its keypoints), so
     that the rewritten file has today's schema."""
-
+    skeleton = table_skeleton(table)
     if "track_id" not in table.column_names:
         position = table.column_names.index("person_index") + 1
         table = table.add_column(position, people_schema(skeleton).field("track_id"), pa.nulls(table.num_rows, pa.int64()))

@@ -18,10 +18,12 @@ import pyarrow.fs as pafs
 import ray
 
 from ..jobconfig import JobConfig
+from ..models.registry import get_entry
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
 from ..outputs.writer import delete_uris, write_bytes
 from ..person import Person
 from ..render import render
+from ..skeleton import Skeleton
 from ..sources.decoding import decode_frames
 from ..sources.s3io import read_bytes
 from ..storage import parse
@@ -38,11 +40,13 @@ def _output_uri(config: JobConfig, relative: str) -> str:
 
 
 def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: JobConfig) -> dict:
-    """Draw ``people`` (per frame of ``frames``) on the shard's frames, decoded again; return what was written."""
+    """Draw ``people`` (per frame of ``frames``, keypoints of the job's model's skeleton) on the shard's
+    frames, decoded again; return what was written."""
     people_by_frame = {(meta.source, meta.member, meta.frame_index): persons
                        for meta, persons in zip(frames.frames, people) if meta.status == "ok"}
+    skeleton = get_entry(config.model.name).skeleton
     if frames.source_kind == "video":
-        return _render_video_segment(frames, people_by_frame, config)
+        return _render_video_segment(frames, people_by_frame, config, skeleton)
     written = 0
     for frame in decode_frames(frames.shard, config.sources, config.s3):
         persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
@@ -50,18 +54,19 @@ def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: J
             continue
         ext = ".png" if (frame.member or frame.source).lower().endswith(".png") else ".jpg"
         relative = media_path_for(frame.source, frame.member, kind="images", ext=ext)
-        write_bytes(_output_uri(config, relative), encode_image(render(frame.image, persons), ext), config.s3)
+        write_bytes(_output_uri(config, relative), encode_image(render(frame.image, persons, skeleton), ext), config.s3)
         written += 1
     return {"images": written}
 
 
-def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: JobConfig) -> dict:
+def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: JobConfig,
+                           skeleton: Skeleton) -> dict:
     drawn, timestamps = [], []
     for frame in decode_frames(frames.shard, config.sources, config.s3):
         persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
         if frame.status != "ok" or persons is None:
             continue
-        drawn.append(render(frame.image, persons))
+        drawn.append(render(frame.image, persons, skeleton))
         timestamps.append(frame.timestamp)
     if not drawn:
         return {}

@@ -248,7 +248,7 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
     lock.check()  # finalizing deletes files no record names: never while another run writes
     live, folded = manifest.finalize(config.output, config.s3, config.write.compression)
     marks["manifest"] = time.time()
-    tracked = track_pending_videos(live, config, get_entry(config.model.name).skeleton)
+    tracked = track_pending_videos(live, config)
     marks["tracks"] = time.time()
     videos_written = assemble_pending_videos(manifest.complete_videos(live), config) if config.write.render_videos else []
     marks["videos"] = time.time()
