@@ -301,3 +301,25 @@ def test_a_body25_job_runs_end_to_end_on_a_caffemodel(ray_session, data_dir, tmp
     assert set(frames["model"].to_pylist()) == {"body_25"} and frames.num_rows == 3
     people = read_table(str(tmp_path / "out"), "people")
     assert people.num_rows == summary["people"] == sum(frames["num_people"].to_pylist())
+
+
+def test_a_caffemodel_from_s3_with_its_sha256(moto_s3, tmp_path, monkeypatch):
+    """weights=s3://... and weights_sha256: as for .pt checkpoints (a wrong hash is refused before parsing)."""
+    import boto3
+
+    from openpose_ray.jobconfig import S3Config
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
+    data = write_caffemodel(random_caffe_layers("body_25", seed=5))
+    client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    client.create_bucket(Bucket="openpose-models")
+    client.put_object(Bucket="openpose-models", Key="body_25/pose_iter_584000.caffemodel", Body=data)
+    uri, s3 = "s3://openpose-models/body_25/pose_iter_584000.caffemodel", S3Config(endpoint_url=moto_s3)
+    sha256 = __import__("hashlib").sha256(data).hexdigest()
+    estimator = PoseEstimator.from_pretrained("body_25", weights=uri, weights_sha256=sha256, s3=s3)
+    assert estimator.weights_sha256 == sha256 and estimator.skeleton is BODY25
+    with pytest.raises(ValueError, match="expected 0{64}"):
+        PoseEstimator.from_pretrained("body_25", weights=uri, weights_sha256="0" * 64, s3=s3)

@@ -132,7 +132,7 @@ def test_weights_fetch_reports_the_cached_files(estimator, capsys):
 @pytest.mark.parametrize("argv", [["weights", "fetch", "--model", "nope"], ["predict", "x.jpg", "--out", "p.parquet", "--model", "nope"]])
 def test_unknown_model_exits_2_and_lists_the_known_models(argv, capsys):
     assert main(argv) == 2
-    assert "known models: cmu_body, mobilenet_thin" in capsys.readouterr().err
+    assert "known models: body_25, cmu_body, mobilenet_thin" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option, value", [("--net-size", "432"), ("--net-size", "432x"), ("--net-size", "ax368"),

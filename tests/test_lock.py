@@ -61,7 +61,11 @@ def test_a_second_run_is_refused_naming_the_holder_and_gets_the_lock_once_it_is_
     assert time.monotonic() - started < 5
     message = str(refused.value)
     assert "run run-1" in message and socket.gethostname() in message and "--break-lock" in message
+    with pytest.raises(LockHeld, match="run-1"):
+        OutputLock(root, s3, "run-2").check_takeable()  # what a run checks before waiting for its actors
     first.release()
+    assert read() is None
+    OutputLock(root, s3, "run-2").check_takeable()  # free: passes, and writes nothing
     assert read() is None
     with OutputLock(root, s3, "run-2") as second:
         assert json.loads(read())["run_id"] == "run-2"

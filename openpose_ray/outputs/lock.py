@@ -261,23 +261,37 @@ class OutputLock:
         if found is None:
             raise LockHeld(f"the output's lock {redact(self.uri)} keeps changing hands; try again")
         raw, version = found
+        holder, why = self._why_takeable(raw)
+        taken = self._store.replace(data, version)
+        if taken is None:
+            raise LockHeld(f"another run took over the stale lock {redact(self.uri)} first")
+        log.warning("took over the output's lock from %s: %s", holder.describe() if holder else "an unknown run", why)
+        return taken
+
+    def check_takeable(self) -> None:
+        """Raise :class:`LockHeld` now if the lock is held by a run that may still go on; writes nothing.
+
+        For a run that must wait before it writes (for its inference actors, on a cold
+        cluster): it learns at once that the output is taken, not after the wait.
+        """
+        found = self._store.read()
+        if found is not None:
+            self._why_takeable(found[0])
+
+    def _why_takeable(self, raw: bytes) -> tuple[LockInfo | None, str]:
+        """(the holder, why its lock may be taken), or raise :class:`LockHeld` naming the holder."""
         try:
             holder = LockInfo.from_bytes(raw)
         except (ValueError, TypeError) as exc:  # not ours to judge: a damaged lock is stale
-            why, holder = f"it is unreadable ({exc})", None
-        else:
-            why = "--break-lock" if self._break else holder_is_gone(holder, self._stale_after_s)
+            return None, f"it is unreadable ({exc})"
+        why = "--break-lock" if self._break else holder_is_gone(holder, self._stale_after_s)
         if why is None:
             raise LockHeld(
                 f"the output {redact(self.uri.rsplit('/' + LOCK, 1)[0])} is being written by {holder.describe()}. "
                 f"Two runs must not write one output. If that run is gone, its lock ({redact(self.uri)}) is taken over "
                 f"once {STALE_AFTER_S:.0f} s pass without a heartbeat (at once on the same host), or run again with "
                 "--break-lock.")
-        taken = self._store.replace(data, version)
-        if taken is None:
-            raise LockHeld(f"another run took over the stale lock {redact(self.uri)} first")
-        log.warning("took over the output's lock from %s: %s", holder.describe() if holder else "an unknown run", why)
-        return taken
+        return holder, why
 
     def _confirm(self) -> None:
         """Read the lock back: on a store that ignores conditional writes, a later writer shows here."""

@@ -189,13 +189,19 @@ def run_job(config: JobConfig, force: bool = False, break_lock: bool = False) ->
              len(config.input), redact(config.output), plan.device, plan.why, plan.min_actors,
              plan.max_actors or "any", plan.describe_bundle(),
              "the inference device" if plan.peaks_on_device else "CPU workers")
-    with OutputLock(config.output, config.s3, provenance.run_id, break_lock=break_lock) as lock:
-        return _annotate(config, force, started, plan, weights, provenance, lock)
+    lock = OutputLock(config.output, config.s3, provenance.run_id, break_lock=break_lock)
+    lock.check_takeable()  # a second run stops now, not after waiting for actors; nothing written yet
+    waited = wait_for_actors(plan, config.inference.wait_for_actors_s)
+    with lock:
+        return _annotate(config, force, started, plan, weights, provenance, lock, waited)
 
 
 def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, weights: ShippedWeights,
-              provenance: Provenance, lock: OutputLock) -> dict:
-    """The part of :func:`run_job` that reads and writes the output, run while holding its lock."""
+              provenance: Provenance, lock: OutputLock, waited: float) -> dict:
+    """The part of :func:`run_job` that reads and writes the output, run while holding its lock.
+
+    waited: seconds the run waited for its first inference actors (for the summary).
+    """
     live = manifest.resolve(manifest.load(config.output, config.s3, columns=manifest.INDEX_COLUMNS).records)
     done = manifest.done_index(live, provenance.generation)
     del live
@@ -203,7 +209,6 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
         log.info("--force: annotating every input again (%d done in generation %s)", len(done), provenance.generation)
     else:
         log.info("manifest: %d input(s) already done in generation %s", len(done), provenance.generation)
-    waited = wait_for_actors(plan, config.inference.wait_for_actors_s)
     ds = build_dataset(config, provenance, plan, weights, None if force or not len(done) else ray.put(done))
 
     totals: dict[str, float] = defaultdict(float)
