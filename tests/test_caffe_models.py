@@ -276,20 +276,20 @@ def test_a_caffemodel_is_read_as_written_and_converted_once(tmp_path, monkeypatc
 
 
 def test_a_body25_job_runs_end_to_end_on_a_caffemodel(ray_session, data_dir, tmp_path):
-    """Random weights (real ones are not reachable here): the tables have BODY_25's shape."""
+    """Random weights (real ones are not reachable here): the tables have BODY_25's shape (2 photos, small input)."""
     from openpose_ray.config_loader import load_config
     from openpose_ray.pipeline.runner import run_job
     from openpose_ray.tables import read_table
 
     weights = tmp_path / "pose_iter_584000.caffemodel"
     weights.write_bytes(write_caffemodel(random_caffe_layers("body_25", seed=4, output_gain=0.05)))
-    photos = sorted((data_dir / "coco_val2014_samples").glob("*.jpg"))[:3]
+    photos = sorted((data_dir / "coco_val2014_samples").glob("*.jpg"))[:2]
     config = load_config(REPO_ROOT / "configs" / "local.yaml", [
         f"input={json.dumps([str(p) for p in photos])}", f"output={tmp_path / 'out'}", "model.name=body_25",
-        f"model.weights={weights}", "model.net_size=[184,184]", "write.render_images=false",
+        f"model.weights={weights}", "model.net_size=[128,128]", "write.render_images=false",
         "write.render_videos=false"])
     summary = run_job(config)
-    assert summary["frames"] == 3 and summary["frames_failed"] == 0 and summary["provenance"]["model"] == "body_25"
+    assert summary["frames"] == 2 and summary["frames_failed"] == 0 and summary["provenance"]["model"] == "body_25"
     people_files = sorted((tmp_path / "out" / "people").rglob("*.parquet"))
     assert people_files
     for people_file in people_files:
@@ -298,7 +298,7 @@ def test_a_body25_job_runs_end_to_end_on_a_caffemodel(ray_session, data_dir, tmp
         assert parts == list(BODY25.part_names)  # 25 struct columns, in BODY_25 order
         assert all(schema.field(name).type == KEYPOINT_TYPE for name in parts)
     frames = read_table(str(tmp_path / "out"), "frames")
-    assert set(frames["model"].to_pylist()) == {"body_25"} and frames.num_rows == 3
+    assert set(frames["model"].to_pylist()) == {"body_25"} and frames.num_rows == 2
     people = read_table(str(tmp_path / "out"), "people")
     assert people.num_rows == summary["people"] == sum(frames["num_people"].to_pylist())
 
