@@ -111,3 +111,17 @@ def test_the_heartbeat_renews_the_lock(output):
         first = json.loads(read())["heartbeat_at"]
         time.sleep(1.5)  # heartbeat_at has whole seconds
         assert json.loads(read())["heartbeat_at"] > first
+
+
+def test_a_local_take_over_of_a_lock_renewed_meanwhile_loses_and_leaves_it(tmp_path):
+    """Two runs found the same stale lock: the one whose view is out of date gets nothing and breaks nothing."""
+    from openpose_ray.outputs.lock import _LocalStore
+
+    store = _LocalStore(str(tmp_path / "_manifest" / "lock"))
+    assert store.create(b"renewed by its holder") is not None
+    assert store.create(b"second") is None  # exclusive
+    assert store.replace(b"taker", expected=b"what the taker read before") is None
+    assert store.read()[0] == b"renewed by its holder"
+    assert sorted(p.name for p in (tmp_path / "_manifest").iterdir()) == ["lock"]  # nothing left aside
+    assert store.replace(b"taker", expected=b"renewed by its holder") == "created"
+    assert store.read()[0] == b"taker"

@@ -144,9 +144,14 @@ class _LocalStore:
         except FileNotFoundError:
             return None
         with open(aside, "rb") as handle:
-            if handle.read() != expected:  # changed since we read it: put it back, we lost
-                os.rename(aside, self.path)
-                return None
+            changed = handle.read() != expected
+        if changed:  # another run renewed or took it since we read it: put it back (unless a third run
+            try:     # created one meanwhile: link, unlike rename, never replaces), and we lost
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            os.remove(aside)
+            return None
         os.remove(aside)
         return self.create(data)
 
