@@ -19,7 +19,7 @@ from ..jobconfig import S3Config, SourcesConfig
 from ..person import Person
 from ..render import render
 from ..skeleton import Skeleton
-from ..storage import redact
+from ..storage import redact, text_form
 from .media import encode_image
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def decode_one_frame(source: str, kind: str, member: str | None, frame_index: in
             return _video_frame(source, frame_index, s3)
         shard_kind = "images" if kind == "image" else "tar"
         for frame in decode_frames(Shard(f"report-{kind}", shard_kind, (source,), ("",)), sources, s3):
-            if frame.member == member and frame.frame_index == frame_index:
+            if (frame.member if frame.member is None else text_form(frame.member)) == member \
+                    and frame.frame_index == frame_index:  # tables hold members in their text form
                 return frame.image if frame.status == "ok" else None
     except Exception as exc:  # a sample is a nicety: never a reason to lose the report
         log.info("report: no sample frame from %s: %s", redact(source), exc)
