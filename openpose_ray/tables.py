@@ -109,12 +109,10 @@ class CurrentRows:
 
     def _read(self, table: str, files: Sequence[str], columns: Sequence[str] | None) -> pa.Table:
         filesystem, root = output_filesystem(parse(self.output), self.s3)
-        paths = [posixpath.join(root, f) for f in files]
-        options = {"format": "parquet", "filesystem": filesystem, "partitioning": "hive",
-                   "partition_base_dir": posixpath.join(root, table)}
-        dataset = pads.dataset(paths, **options)
+        dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
+                               partitioning="hive", partition_base_dir=posixpath.join(root, table))
         if table == "frames":  # files written before a column existed (error_kind) read it as NULL
-            dataset = pads.dataset(paths, schema=pa.unify_schemas([dataset.schema, FRAMES_SCHEMA]), **options)
+            dataset = dataset.replace_schema(pa.unify_schemas([dataset.schema, FRAMES_SCHEMA]))
         wanted = list(columns) if columns is not None else None
         read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
         rows = dataset.to_table(columns=read_columns)

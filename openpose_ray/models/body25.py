@@ -143,7 +143,8 @@ class Body25Net(nn.Module):
 @functools.cache
 def _module_path_by_layer() -> Mapping[str, str]:
     """Caffe layer name -> module path in :class:`Body25Net` (e.g. ``prelu4_2`` -> ``backbone.layers.prelu4_2``)."""
-    model = Body25Net()  # the meta device would do; building once per process is ~0.1 s
+    with torch.device("meta"):  # names only: no weights allocated
+        model = Body25Net()
     paths = {}
     for path, module in model.named_modules():
         layer = path.rpartition(".")[2]

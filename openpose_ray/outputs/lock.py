@@ -234,7 +234,6 @@ class OutputLock:
         pid = os.getpid()
         self.info = LockInfo(run_id, socket.gethostname(), pid, _process_started(pid) or 0.0, _now(), _now(),
                              uuid.uuid4().hex)
-        self._version: object | None = None
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,9 +248,8 @@ class OutputLock:
     def acquire(self) -> None:
         """Take the lock or raise :class:`LockHeld`; then start the heartbeat."""
         data = self.info.to_bytes()
-        self._version = self._store.create(data)
-        if self._version is None:
-            self._version = self._take_over(data)
+        if self._store.create(data) is None:
+            self._take_over(data)
         self._confirm()
         self._thread = threading.Thread(target=self._beat, name="openpose-ray-lock-heartbeat", daemon=True)
         self._thread.start()
@@ -298,35 +296,37 @@ class OutputLock:
                 "--break-lock.")
         return holder, why
 
+    def _not_ours(self, found: tuple[bytes, object] | None) -> str | None:
+        """None if ``found`` (a store's read) is this run's lock, else what became of it."""
+        if found is None:
+            return "the lock was deleted"
+        holder = LockInfo.from_bytes(found[0])
+        return None if holder.token == self.info.token else f"{holder.describe()} took it"
+
     def _confirm(self) -> None:
         """Read the lock back: on a store that ignores conditional writes, a later writer shows here."""
-        found = self._store.read()
-        if found is None or LockInfo.from_bytes(found[0]).token != self.info.token:
+        if self._not_ours(self._store.read()) is not None:
             raise LockHeld(f"the output's lock {redact(self.uri)} was overwritten by another run as it was taken "
                            "(does the store ignore If-None-Match?)")
-        self._version = found[1]
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
             try:
                 found = self._store.read()
-                if found is None or LockInfo.from_bytes(found[0]).token != self.info.token:
-                    self._lost = ("the lock was deleted" if found is None
-                                  else f"{LockInfo.from_bytes(found[0]).describe()} took it")
-                    log.error("this run lost the output's lock: %s; it will not finalize the output", self._lost)
+                lost = self._not_ours(found)
+                if lost is not None:
+                    self._lost = lost
+                    log.error("this run lost the output's lock: %s; it will not finalize the output", lost)
                     return
                 self.info = LockInfo(**{**asdict(self.info), "heartbeat_at": _now()})
-                version = self._store.renew(self.info.to_bytes(), found[1])
-                if version is not None:
-                    self._version = version
+                self._store.renew(self.info.to_bytes(), found[1])  # refused: seen as lost at the next beat
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried at the next one
                 log.warning("could not renew the output's lock %s: %s", redact(self.uri), exc)
 
     def check(self) -> None:
         """Raise :class:`LockLost` if the lock is no longer this run's (before finalizing the output)."""
-        found = self._store.read()
-        if self._lost is None and (found is None or LockInfo.from_bytes(found[0]).token != self.info.token):
-            self._lost = "the lock was deleted" if found is None else f"{LockInfo.from_bytes(found[0]).describe()} took it"
+        if self._lost is None:
+            self._lost = self._not_ours(self._store.read())
         if self._lost is not None:
             raise LockLost(f"run {self.info.run_id} lost the output's lock ({self._lost}): its committed shards stay, "
                            "but it does not finalize the output; the holder's run will.")
@@ -338,7 +338,7 @@ class OutputLock:
             self._thread.join()
         try:
             found = self._store.read()
-            if found is not None and LockInfo.from_bytes(found[0]).token == self.info.token:
+            if self._not_ours(found) is None:
                 self._store.delete(found[1])
         except Exception as exc:  # noqa: BLE001 - a lock left behind goes stale; never hide the run's own error
             log.warning("could not delete the output's lock %s: %s", redact(self.uri), exc)

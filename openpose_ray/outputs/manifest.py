@@ -169,7 +169,11 @@ def resolve(records: pa.Table) -> pa.Table:
     Equal ``committed_at`` times are broken by the record's position in ``records``
     (the later one wins), so the result never depends on hash order.
     """
-    positions, current = live_positions(records)
+    return _live_table(records, *live_positions(records))
+
+
+def _live_table(records: pa.Table, positions: np.ndarray, current: np.ndarray) -> pa.Table:
+    """``records`` at ``positions`` with their ``current`` column (SNAPSHOT_SCHEMA's types)."""
     schema = pa.schema([SNAPSHOT_SCHEMA.field(name) for name in (*records.column_names, "current")])
     table = records.take(pa.array(positions))
     return table.append_column(schema.field("current"), pa.array(current, pa.bool_())).cast(schema)
@@ -188,20 +192,20 @@ def live_positions(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
     # 1. The newest record per (source, version, generation, start_frame): a re-run replaces.
     order = np.lexsort((position, committed, start, generation, version, source))
-    kept = order[_last_of_runs(source[order], version[order], generation[order], start[order])]
+    kept = order[np.r_[_changes(source[order], version[order], generation[order], start[order]), True]]
     del order
     # kept is sorted by (source, version, generation, start): each group is a contiguous run.
-    group = _run_ids(source[kept], version[kept], generation[kept])
+    group = np.cumsum(np.r_[True, _changes(source[kept], version[kept], generation[kept])]) - 1
 
     # 2. One cut per group: the records whose frames_per_segment is the group's newest record's.
     cut = _numpy(records["frames_per_segment"].fill_null(-1))[kept]
     newest = np.lexsort((position[kept], committed[kept], group))
-    newest = newest[_last_of_runs(group[newest])]  # one per group, in group order
+    newest = newest[np.r_[_changes(group[newest]), True]]  # the last of each group, in group order
     kept_in_cut = cut == cut[newest][group]
     kept, group = kept[kept_in_cut], group[kept_in_cut]
 
     # 3. Per group: when it was last committed, and whether it covers its input.
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    starts = np.flatnonzero(np.r_[True, _changes(group)])
     group_time = np.maximum.reduceat(committed[kept], starts)
     first = kept[starts]
     video_frames = _numpy(records["video_frames"].fill_null(0))[first]
@@ -214,7 +218,7 @@ def live_positions(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     group_source = source[first]
     by_source = np.lexsort((np.arange(groups), group_time, group_source))
     sorted_source = group_source[by_source]
-    source_starts = np.flatnonzero(np.r_[True, sorted_source[1:] != sorted_source[:-1]])
+    source_starts = np.flatnonzero(np.r_[True, _changes(sorted_source)])
     per_source = np.diff(np.r_[source_starts, groups])
     rank = np.arange(groups) - np.repeat(source_starts, per_source)  # 0 = oldest group of its source
     last_complete = np.maximum.reduceat(np.where(complete[by_source], rank, -1), source_starts)
@@ -236,20 +240,10 @@ def _numpy(column) -> np.ndarray:
     return column.to_numpy() if isinstance(column, pa.ChunkedArray) else column.to_numpy(zero_copy_only=False)
 
 
-def _last_of_runs(*keys: np.ndarray) -> np.ndarray:
-    """Mask of the rows that end a run of equal ``keys`` (the keys sorted)."""
-    last = np.ones(len(keys[0]), dtype=bool)
-    if len(last) > 1:
-        last[:-1] = np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
-    return last
-
-
-def _run_ids(*keys: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... per run of equal ``keys`` (the keys sorted)."""
-    first = np.ones(len(keys[0]), dtype=bool)
-    if len(first) > 1:
-        first[1:] = np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
-    return np.cumsum(first) - 1
+def _changes(*keys: np.ndarray) -> np.ndarray:
+    """bool[n - 1]: where row i + 1 differs from row i in any of ``keys`` (sorted rows: where runs of
+    equal keys meet). ``np.r_[True, c]`` marks the first row of each run, ``np.r_[c, True]`` the last."""
+    return np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
 
 
 def _complete(group: list[dict]) -> bool:
@@ -394,8 +388,7 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
     records, commit_files = loaded.records, loaded.commit_files
     del loaded  # no more than the records and the live ones at once: a million records are 330 MB each
     positions, current = live_positions(records)
-    live = records.take(pa.array(positions)).append_column(SNAPSHOT_SCHEMA.field("current"), pa.array(current, pa.bool_()))
-    live = live.cast(SNAPSHOT_SCHEMA)
+    live = _live_table(records, positions, current)
     dropped = records.select(["source", "shard_id", "run_id", "people_file", "frames_file"]).take(
         pa.array(np.setdiff1d(np.arange(records.num_rows), positions, assume_unique=True)))
     del records
