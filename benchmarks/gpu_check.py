@@ -7,7 +7,7 @@ checkpoints/mobilenet_thin.pt), the labelled photos and a video come from paths
 on the command line::
 
     python benchmarks/gpu_check.py --checkpoint mobilenet_thin.pt --photos coco_val2017_mini \\
-        --video street_720p_h264.avi [--device cuda] [--quick] [--json gpu_check.json]
+        --video street_720p_h264.avi [more videos] [--device cuda] [--quick] [--json gpu_check.json]
 
 It prints, for docs/benchmarks.md ("GPU check"):
 
@@ -22,7 +22,13 @@ It prints, for docs/benchmarks.md ("GPU check"):
    precision, with peak device memory (goal on an H100/H200: >= 5,000 frames/s
    at 432x368), and the engine's frames/s from host uint8 frames to peaks;
 6. the job's InferenceActor, called directly (no Ray), on decoded video frames:
-   frames/s and peak device memory, beside the host's decode + pre-processing rate.
+   frames/s and peak device memory, beside the host's decode + pre-processing rate;
+7-11. cuDNN autotuning, estimate() on a list vs a loop, the host's CPU work per
+   frame on one thread, the OpenPose networks' frames/s, torch.compile
+   (benchmarks/gpu_speed.py; skipped once ``--budget-s`` is spent).
+
+The JSON is rewritten after every section, so a run cut short by the machine's
+time limit keeps what it measured.
 
 ``--device cpu --quick`` runs every step small on the CPU (tests/test_gpu_check.py),
 so the script cannot rot between GPU loans.
@@ -42,6 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openpose_ray.estimator import PoseEstimator, prepare_image  # noqa: E402
 from openpose_ray.jobconfig import InferencePoolConfig, JobConfig, ModelConfig  # noqa: E402
@@ -51,10 +58,13 @@ from openpose_ray.models.weights import ResolvedWeights, sha256_file  # noqa: E4
 from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames, StageSeconds, from_row, to_row  # noqa: E402
 from openpose_ray.pipeline.stages import InferenceActor  # noqa: E402
 
+import gpu_speed  # noqa: E402  (beside this file)
+
 MODEL = "mobilenet_thin"
 SIZES = [(432, 368), (656, 368)]  # stretch; 656x368 is also what fit at height 368 gives a 16:9 video frame
 BATCHES = [1, 8, 32, 128, 256]
 RESULTS: dict = {}
+JSON_PATH: list[Path] = []  # where record() rewrites the results (set from --json)
 
 
 def say(text: str) -> None:
@@ -63,6 +73,8 @@ def say(text: str) -> None:
 
 def record(key: str, value) -> None:
     RESULTS[key] = value
+    for path in JSON_PATH:
+        path.write_text(json.dumps(RESULTS, indent=2))
 
 
 def synchronize(device: str) -> None:
@@ -163,18 +175,8 @@ def throughput(estimators: dict, device: str, batches: list[int], seconds: float
                 try:
                     reset_peak_memory(device)
                     batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
-                    for _ in range(2):
-                        engine.network_fields(batch)
-                    synchronize(device)
-                    runs, start = 0, time.perf_counter()
-                    while runs < 2 or time.perf_counter() - start < seconds:
-                        engine.network_fields(batch)
-                        runs += 1
-                        if runs % 8 == 0 or device == "cpu":
-                            synchronize(device)
-                    synchronize(device)
-                    fps = runs * batch_size / (time.perf_counter() - start)
-                    out[key] = {"frames_per_s": round(fps, 1), "peak_mib": peak_memory_mib(device)}
+                    out[key] = {"frames_per_s": gpu_speed.frames_per_s(engine, batch, seconds, device),
+                                "peak_mib": peak_memory_mib(device)}
                 except torch.OutOfMemoryError:
                     out[key] = {"frames_per_s": None, "error": "out of memory"}
                 say(f"   {key}: {out[key]}")
@@ -207,41 +209,50 @@ def decode_video(path: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
+def actor_rate(weights: ResolvedWeights, video: Path, frames: list[np.ndarray], prepared: list, device: str,
+               size: tuple[int, int], precision: str, batch_size: int, shard_frames: int) -> dict:
+    """The job's InferenceActor (no Ray) on ``prepared`` in shards of ``shard_frames``: frames/s, peak memory."""
+    pool = InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
+                               backend="torch", batch_size=batch_size)
+    config = JobConfig(input=(str(video),), output="unused",
+                       model=ModelConfig(name=MODEL, weights=weights.source, net_size=size), inference=pool)
+    actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
+    rows = []
+    for first in range(0, len(prepared), shard_frames):
+        chunk = prepared[first : first + shard_frames]
+        metas = [FrameMeta(str(video), None, first + i, None, frames[0].shape[1], frames[0].shape[0], "ok", None)
+                 for i in range(len(chunk))]
+        shard = ShardFrames(f"segment-{first}", "video", None, tuple(metas), tuple(p.base_transform for p in chunk))
+        rows.append(to_row(PreparedShard(shard, tuple(chunk), StageSeconds()), shard.shard_id))
+    actor(rows[0])  # loads the network, warms the kernels
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    results = [from_row(actor(row)) for row in rows]
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    with_peaks = sum(len(r.peaks.part) > 0 for w in results for r in w.results if r is not None)
+    return {"frames_per_s": round(len(prepared) / seconds, 1), "peak_mib": peak_memory_mib(device),
+            "frames_with_peaks": with_peaks}
+
+
 def actor_on_video(weights: ResolvedWeights, video: Path, device: str, sizes: list, frames_wanted: int,
-                   shard_frames: int) -> None:
+                   shard_frames: int, actor_batches: list[int]) -> None:
     start = time.perf_counter()
     frames = decode_video(video, frames_wanted)
     decode_s = time.perf_counter() - start
     out = {"frames": len(frames), "source": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
-           "host_decode_frames_per_s": round(len(frames) / decode_s, 1)}
+           "host_decode_frames_per_s": round(len(frames) / decode_s, 1), "shard_frames": shard_frames}
+    spec = get_entry(MODEL).input_spec
     for size in sizes:
-        spec = get_entry(MODEL).input_spec
         start = time.perf_counter()
         prepared = [prepare_image(frame, spec, size, (1.0,)) for frame in frames]
         out[f"{size[0]}x{size[1]} host_preprocess_frames_per_s"] = round(len(frames) / (time.perf_counter() - start), 1)
         for precision in precisions_on(device):
-            pool = InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
-                                       backend="torch", batch_size=min(64, shard_frames))
-            config = JobConfig(input=(str(video),), output="unused",
-                               model=ModelConfig(name=MODEL, weights=weights.source, net_size=size), inference=pool)
-            actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
-            rows = []
-            for first in range(0, len(prepared), shard_frames):
-                chunk = prepared[first : first + shard_frames]
-                metas = [FrameMeta(str(video), None, first + i, None, frames[0].shape[1], frames[0].shape[0], "ok", None)
-                         for i in range(len(chunk))]
-                shard = ShardFrames(f"segment-{first}", "video", None, tuple(metas), tuple(p.base_transform for p in chunk))
-                rows.append(to_row(PreparedShard(shard, tuple(chunk), StageSeconds()), shard.shard_id))
-            actor(rows[0])  # loads the network, warms the kernels
-            reset_peak_memory(device)
-            start = time.perf_counter()
-            results = [from_row(actor(row)) for row in rows]
-            synchronize(device)
-            seconds = time.perf_counter() - start
-            with_peaks = sum(len(r.peaks.part) > 0 for w in results for r in w.results if r is not None)
-            out[f"{size[0]}x{size[1]} {precision}"] = {"frames_per_s": round(len(prepared) / seconds, 1),
-                                                       "peak_mib": peak_memory_mib(device), "frames_with_peaks": with_peaks}
-            say(f"   actor {size[0]}x{size[1]} {precision}: {out[f'{size[0]}x{size[1]} {precision}']}")
+            for batch_size in actor_batches:
+                key = f"{size[0]}x{size[1]} {precision} batch {batch_size}"
+                out[key] = actor_rate(weights, video, frames, prepared, device, size, precision, batch_size,
+                                      shard_frames)
+                say(f"   actor {key}: {out[key]}")
     record("actor_on_video", out)
     say(f"6. InferenceActor on decoded video frames: {out}")
 
@@ -250,11 +261,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="converted mobilenet_thin state dict (.pt)")
     parser.add_argument("--photos", required=True, type=Path, help="folder of labelled photos with person_keypoints.json")
-    parser.add_argument("--video", required=True, type=Path, help="a video OpenCV can decode")
+    parser.add_argument("--video", required=True, type=Path, nargs="+",
+                        help="videos OpenCV can decode (the first feeds the actor; each is timed on one thread)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="every step, small, at 432x368 only (tests on the CPU)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here (after every section)")
+    parser.add_argument("--sections", default="1-11",
+                        help="which sections to run, e.g. 1-11 (all, the default) or 1,6,8,9 (1 always runs)")
+    parser.add_argument("--actor-batches", type=int, nargs="+", default=[64],
+                        help="the actor's batch sizes in section 6 (default 64)")
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="seconds after which sections 7-11 are skipped (default 330)")
     args = parser.parse_args()
+    JSON_PATH[:] = [args.json] if args.json else []
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no CUDA device")
     started = time.perf_counter()
@@ -272,17 +291,56 @@ def main() -> int:
     reference = {size: on_cpu.with_config(net_size=size) for size in sizes}
     estimators = {size: {p: on_device.with_config(net_size=size, precision=p) for p in precisions_on(args.device)}
                   for size in sizes}
+    wanted = sections_from(args.sections)
     machine(args.device)
-    fields_vs_cpu(reference, estimators, photos)
-    coco_ap(estimators, args.photos)
-    device_vs_cpu_peaks(estimators, photos)
-    throughput(estimators, args.device, [1, 2] if args.quick else BATCHES, 0.05 if args.quick else 1.0, photos)
-    actor_on_video(weights, args.video, args.device, sizes, 8 if args.quick else 512, 4 if args.quick else 128)
+    if 2 in wanted:
+        fields_vs_cpu(reference, estimators, photos)
+    if 3 in wanted:
+        coco_ap(estimators, args.photos)
+    if 4 in wanted:
+        device_vs_cpu_peaks(estimators, photos)
+    if 5 in wanted:
+        throughput(estimators, args.device, [1, 2] if args.quick else BATCHES, 0.05 if args.quick else 1.0, photos)
+    if 6 in wanted:
+        actor_on_video(weights, args.video[0], args.device, sizes, 8 if args.quick else 512, 4 if args.quick else 128,
+                       [2] if args.quick else args.actor_batches)
+    speed_sections(args, on_device, estimators, wanted, started + args.budget_s)
     record("wall_s", round(time.perf_counter() - started, 1))
     say(f"done in {RESULTS['wall_s']} s")
-    if args.json:
-        args.json.write_text(json.dumps(RESULTS, indent=2))
     return 0
+
+
+def sections_from(text: str) -> set[int]:
+    """"1-11" or "1,6,8" -> the section numbers (1 is always in)."""
+    wanted = {1}
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        wanted |= set(range(int(first), int(last or first) + 1))
+    return wanted
+
+
+def speed_sections(args, on_device: PoseEstimator, estimators: dict, wanted: set[int], deadline: float) -> None:
+    """Sections 7-11 (benchmarks/gpu_speed.py), cheapest and most needed first."""
+    quick, device = args.quick, args.device
+    seconds = 0.05 if quick else 0.7
+    fits = lambda name, number: number in wanted and gpu_speed.section_fits(name, deadline, say)  # noqa: E731
+    if device.startswith("cuda") and fits("cuDNN autotuning", 7):
+        gpu_speed.cudnn_autotune({size: {p: e for p, e in by.items() if p != "fp32"} for size, by in estimators.items()},
+                                 device, [32, 128], seconds, say, record)
+    frames = decode_video(args.video[0], 8 if quick else 96)
+    if fits("list vs loop", 8):
+        for precision in precisions_on(device)[:: 1 if quick else 2]:  # fp32 and bf16
+            gpu_speed.list_vs_loop(on_device.with_config(precision=precision), frames, device, say,
+                                   lambda key, value, p=precision: record(f"{key} {p}", value))
+    if fits("host stages", 9):
+        gpu_speed.host_stages_one_thread(on_device, args.video, 8 if quick else 150, say, record)
+    size = SIZES[0] if quick else SIZES[1]
+    if fits("OpenPose networks", 10):
+        gpu_speed.openpose_networks(device, size if not quick else (96, 64), [1, 2] if quick else [1, 16, 64],
+                                    ["fp32"] if quick else ["tf32", "bf16", "fp16"], seconds, say, record)
+    if not quick and fits("torch.compile", 11):
+        gpu_speed.compiled_network(on_device.with_config(net_size=SIZES[0], precision="bf16"), device, SIZES[0],
+                                   [8, 128], seconds, say, record)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ if TYPE_CHECKING:
 _AUTOCAST_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # Frames per network call when the caller does not say. On a CPU small batches are fastest
 # (mobilenet_thin, 20 photos, 2-core Xeon, 2026-11-30: batch 1: 7.1, 2: 8.3, 4: 4.3,
-# 16: 3.7 images/s); a GPU wants large ones (32 is a guess until benchmarks/gpu_check.py runs).
-DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
+# 16: 3.7 images/s); a GPU wants large ones: the job's actor on an H200 (benchmarks/gpu_check.py,
+# 2026-11-30, 128-frame shards, frames/s at 656x368 bf16) batch 32: 647, 64: 755, 128: 780
+# (fp32: 490, 485, 465), model-only gains < 10 % from 64 to 256, at 2x the memory per doubling.
+DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 64}
 
 
 @dataclass(frozen=True, eq=False)

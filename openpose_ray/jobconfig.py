@@ -142,7 +142,7 @@ class InferencePoolConfig:
     batch_size: frames per network call; also the chunk in which peaks are
         found on the device, so device memory does not depend on shard size.
         None: what pays off on the actor's device (inference.DEFAULT_BATCH_SIZE:
-        2 on a CPU, where bigger batches are slower per frame; 32 on CUDA).
+        2 on a CPU, where bigger batches are slower per frame; 64 on CUDA).
     min_actors, max_actors: size of the actor pool. The job waits for
         min_actors to be placeable before it starts; the pool then grows to
         max_actors as nodes join. max_actors None: on GPU, as many as the

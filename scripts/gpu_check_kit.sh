@@ -4,7 +4,8 @@
 # the repository (git-ignored), to copy there with the checkout:
 #   .gpu/mobilenet_thin.pt        the converted default weights (openpose-ray weights export)
 #   .gpu/coco_val2017_mini/       the 4 labelled photos and their annotations
-#   .gpu/street_720p_h264.avi     a video for the inference actor
+#   .gpu/street_720p_h264.avi     a video for the inference actor (and the host's decode timing)
+#   .gpu/sports_994p_vp9.mp4      a second video for the host's decode timing (VP9, 1080-wide)
 #   .gpu/wheels/                  pycocotools for CPython 3.12 (manylinux x86_64), for COCO AP
 # Then run, on the GPU machine, in the repository, the command printed at the end (it
 # should take under 8 minutes); record its output in docs/benchmarks.md ("GPU check").
@@ -18,12 +19,12 @@ KIT=.gpu
 rm -rf "$KIT" && mkdir -p "$KIT/wheels"
 .venv/bin/openpose-ray weights export --to "$KIT/mobilenet_thin.pt" >/dev/null
 cp -r --no-preserve=mode "$DATA/coco_val2017_mini" "$KIT/"
-cp --no-preserve=mode "$DATA/videos/street_720p_h264.avi" "$KIT/"
+cp --no-preserve=mode "$DATA/videos/street_720p_h264.avi" "$DATA/videos/sports_994p_vp9.mp4" "$KIT/"
 .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$KIT/wheels" pycocotools
 du -sh "$KIT"
 cat <<'EOF'
 on the GPU machine (RESULTS: a folder for the log and the JSON):
-export PYTHONUNBUFFERED=1; python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl && export PYTHONPATH=/tmp/site; nvidia-smi -L; python3 benchmarks/gpu_check.py --checkpoint .gpu/mobilenet_thin.pt --photos .gpu/coco_val2017_mini --video .gpu/street_720p_h264.avi --json RESULTS/gpu_check.json 2>&1 | tee RESULTS/gpu_check.log
+export PYTHONUNBUFFERED=1; python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl && export PYTHONPATH=/tmp/site; nvidia-smi -L; python3 benchmarks/gpu_check.py --checkpoint .gpu/mobilenet_thin.pt --photos .gpu/coco_val2017_mini --video .gpu/street_720p_h264.avi .gpu/sports_994p_vp9.mp4 --json RESULTS/gpu_check.json 2>&1 | tee RESULTS/gpu_check.log
 EOF

@@ -34,7 +34,7 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
          "--checkpoint", str(checkpoint), "--photos", str(data_dir / "coco_val2017_mini"),
-         "--video", str(data_dir / "videos" / "street_720p_h264.avi"), "--json", str(result)],
+         "--video", str(data_dir / "videos" / "street_720p_h264.avi"), str(data_dir / "videos" / "sports_994p_vp9.mp4"), "--json", str(result)],
         env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     numbers = json.loads(result.read_text())
@@ -49,6 +49,13 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     assert {key for key in numbers["throughput"]} >= {"432x368 fp32 batch 1", "432x368 bf16 batch 2",
                                                       "432x368 fp32 engine peaks batch 2"}
     actor = numbers["actor_on_video"]
-    assert actor["frames"] == 8 and actor["432x368 fp32"]["frames_with_peaks"] == 8
+    assert actor["frames"] == 8 and actor["432x368 fp32 batch 2"]["frames_with_peaks"] == 8
+    loop = numbers["list_vs_loop fp32"]
+    assert loop["frames"] == 8 and {"loop", "list batch default"} <= set(loop["peaks on device"])
+    hosts = numbers["host_stages_one_thread"]
+    assert set(hosts) == {"street_720p_h264.avi", "sports_994p_vp9.mp4"}
+    assert hosts["street_720p_h264.avi"]["source"] == "1280x720" and hosts["street_720p_h264.avi"]["decode_ms"] > 0
+    assert hosts["street_720p_h264.avi"]["people_per_frame"] > 0  # real frames, people found
+    assert {"cmu_body fp32 batch 1", "body_25 fp32 batch 2"} <= set(numbers["openpose_networks"])
     assert not (tmp_path / "empty-cache").exists()
     assert "6. InferenceActor on decoded video frames" in done.stdout
