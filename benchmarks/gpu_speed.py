@@ -80,7 +80,7 @@ def cudnn_autotune(estimators: dict, device: str, batches: list[int], seconds: f
 
 
 def list_vs_loop(estimator: PoseEstimator, frames: list[np.ndarray], device: str, say: Callable,
-                 record: Callable) -> None:
+                 record: Callable, batch_sizes: tuple = (None, 8, 32, 128)) -> None:
     """estimate(frames) at several batch sizes vs a loop of estimate([frame]), peaks on the CPU and the device."""
     say(f"8. estimate() on a list vs a loop of one-frame calls ({len(frames)} frames, "
         f"{estimator.resize_mode} {estimator.net_size}, {estimator.network_config.precision})")
@@ -93,7 +93,7 @@ def list_vs_loop(estimator: PoseEstimator, frames: list[np.ndarray], device: str
             estimator.estimate([frame], peaks_on=peaks_on)
         loop = len(frames) / (time.perf_counter() - start)
         row = {"loop": round(loop, 1)}
-        for batch_size in (None, 8, 32, 128):
+        for batch_size in batch_sizes:
             estimator.estimate(frames, peaks_on=peaks_on, batch_size=batch_size)  # warm: first-call costs of a shape
             _sync(device)
             start = time.perf_counter()

@@ -84,27 +84,66 @@ class OpenVINONetwork:
 
     Build with :func:`openvino_network`. stride: the network's; inputs whose sides are
     not multiples of it do not ``fit`` (the traced padding would be wrong).
+
+    A batch of one frame runs on a latency-compiled model (one inference, every
+    thread on it). A batch of several runs frame by frame on a throughput-compiled
+    model (OpenVINO's THROUGHPUT hint: the threads split into streams, each
+    running its own frame; compiled on the first such batch). Each frame's fields
+    are the same either way (equal on the shared photos; tests allow 1e-5).
+
+    Why: one inference spread over every thread stalls whenever one of its
+    threads is preempted, and in the job the decode and post-processing tasks
+    share the actor's cores; a stream of one thread only slows down by what it
+    loses. 1280x720 frames fit to 656x368, 2-core Xeon, 2026-11-30: 9.7 frames/s at
+    205 CPU ms a frame one by one on the latency model, 12.0 at 160 ms in calls of
+    8 on two streams (so ``InferenceEngine.default_batch_size`` is 8 here); the
+    annotation job over 439 frames (benchmarks/compare.py's), three runs of each
+    interleaved, calls of 2 frames: median 109 s (92-112) with one latency
+    inference per call, 93 s (93-102) on streams.
     """
 
     def __init__(self, model, stride: int, precision: str, threads: int):
         import openvino as ov
 
         self.stride = stride
-        self.compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": int(threads),
-            "PERFORMANCE_HINT": "LATENCY",
-        })
+        self._model = model
+        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                        "INFERENCE_NUM_THREADS": int(threads)}
+        self.compiled = ov.Core().compile_model(model, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
+        self._streams = None  # the throughput model's AsyncInferQueue, on first use
 
     def fits(self, batch: torch.Tensor) -> bool:
         """Whether the batch's sides are multiples of the stride (the traced padding holds)."""
         return batch.shape[-2] % self.stride == 0 and batch.shape[-1] % self.stride == 0
 
+    @property
+    def streams(self):
+        """An AsyncInferQueue over the throughput-compiled model, one request per stream."""
+        if self._streams is None:
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(self._model, "CPU", {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"})
+            self._streams = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        return self._streams
+
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        result = self.request.infer([np.ascontiguousarray(batch.numpy())])
-        # The request reuses its output buffers: copy before the next call.
-        return torch.from_numpy(np.array(result[0])), torch.from_numpy(np.array(result[1]))
+        inputs = np.ascontiguousarray(batch.numpy())
+        if len(inputs) == 1 or len(self.streams) == 1:
+            result = self.request.infer([inputs])
+            # The request reuses its output buffers: copy before the next call.
+            return torch.from_numpy(np.array(result[0])), torch.from_numpy(np.array(result[1]))
+        heatmaps: list = [None] * len(inputs)
+        pafs: list = [None] * len(inputs)
+
+        def collect(request, i: int) -> None:  # runs on OpenVINO's thread; copies out of the reused buffers
+            heatmaps[i], pafs[i] = np.array(request.get_output_tensor(0).data), np.array(request.get_output_tensor(1).data)
+
+        self.streams.set_callback(collect)
+        for i in range(len(inputs)):
+            self.streams.start_async([inputs[i : i + 1]], userdata=i)
+        self.streams.wait_all()
+        return torch.from_numpy(np.concatenate(heatmaps)), torch.from_numpy(np.concatenate(pafs))
 
 
 # Per network module, its compiled models by (precision, threads): estimators sharing a network share them.

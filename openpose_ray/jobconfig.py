@@ -141,8 +141,9 @@ class InferencePoolConfig:
         not part of the config fingerprint.
     batch_size: frames per network call; also the chunk in which peaks are
         found on the device, so device memory does not depend on shard size.
-        None: what pays off on the actor's device (inference.DEFAULT_BATCH_SIZE:
-        2 on a CPU, where bigger batches are slower per frame; 64 on CUDA).
+        None: what pays off on the actor's device (InferenceEngine.default_batch_size:
+        8 on a CPU with OpenVINO, whose frames then run on parallel streams; 2 on
+        a CPU with torch, where bigger batches are slower per frame; 64 on CUDA).
     min_actors, max_actors: size of the actor pool. The job waits for
         min_actors to be placeable before it starts; the pool then grows to
         max_actors as nodes join. max_actors None: on GPU, as many as the

@@ -85,3 +85,18 @@ def test_the_converted_model_is_cached_on_disk_and_read_back(estimator, tmp_path
     batch = torch.rand(2, 3, 368, 432) * 255 - 128
     for a, b in zip(compiled(batch), again(batch)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_batch_runs_frame_by_frame_on_streams_in_order(estimator, frames):
+    """Several frames go to the throughput-compiled model, one request per frame, and come back in order,
+    each equal to what a batch of one (the latency-compiled model) gives it."""
+    engine = estimator.with_config(backend="openvino").engine
+    batch = torch.from_numpy(np.stack([cv2.resize(frame, (432, 368)) for frame in frames]))  # 6 distinct frames
+    compiled = engine.compiled
+    heat, paf = engine.network_fields(batch)
+    assert len(compiled.streams) >= min(2, torch.get_num_threads())  # OpenVINO's THROUGHPUT hint: a stream per 1-2 threads
+    for i in range(len(frames)):
+        heat_1, paf_1 = engine.network_fields(batch[i : i + 1])
+        np.testing.assert_allclose(heat[i : i + 1], heat_1, atol=1e-5)
+        np.testing.assert_allclose(paf[i : i + 1], paf_1, atol=1e-5)
+    assert float((heat[0] - heat[1]).abs().max()) > 0.1  # distinct frames: an order swap would show
