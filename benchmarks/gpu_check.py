@@ -327,14 +327,14 @@ def speed_sections(args, on_device: PoseEstimator, estimators: dict, wanted: set
     if device.startswith("cuda") and fits("cuDNN autotuning", 7):
         gpu_speed.cudnn_autotune({size: {p: e for p, e in by.items() if p != "fp32"} for size, by in estimators.items()},
                                  device, [32, 128], seconds, say, record)
-    frames = decode_video(args.video[0], 8 if quick else 96)
+    frames = decode_video(args.video[0], 4 if quick else 96)
     if fits("list vs loop", 8):
         for precision in ["fp32"] if quick else precisions_on(device)[::2]:  # fp32 and bf16
             gpu_speed.list_vs_loop(on_device.with_config(precision=precision), frames, device, say,
                                    lambda key, value, p=precision: record(f"{key} {p}", value),
                                    (None,) if quick else (None, 8, 32, 128))
     if fits("host stages", 9):
-        gpu_speed.host_stages_one_thread(on_device, args.video, 8 if quick else 150, say, record)
+        gpu_speed.host_stages_one_thread(on_device, args.video, 4 if quick else 150, say, record)
     size = SIZES[0] if quick else SIZES[1]
     if fits("OpenPose networks", 10):
         gpu_speed.openpose_networks(device, size if not quick else (96, 64), [1, 2] if quick else [1, 16, 64],

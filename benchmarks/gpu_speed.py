@@ -160,8 +160,10 @@ def host_stages_one_thread(estimator: PoseEstimator, videos: list[Path], frames_
             resize_s = _cpu_time_of(lambda: prepared.extend(estimator.prepare(frame) for frame in frames))
             if affinity:
                 _pin(affinity)  # the device work between the timed stages needs no pinning
+            torch.set_num_threads(threads[1])
             found = estimator.infer_peaks(prepared)
             fields = estimator.infer_fields(prepared)
+            torch.set_num_threads(1)
             if affinity:
                 _pin({min(affinity)})
             group_peaks_s = _cpu_time_of(lambda: people.extend(
