@@ -59,6 +59,7 @@ from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames,
 from openpose_ray.pipeline.stages import InferenceActor  # noqa: E402
 
 import gpu_speed  # noqa: E402  (beside this file)
+from gpu_speed import peak_memory_mib, reset_peak_memory, synchronize  # noqa: E402
 
 MODEL = "mobilenet_thin"
 SIZES = [(432, 368), (656, 368)]  # stretch; 656x368 is also what fit at height 368 gives a 16:9 video frame
@@ -75,21 +76,6 @@ def record(key: str, value) -> None:
     RESULTS[key] = value
     for path in JSON_PATH:
         path.write_text(json.dumps(RESULTS, indent=2))
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def peak_memory_mib(device: str) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.startswith("cuda") else None
-
-
-def reset_peak_memory(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def precisions_on(device: str) -> list[str]:

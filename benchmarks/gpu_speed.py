@@ -36,23 +36,33 @@ from openpose_ray.inference import InferenceEngine
 from openpose_ray.models.registry import get_entry, resolve
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def peak_memory_mib(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.startswith("cuda") else None
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def frames_per_s(engine: InferenceEngine, batch: torch.Tensor, seconds: float, device: str) -> float:
     """Model-only frames/s of ``engine`` on ``batch`` (already on the device): 2 warm-up calls, then ``seconds``."""
     for _ in range(2):
         engine.network_fields(batch)
-    _sync(device)
+    synchronize(device)
     runs, start = 0, time.perf_counter()
     while runs < 2 or time.perf_counter() - start < seconds:
         engine.network_fields(batch)
         runs += 1
         if runs % 8 == 0 or device == "cpu":
-            _sync(device)
-    _sync(device)
+            synchronize(device)
+    synchronize(device)
     return round(runs * batch.shape[0] / (time.perf_counter() - start), 1)
 
 
@@ -87,7 +97,7 @@ def list_vs_loop(estimator: PoseEstimator, frames: list[np.ndarray], device: str
     out = {"frames": len(frames), "default_batch_size": estimator.engine.default_batch_size}
     for peaks_on in ("cpu", "device"):
         estimator.estimate(frames[:4], peaks_on=peaks_on)  # warm
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for frame in frames:
             estimator.estimate([frame], peaks_on=peaks_on)
@@ -95,10 +105,10 @@ def list_vs_loop(estimator: PoseEstimator, frames: list[np.ndarray], device: str
         row = {"loop": round(loop, 1)}
         for batch_size in batch_sizes:
             estimator.estimate(frames, peaks_on=peaks_on, batch_size=batch_size)  # warm: first-call costs of a shape
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             estimator.estimate(frames, peaks_on=peaks_on, batch_size=batch_size)
-            _sync(device)
+            synchronize(device)
             row[f"list batch {batch_size or 'default'}"] = round(len(frames) / (time.perf_counter() - start), 1)
         out[f"peaks on {peaks_on}"] = row
         say(f"   peaks on {peaks_on}: frames/s {row}")
@@ -202,11 +212,10 @@ def openpose_networks(device: str, size: tuple[int, int], batches: list[int], pr
             for batch_size in batches:
                 key = f"{name} {precision} batch {batch_size}"
                 try:
-                    torch.cuda.reset_peak_memory_stats(device) if device.startswith("cuda") else None
+                    reset_peak_memory(device)
                     batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
-                    out[key] = {"frames_per_s": frames_per_s(engine, batch, seconds, device)}
-                    if device.startswith("cuda"):
-                        out[key]["peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                    out[key] = {"frames_per_s": frames_per_s(engine, batch, seconds, device),
+                                "peak_mib": peak_memory_mib(device)}
                 except torch.OutOfMemoryError:
                     out[key] = {"frames_per_s": None, "error": "out of memory"}
                 say(f"   {key}: {out[key]}")
@@ -225,17 +234,16 @@ def compiled_network(estimator: PoseEstimator, device: str, size: tuple[int, int
     eager = engine.network
     out = {}
     try:
-        engine.network = torch.compile(eager)
         for batch_size in batches:
             batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
+            engine.network = torch.compile(eager)  # a fresh wrapper: each batch size compiles (and is timed) alone
             start = time.perf_counter()
             engine.network_fields(batch)
-            _sync(device)
+            synchronize(device)
             compile_s = round(time.perf_counter() - start, 1)
             compiled = frames_per_s(engine, batch, seconds, device)
             engine.network = eager
             plain = frames_per_s(engine, batch, seconds, device)
-            engine.network = torch.compile(eager)  # a fresh wrapper: each batch size compiles (and is timed) alone
             key = f"batch {batch_size}"
             out[key] = {"eager": plain, "compiled": compiled, "compile_s": compile_s,
                         "compiled_over_eager": round(compiled / plain, 3)}
