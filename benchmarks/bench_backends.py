@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from openpose_ray import PoseEstimator  # noqa: E402
 from openpose_ray.coco import evaluate_keypoints  # noqa: E402
-from openpose_ray.preprocess import normalize  # noqa: E402
+from openpose_ray.inference import normalize  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NET_SIZE = (432, 368)

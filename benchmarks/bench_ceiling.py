@@ -44,7 +44,8 @@ from openpose_ray.config_loader import load_config  # noqa: E402
 from openpose_ray.pipeline import runner  # noqa: E402
 from openpose_ray.pipeline.listing_source import ListingDatasource  # noqa: E402
 from openpose_ray.pipeline.records import InferredShard, PreparedShard, from_row, to_row  # noqa: E402
-from openpose_ray.pipeline.stages import InferenceActor, plan_shards  # noqa: E402
+from openpose_ray.pipeline.inference_actor import InferenceActor  # noqa: E402
+from openpose_ray.pipeline.stages import plan_shards  # noqa: E402
 from openpose_ray.sources.decoding import decode_frames  # noqa: E402
 from openpose_ray.sources.planning import Shard  # noqa: E402
 

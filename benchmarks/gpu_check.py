@@ -56,7 +56,7 @@ from openpose_ray.models.loading import read_checkpoint, state_dict_digest  # no
 from openpose_ray.models.registry import get_entry  # noqa: E402
 from openpose_ray.models.weights import ResolvedWeights, sha256_file  # noqa: E402
 from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames, StageSeconds, from_row, to_row  # noqa: E402
-from openpose_ray.pipeline.stages import InferenceActor  # noqa: E402
+from openpose_ray.pipeline.inference_actor import InferenceActor  # noqa: E402
 
 import gpu_speed  # noqa: E402  (beside this file)
 from gpu_speed import peak_memory_mib, reset_peak_memory, synchronize  # noqa: E402

@@ -16,13 +16,24 @@ import importlib.metadata
 
 from .coco import to_coco17
 from .config import NetworkConfig, PostprocessConfig
-from .estimator import PoseEstimator
 from .person import Person
 from .render import render
 from .skeleton import BODY25, COCO18, Skeleton
 
 __all__ = ["PoseEstimator", "Person", "render", "to_coco17", "PostprocessConfig", "NetworkConfig", "COCO18", "BODY25",
            "Skeleton"]
+
+
+def __getattr__(name: str):
+    # PoseEstimator imports torch (~1.5 s, ~250 MiB): loaded on first use, so that the job's
+    # driver and its CPU workers (decode, post-processing, writing), which import this package
+    # but never run a network, do not pay for it in start-up time and memory.
+    if name == "PoseEstimator":
+        from .estimator import PoseEstimator
+
+        return PoseEstimator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__ = importlib.metadata.version("openpose_ray")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .config import NetworkConfig, PostprocessConfig
-from .inference import FramePeaks, InferenceEngine
+from .frame_outputs import FramePeaks
+from .inference import InferenceEngine
 from .models import weights as weights_mod
 from .models.loading import load_state_dict_strict
 from .models.registry import ModelEntry, get_entry, resolve

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,10 +43,9 @@ import torch
 
 from .backends import OpenVINONetwork, choose_backend, openvino_network
 from .config import Backend, Precision, PostprocessConfig, check_precision
-from .models.registry import ModelEntry
-from .postprocess import LimbCandidates, Peaks
+from .frame_outputs import FrameFields, FramePeaks
+from .models.registry import InputSpec, ModelEntry
 from .postprocess.device import peaks_and_candidates, resize_torch
-from .preprocess import normalize
 
 if TYPE_CHECKING:
     from .preprocess import PreparedImage
@@ -66,27 +64,18 @@ DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 64}
 OPENVINO_BATCH_SIZE = 8
 
 
-@dataclass(frozen=True, eq=False)
-class FrameFields:
-    """One frame's fields on the host, averaged over the scales, valid region only, at the network's stride.
+def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8[N, H, W, 3] (any device) -> float32[N, 3, H, W] = pixel * scale + offset.
 
-    heatmaps: float32[K+1, h, w] (background last); pafs: float32[2L, h, w].
+    The result is in channels-last memory layout (the NHWC bytes reinterpreted,
+    no copy), which is what the convolutions run fastest on, CPU and GPU alike.
     """
-
-    heatmaps: np.ndarray
-    pafs: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class FramePeaks:
-    """One frame's peaks and scored limb candidates, found on the inference device.
-
-    Coordinates in upsampled-field pixels (``PostprocessConfig.upsample`` times
-    the network's field resolution); group them into people with ``postprocess.group_candidates``.
-    """
-
-    peaks: Peaks
-    candidates: LimbCandidates
+    x = batch.permute(0, 3, 1, 2).to(torch.float32)
+    if spec.scale != 1.0:
+        x = x * spec.scale
+    if spec.offset != 0.0:
+        x = x + spec.offset
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager

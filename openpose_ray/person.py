@@ -16,7 +16,7 @@ from .config import PostprocessConfig
 from .postprocess import group_candidates, group_fields
 
 if TYPE_CHECKING:
-    from .inference import FramePeaks
+    from .frame_outputs import FramePeaks
     from .models.registry import ModelEntry
     from .preprocess import ResizeTransform
 

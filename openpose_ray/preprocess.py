@@ -9,8 +9,9 @@ source image and an (upsampled) field is one half-pixel-aligned scaling per
 axis, and :class:`ResizeTransform` composes them exactly.
 
 Pre-processing stays in uint8 (what travels between pipeline stages);
-:func:`normalize` turns a uint8 batch into the network's float input on the
-inference device.
+:func:`openpose_ray.inference.normalize` turns a uint8 batch into the network's
+float input on the inference device. No torch here: the job's decode workers
+import this module and never run a network.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from .models.registry import InputSpec
 
@@ -172,20 +172,6 @@ def pad_batch(images: list[np.ndarray], pad_value: int) -> np.ndarray:
     for i, im in enumerate(images):
         batch[i, : im.shape[0], : im.shape[1]] = im
     return batch
-
-
-def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """uint8[N, H, W, 3] (any device) -> float32[N, 3, H, W] = pixel * scale + offset.
-
-    The result is in channels-last memory layout (the NHWC bytes reinterpreted,
-    no copy), which is what the convolutions run fastest on, CPU and GPU alike.
-    """
-    x = batch.permute(0, 3, 1, 2).to(torch.float32)
-    if spec.scale != 1.0:
-        x = x * spec.scale
-    if spec.offset != 0.0:
-        x = x + spec.offset
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True, eq=False)

@@ -423,7 +423,8 @@ def test_s3_object_vanishing_between_listing_and_reading(moto_s3, data_dir, tmp_
     from openpose_ray.pipeline.listing_source import iter_work_items
     from openpose_ray.pipeline.runner import make_provenance
     from openpose_ray.pipeline.records import from_row
-    from openpose_ray.pipeline.stages import InferenceActor, plan_shards, postprocess_and_write, prepare_shard
+    from openpose_ray.pipeline.inference_actor import InferenceActor
+    from openpose_ray.pipeline.stages import plan_shards, postprocess_and_write, prepare_shard
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from openpose_ray.config import PostprocessConfig
+from openpose_ray.inference import normalize
 from openpose_ray.models.registry import get_entry
 from openpose_ray.postprocess import find_peaks, upsample
-from openpose_ray.preprocess import (ASPECT_BUCKETS, FIT_MAX_ASPECT, ResizeTransform, input_size_for, normalize,
+from openpose_ray.preprocess import (ASPECT_BUCKETS, FIT_MAX_ASPECT, ResizeTransform, input_size_for,
                                      pad_batch, resize_to_input, resolve_input_spec, transform_for)
 
 MOBILENET = get_entry("mobilenet_thin").input_spec  # the reference: stretch to 432x368

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from openpose_ray.inference import FrameFields
+from openpose_ray.frame_outputs import FrameFields
 from openpose_ray.models.registry import get_entry
 from openpose_ray.outputs.manifest import NEW
 from openpose_ray.person import Person

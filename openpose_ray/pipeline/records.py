@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ..inference import FrameFields, FramePeaks
+from ..frame_outputs import FrameFields, FramePeaks
 from ..outputs.manifest import Todo
 from ..person import Person
 from ..preprocess import PreparedImage, ResizeTransform

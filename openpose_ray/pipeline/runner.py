@@ -65,7 +65,8 @@ from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
 from .shipped_weights import ShippedWeights
 from .records import AlreadyDone, Skipped, WrittenShard, from_row
-from .stages import InferenceActor, model_input_spec, plan_shards, postprocess_and_write, prepare_shard, render_shard
+from .inference_actor import InferenceActor
+from .stages import model_input_spec, plan_shards, postprocess_and_write, prepare_shard, render_shard
 
 log = logging.getLogger(__name__)
 

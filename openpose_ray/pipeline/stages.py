@@ -8,7 +8,8 @@ peaks and scored limb candidates (``peaks_on: device``, a few kB).
 
     plan_shards            ToPlan (video/tar) -> Shard per segment / tar, or FailedInput
     prepare_shard          Shard -> PreparedShard: decode + resize to uint8 inputs   (CPU)
-    InferenceActor         PreparedShard -> InferredShard: fields, or peaks + limbs  (GPU or CPU actor)
+    InferenceActor         PreparedShard -> InferredShard: fields, or peaks + limbs  (GPU or CPU actor;
+                           pipeline.inference_actor: the one stage that imports torch)
     postprocess_and_write  InferredShard -> WrittenShard: people -> Parquet          (CPU)
     render_shard           WrittenShard -> WrittenShard: decode again, draw -> media (CPU, optional)
 """
@@ -20,11 +21,9 @@ import logging
 import os
 import time
 
-from ..estimator import PoseEstimator
-from ..inference import FrameFields, FramePeaks
+from ..frame_outputs import FrameFields, FramePeaks
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
-from ..models.weights import ResolvedWeights
 from ..outputs.frames_table import ShardTablesBuilder
 from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
@@ -37,7 +36,6 @@ from ..sources.planning import Shard, plan_tar, plan_video
 from ..storage import redact, stable_id, text_form
 from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageEnds,
                       StageSeconds, ToPlan, WrittenShard, from_row, to_row)
-from .shipped_weights import ShippedWeights
 
 log = logging.getLogger(__name__)
 
@@ -133,63 +131,6 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     frames = ShardFrames(shard.shard_id, _SOURCE_KIND[shard.kind], shard, tuple(metas), tuple(transforms))
     seconds = StageSeconds(decode=time.perf_counter() - start - resize_seconds, resize=resize_seconds)
     return to_row(PreparedShard(frames, tuple(inputs), seconds, StageEnds(decode=time.time())), shard.shard_id)
-
-
-class InferenceActor:
-    """Holds the network on its device; turns a PreparedShard into an InferredShard (fields, or peaks and limbs).
-
-    weights: ShippedWeights from the driver (the actor never fetches weights itself), or
-        ResolvedWeights in memory when the class is used without Ray (benchmarks/gpu_check.py).
-    peaks_on_device: find peaks and score limbs here (see InferenceEngine.peaks).
-    """
-
-    def __init__(self, config: JobConfig, weights: ShippedWeights | ResolvedWeights, device: str, torch_threads: int,
-                 peaks_on_device: bool):
-        import os
-
-        import torch
-
-        if device == "cpu":  # the driver's share of the cores, at most this machine's
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, min(torch_threads, cores)))
-        self.config = config
-        self.weights = weights
-        self.device = device
-        self.peaks_on_device = peaks_on_device
-        self._estimator: PoseEstimator | None = None
-
-    @property
-    def estimator(self) -> PoseEstimator:
-        """The network, loaded on first use: a run with nothing left to do loads no weights."""
-        if self._estimator is None:
-            model = self.config.model
-            self._estimator = PoseEstimator.from_state_dict(
-                model.name, self.weights.load(), source=self.weights.source, device=self.device,
-                net_size=model.net_size, resize_mode=model.resize_mode, aspect_buckets=model.aspect_buckets,
-                scales=model.scales,
-                postprocess=self.config.postprocess,
-                weights_sha256=self.weights.file_sha256, precision=self.config.inference.precision,
-                backend=self.config.inference.backend if self.device == "cpu" else "torch",
-            )
-        return self._estimator
-
-    def __call__(self, row: dict) -> dict:
-        record = from_row(row)
-        if not isinstance(record, PreparedShard):
-            return row
-        start = time.perf_counter()
-        ok = [i for i, item in enumerate(record.inputs) if item is not None]
-        results: list[FrameFields | FramePeaks | None] = [None] * len(record.inputs)
-        if ok:
-            engine, batch_size = self.estimator.engine, self.config.inference.batch_size
-            items = [record.inputs[i] for i in ok]
-            found = (engine.peaks(items, self.config.postprocess, batch_size) if self.peaks_on_device
-                     else engine.fields(items, batch_size))
-            for i, frame_result in zip(ok, found):
-                results[i] = frame_result
-        seconds = record.seconds.plus(infer=time.perf_counter() - start)
-        ended = record.ended.plus(infer=time.time())
-        return to_row(InferredShard(record.frames, tuple(results), len(ok), seconds, ended), row["key"])
 
 
 def _people(result: FrameFields | FramePeaks, transform, entry, config: JobConfig) -> list[Person]:

@@ -170,12 +170,12 @@ def _first_and_end(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float32 matrix product on torch's CPU thread pool: numpy's BLAS has a pool of its own, and the two
-    spinning against each other between the network and post-processing of a frame doubled both times
-    (measured: post-processing 12.7 ms after a forward against 5 ms alone on 2 cores)."""
-    import torch
-
-    return torch.matmul(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b))).numpy()
+    """float32 matrix product on the calling thread only: a pool of BLAS threads spinning beside the
+    network's own pool, in the same process or a neighbouring one, slowed both (measured: post-processing
+    12.7 ms after a forward against 5 ms alone on 2 cores). numpy, not torch: the job's CPU workers
+    group people without importing torch."""
+    with _one_blas_thread():
+        return np.matmul(a, b)
 
 
 @functools.lru_cache(maxsize=128)
