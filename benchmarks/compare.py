@@ -1,7 +1,7 @@
 """One command, one run: the project against the peer pipeline and against plain loops, on this machine.
 
     PYTHON=$PWD/.venv/bin/python bash ../shared/peer/setup_peer.sh   # once: builds the peer into /tmp/peer (absolute PYTHON)
-    .venv/bin/python benchmarks/compare.py [--rounds 3] [--skip-job] [--skip-ceiling]
+    .venv/bin/python benchmarks/compare.py [--rounds 3] [--skip-photos] [--skip-job] [--skip-ceiling] [--longer N]
 
 Prints Markdown (paste into docs/benchmarks.md) with the CPU model:
 
@@ -18,7 +18,9 @@ Prints Markdown (paste into docs/benchmarks.md) with the CPU model:
 3. The Ray job against a plain in-process loop over 4 photos + both videos
    (439 frames), each in a fresh process so start-up is counted: ``openpose-ray
    run`` with configs/local.yaml (rendering off) and a loop that decodes with
-   OpenCV and calls ``estimate([frame])``, same model settings.
+   OpenCV and calls ``estimate([frame])``, same model settings. With
+   ``--longer N``, the same on the 4 photos and N copies of both videos, which
+   shows how the job's fixed costs (Ray start, actor start, report) amortise.
 4. The instant-network ceiling against decode only (benchmarks/bench_ceiling.py).
 """
 
@@ -28,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,12 +154,12 @@ def timed_process(command: list[str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def job_section() -> list[str]:
-    loop_s, out = timed_process([sys.executable, "-c", _LOOP, *map(str, JOB_INPUTS)])
+def job_section(inputs: list[Path]) -> list[str]:
+    loop_s, out = timed_process([sys.executable, "-c", _LOOP, *map(str, inputs)])
     frames, loop_people = map(int, next(l for l in out.splitlines() if l.startswith("LOOP")).split()[1:])
     output = Path(tempfile.mkdtemp(prefix="compare-job-"))
     job_s, _ = timed_process([str(Path(sys.executable).parent / "openpose-ray"), "run", "--config", "configs/local.yaml",
-                              "--set", f"input={json.dumps([str(p) for p in JOB_INPUTS])}", "--set", f"output={output}",
+                              "--set", f"input={json.dumps([str(p) for p in inputs])}", "--set", f"output={output}",
                               "--set", "write.render_images=false", "--set", "write.render_videos=false"])
     summary = json.loads((output / "summary.json").read_text())
     seconds = {stage: round(value, 1) for stage, value in summary["stage_seconds"].items()}
@@ -165,7 +168,18 @@ def job_section() -> list[str]:
             f"{frames / loop_s:.2f} | 1.00 |",
             f"| `openpose-ray run` (Ray in-process) | {summary['frames']} | {summary['people']} | {job_s:.1f} s | "
             f"{summary['frames'] / job_s:.2f} | {job_s / loop_s:.2f}x the loop's time |",
-            "", f"Job stage seconds (task time summed): {seconds}"]
+            "", f"Job stage seconds (task time summed): {seconds}; job wall seconds by part: {summary['wall_seconds']}"]
+
+
+def copies_of_inputs(copies: int) -> Path:
+    """A folder with the 4 photos and ``copies`` copies of both videos (distinct names: distinct inputs)."""
+    folder = Path(tempfile.mkdtemp(prefix="compare-copies-"))
+    for photo in sorted(JOB_INPUTS[0].glob("*.jpg")):
+        shutil.copyfile(photo, folder / photo.name)
+    for copy in range(1, copies + 1):
+        for video in sorted(JOB_INPUTS[1].iterdir()):
+            shutil.copyfile(video, folder / f"copy{copy}_{video.name}")
+    return folder
 
 
 def ceiling_section() -> list[str]:
@@ -200,18 +214,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-job", action="store_true")
     parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument("--skip-photos", action="store_true")
+    parser.add_argument("--longer", type=int, default=0, metavar="N",
+                        help="also the job against the loop on N copies of both videos + the 4 photos (N=4: "
+                             "1,744 frames, ~7 min on 2 cores): how the job's fixed costs amortise")
     args = parser.parse_args()
-    if not (PEER / "peer_pose.py").exists():
+    if not args.skip_photos and not (PEER / "peer_pose.py").exists():
         raise SystemExit(f"no peer in {PEER}: PYTHON={sys.executable} bash ../shared/peer/setup_peer.sh")
     import torch
 
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"OpenCV {cv2.__version__}; {time.strftime('%Y-%m-%d')}\n")
-    print("## 1. Photos: project vs peer\n")
-    print("\n".join(photos_section(args.rounds)), "\n", flush=True)
+    if not args.skip_photos:
+        print("## 1. Photos: project vs peer\n")
+        print("\n".join(photos_section(args.rounds)), "\n", flush=True)
     if not args.skip_job:
         print("## 3. Ray job vs plain loop (4 photos + both videos)\n")
-        print("\n".join(job_section()), "\n", flush=True)
+        print("\n".join(job_section(JOB_INPUTS)), "\n", flush=True)
+    if args.longer:
+        print(f"## 3b. Ray job vs plain loop, the 4 photos + {args.longer} copies of both videos\n")
+        folder = copies_of_inputs(args.longer)
+        try:
+            print("\n".join(job_section([folder])), "\n", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     if not args.skip_ceiling:
         print("## 4. Instant-network ceiling vs decode only\n")
         print("\n".join(ceiling_section()), "\n", flush=True)
