@@ -16,7 +16,9 @@ machine's cores):
    pipeline (listing, decode, resize, post-processing, Parquet, manifest) is the
    job's own, so its frames/s is the most the node's CPUs can deliver.
 
-Prints one JSON line starting ``CEILING`` with frames/s of each run, the
+Prints one JSON line starting ``CEILING`` with frames/s of each run (the
+replay's and decode-only's over the same span: the dataset's first to last
+row; the replay's whole ``run_job`` time as ``run_job_seconds``), the
 replay's ms per frame of each CPU stage (task time summed over the run /
 frames), the replay's people (equal to the recording's: the same frames), and
 the ratio replay / decode-only (goal >= 0.8).
@@ -141,12 +143,17 @@ def main() -> None:
     frames = summary["frames"]
     ms_per_frame = {stage: round(1000 * value / frames, 2) for stage, value in summary["stage_seconds"].items()
                     if stage != "infer"}
-    replay_fps = frames / replayed["seconds"]
+    # The pipeline's span, as decode_only's: from the dataset's start to its last row. The run's other
+    # parts (weights shipped, actors placed, manifest, track ids, report) are paid once per run, not per
+    # frame: on these 435 frames they were ~30 % of the replay's run_job time (2-3 s of 8-9 s).
+    pipeline_s = summary["wall_seconds"]["first_result"] + summary["wall_seconds"]["pipeline"]
+    replay_fps = frames / pipeline_s
     print("CEILING " + json.dumps({
         "inputs": inputs, "cpus": cpus, "peaks_on": args.peaks_on, "frames": frames,
         "decode_only": decoded,
         "recorded_job": {"frames_per_s": round(frames / recorded["seconds"], 2), "people": recorded["summary"]["people"]},
-        "replay_job": {"seconds": round(replayed["seconds"], 2), "frames_per_s": round(replay_fps, 1),
+        "replay_job": {"seconds": round(pipeline_s, 2), "frames_per_s": round(replay_fps, 1),
+                       "run_job_seconds": round(replayed["seconds"], 2),
                        "frames_per_s_per_cpu": round(replay_fps / cpus, 1), "people": summary["people"],
                        "cpu_ms_per_frame": ms_per_frame,
                        "cpu_ms_per_frame_total": round(sum(ms_per_frame.values()), 2)},
