@@ -9,10 +9,11 @@ rot between GPU loans; its numbers are checked where the CPU makes them exact.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from refused_imports import env_refusing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ABSENT_ON_GPU_MACHINES = ("ray", "av", "boto3", "botocore", "yaml", "tqdm", "moto")
@@ -24,11 +25,8 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     checkpoint = tmp_path / "mobilenet_thin.pt"
     assert main(["weights", "export", "--to", str(checkpoint)]) == 0
     capsys.readouterr()
-    absent = tmp_path / "absent"
-    absent.mkdir()
-    for name in ABSENT_ON_GPU_MACHINES:
-        (absent / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machines')\n")
-    env = {**os.environ, "PYTHONPATH": str(absent), "OPENPOSE_RAY_CACHE": str(tmp_path / "empty-cache"),
+    env = {**env_refusing(tmp_path / "absent", ABSENT_ON_GPU_MACHINES, "is not on the GPU machines"),
+           "OPENPOSE_RAY_CACHE": str(tmp_path / "empty-cache"),
            "OPENPOSE_RAY_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHONUNBUFFERED": "1"}
     result = tmp_path / "gpu_check.json"
     done = subprocess.run(

@@ -34,23 +34,19 @@ from openpose_ray.sources.listing import SourceObject
 from openpose_ray.sources.planning import plan_video
 
 from people_match import assert_same_person, job_estimator
+from refused_imports import env_refusing
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = ["000000000785.jpg", "000000040083.jpg"]  # of coco_val2017_mini
 FRAMES = 3  # of the video's first segment
+REFUSED = ("torch", "openvino")
 
 # Runs in a fresh interpreter: argv[1] = JSON {"config", "overrides", "step", "rows"}; torch and
-# OpenVINO refused. prepare: list, plan, decode (rows out); write: rows in (provenance, InferredShard
+# OpenVINO refused (refused_imports). prepare: list, plan, decode (rows out); write: rows in (provenance, InferredShard
 # rows) -> group, write, render, commit (rows out).
 _WORKER = r"""
-import importlib.abc, json, pickle, sys
+import json, pickle, sys
 
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "openvino"):
-            raise ImportError(f"a CPU stage imported {name}")
-
-sys.meta_path.insert(0, Refuse())
 job = json.loads(sys.argv[1])
 from openpose_ray.config_loader import load_config
 from openpose_ray.pipeline import stages
@@ -74,10 +70,11 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("
 """
 
 
-def _run_worker(step: str, config_path: str, overrides: list[str], rows: Path, **extra) -> None:
-    job = {"config": config_path, "overrides": overrides, "step": step, "rows": str(rows), **extra}
+def _run_worker(step: str, config_path: str, overrides: list[str], rows: Path) -> None:
+    job = {"config": config_path, "overrides": overrides, "step": step, "rows": str(rows)}
+    env = env_refusing(rows.parent / "refused", REFUSED, "imported by a CPU stage")
     done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(job)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+                          cwd=REPO, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 

@@ -8,7 +8,10 @@ groups or writes imports them in ~1 s and ~185 MiB instead of ~2.1 s and
 
 from __future__ import annotations
 
+import os
 import time
+
+import torch
 
 from ..estimator import PoseEstimator
 from ..frame_outputs import FrameFields, FramePeaks
@@ -28,10 +31,6 @@ class InferenceActor:
 
     def __init__(self, config: JobConfig, weights: ShippedWeights | ResolvedWeights, device: str, torch_threads: int,
                  peaks_on_device: bool):
-        import os
-
-        import torch
-
         if device == "cpu":  # the driver's share of the cores, at most this machine's
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             torch.set_num_threads(max(1, min(torch_threads, cores)))
