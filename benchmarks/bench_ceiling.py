@@ -3,18 +3,22 @@
 A benchmark, never a job setting. In one Ray session (in-process, this
 machine's cores):
 
-1. decode only: the job's listing and planning, then every shard's frames
-   decoded (sources.decoding.decode_frames) and counted: what the machine's
-   cores can decode at most;
-2. record: the job on the same inputs with ``RecordingActor``, the job's
+1. record: the job on the inputs with ``RecordingActor``, the job's
    InferenceActor that also keeps what it returns for each shard (peaks and
    scored limb candidates with ``peaks_on: device``, as on a GPU node; the
    fields with ``--peaks-on cpu``);
+2. decode only: the job's listing and planning, then every shard's frames
+   decoded (sources.decoding.decode_frames) and counted: what the machine's
+   cores can decode at most;
 3. replay: the job again with ``ReplayActor``, which returns the recorded
    results of each shard at no cost and reserves ``--actor-cpus`` (0.1: on a
    GPU node the actor's CPU work is feeding the device). The rest of the
    pipeline (listing, decode, resize, post-processing, Parquet, manifest) is the
    job's own, so its frames/s is the most the node's CPUs can deliver.
+
+Decode only and replay run twice each, alternating, and the faster of each
+counts: the first run of a stage in a Ray session starts its worker processes,
+which a long job pays once.
 
 Prints one JSON line starting ``CEILING`` with frames/s of each run (the
 replay's and decode-only's over the same span: the dataset's first to last
@@ -135,22 +139,33 @@ def main() -> None:
     config = config_for("record")
     runner.init_ray(config)
     cpus = ray.cluster_resources().get("CPU", 0)
-    decoded = decode_only(config)
     recorded = run_with(config, RecordingActor)
-    replayed = run_with(config_for("replay", f"inference.cpus_per_actor={args.actor_cpus}"), ReplayActor)
+    # Each twice, alternating, the faster counted: the first run of a stage in a Ray session starts its
+    # worker processes (~1 s of a core each, imports), which a long job pays once.
+    decodes, replays = [], []
+    for attempt in range(2):
+        decodes.append(decode_only(config))
+        replays.append(run_with(config_for(f"replay{attempt}", f"inference.cpus_per_actor={args.actor_cpus}"),
+                                ReplayActor))
+    decoded = max(decodes, key=lambda run: run["frames_per_s"])
 
+    def span(run: dict) -> float:
+        # The pipeline's span, as decode_only's: from the dataset's start to its last row. The run's other
+        # parts (weights shipped, actors placed, manifest, track ids, report) are paid once per run, not
+        # per frame: on these 435 frames they were ~30 % of the replay's run_job time (2-3 s of 8-9 s).
+        return run["summary"]["wall_seconds"]["first_result"] + run["summary"]["wall_seconds"]["pipeline"]
+
+    replayed = min(replays, key=span)
     summary = replayed["summary"]
     frames = summary["frames"]
     ms_per_frame = {stage: round(1000 * value / frames, 2) for stage, value in summary["stage_seconds"].items()
                     if stage != "infer"}
-    # The pipeline's span, as decode_only's: from the dataset's start to its last row. The run's other
-    # parts (weights shipped, actors placed, manifest, track ids, report) are paid once per run, not per
-    # frame: on these 435 frames they were ~30 % of the replay's run_job time (2-3 s of 8-9 s).
-    pipeline_s = summary["wall_seconds"]["first_result"] + summary["wall_seconds"]["pipeline"]
+    pipeline_s = span(replayed)
     replay_fps = frames / pipeline_s
     print("CEILING " + json.dumps({
         "inputs": inputs, "cpus": cpus, "peaks_on": args.peaks_on, "frames": frames,
-        "decode_only": decoded,
+        "decode_only": decoded, "decode_only_runs_frames_per_s": [run["frames_per_s"] for run in decodes],
+        "replay_runs_frames_per_s": [round(frames / span(run), 1) for run in replays],
         "recorded_job": {"frames_per_s": round(frames / recorded["seconds"], 2), "people": recorded["summary"]["people"]},
         "replay_job": {"seconds": round(pipeline_s, 2), "frames_per_s": round(replay_fps, 1),
                        "run_job_seconds": round(replayed["seconds"], 2),

@@ -55,8 +55,10 @@ def ray_session():
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(name, value)
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from openpose_ray.pipeline.runner import LOCAL_RAY_SYSTEM_CONFIG
+
+    if not ray.is_initialized():  # idle workers kept as the job's own in-process Ray keeps them
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 

@@ -239,6 +239,17 @@ def test_frames_per_second_spreads_each_shard_over_the_time_its_stage_took():
     assert [len(r) for r in StageTimeline(started).frames_per_second()[1].values()] == [0, 0, 0]
 
 
+def test_tasks_at_once_counts_the_shards_in_a_stage_at_the_same_time():
+    started = 1.8e9
+    timeline = StageTimeline(started)
+    # decoding: 0-4 and 2-6 overlap, 6-8 touches the second; inference one shard after another
+    for decoded, inferred in [((0, 4), (4, 5)), ((2, 6), (6, 7)), ((6, 8), (8, 9))]:
+        timeline.add(stats(10, 10, StageSeconds(decode=decoded[1] - decoded[0] - 1, resize=1.0, infer=1.0),
+                           StageEnds(decode=started + decoded[1], infer=started + inferred[1])))
+    assert timeline.tasks_at_once() == {"decode": {"mean": 1.25, "most": 2}, "infer": {"mean": 0.6, "most": 1}}
+    assert StageTimeline(started).tasks_at_once() == {}
+
+
 def test_failures_group_by_kind_with_the_reasons_beside_else_by_reason():
     rows = [{"source": f"/in/{name}", "member": None, "frame_index": 0, "error": error}
             for name, error in [("a.jpg", "cannot decode image: /in/a.jpg truncated at byte 17"),

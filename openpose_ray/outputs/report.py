@@ -108,6 +108,24 @@ class StageTimeline:
             rates[stage] = np.diff(_cumulative_frames(spans_s, edges)) / width
         return edges, rates
 
+    def tasks_at_once(self) -> dict[str, dict[str, float]]:
+        """Per stage, how many shards were in it at once: {"mean": over the stage's first start to its
+        last end, "most": at any moment}. Shows whether decoding used the cores the network left.
+        A stage no shard went through is left out."""
+        out = {}
+        for stage, spans in self._spans.items():
+            if not spans:
+                continue
+            events = sorted([(start, 1) for start, _, _ in spans] + [(end, -1) for _, end, _ in spans])
+            running = most = 0
+            for _, change in events:  # at equal times an end (-1) sorts before a start: touching is not at once
+                running += change
+                most = max(most, running)
+            width = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+            busy = sum(end - start for start, end, _ in spans)
+            out[stage] = {"mean": round(busy / width, 2) if width > 0 else float(most), "most": most}
+        return out
+
 
 def _cumulative_frames(spans: np.ndarray, at: np.ndarray) -> np.ndarray:
     """float[T]: frames done by each time of ``at``; spans float[S, 3] as start, end, frames (linear in

@@ -73,12 +73,29 @@ log = logging.getLogger(__name__)
 # CPU reservations per stage (see the module docstring on fusion).
 _LIST_CPUS = 0.25
 _PLAN_CPUS = 0.5
-_DECODE_CPUS = 1.0
-# Decode (1) + one CPU inference actor (0.5) + post-process (0.5) fit 2 CPUs. Were the three
+# A decode task keeps ~1-1.5 cores busy (FFmpeg's slice threads) at idle priority; it reserves
+# less than one CPU so that, where the network is fast (a GPU node; the instant network of
+# benchmarks/bench_ceiling.py), two decode tasks fit on 2 CPUs beside post-processing (0.5)
+# and an actor that only feeds its device (0.1): one at a time left a core idle, 0.61 of the
+# decode-only rate against 0.71 with two (docs/benchmarks.md "Decoding on every core").
+_DECODE_CPUS = 0.7
+# Decode (0.7) + one CPU inference actor (0.5) + post-process (0.5) fit 2 CPUs. Were the three
 # to need more than the machine has, Ray Data would run post-processing only once decoding
 # is over, and every inferred shard would wait in the object store meanwhile: memory would
 # grow with the input (measured: +60 MiB per video segment, docs/benchmarks.md "Load").
 _POST_CPUS = 0.5
+# Post-processing tasks at once: one per this many of the cluster's CPUs (at least one). Ray
+# Data hands each operator's unused CPU budget to the most downstream operator first: an
+# unbounded post-processing stage, which needs ~1 ms a frame against decoding's ~10, held the
+# budget that a second decode task needed (one post task keeps up with ~4 decode tasks even
+# when it groups from the full fields, ~4 ms a frame).
+_CPUS_PER_POST_TASK = 4
+# Ray kills a worker process that has been idle for a second once a node has more workers
+# than CPUs; the job's stages (list, plan, decode, infer, post-process) alternate, so workers
+# were killed and started again all through a run, each start ~1 s of a core in imports
+# (9 starts in a 25 s replay, docs/benchmarks.md "Decoding on every core"). An in-process Ray
+# keeps idle workers for a minute; for clusters, infra/ray-cluster.yaml sets the same.
+LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 _PROGRESS_EVERY_S = 10.0
 _SKIPPED_LISTED = 100  # skipped inputs named in the summary (all are counted)
 _MAP_RETRIES = 2  # attempts after the first for a map task whose code raised
@@ -94,7 +111,7 @@ def init_ray(config: JobConfig) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=config.ray.num_cpus, object_store_memory=config.ray.object_store_memory,
-                 include_dashboard=False)
+                 include_dashboard=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
 
 
 def make_provenance(config: JobConfig, weights_sha256: str | None) -> Provenance:
@@ -134,10 +151,17 @@ def configure_retries(config: JobConfig) -> None:
                                                   config.inference.wait_for_actors_s)
 
 
+def post_tasks(cluster: ClusterView) -> int:
+    """Post-processing tasks at once on ``cluster``: one per _CPUS_PER_POST_TASK CPUs it has or can get."""
+    return max(1, int(cluster.obtainable("CPU") // _CPUS_PER_POST_TASK))
+
+
 def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, weights: ShippedWeights,
-                  done_ref=None, actor_class: type = InferenceActor) -> ray.data.Dataset:
+                  done_ref=None, actor_class: type = InferenceActor, post_concurrency: int | None = None
+                  ) -> ray.data.Dataset:
     """The job's Ray Data pipeline (see the module docstring).
 
+    post_concurrency: post-processing tasks at once (:func:`post_tasks`); None: as Ray Data likes.
     actor_class: the inference stage; benchmarks put a stand-in with InferenceActor's
     constructor here (benchmarks/bench_ceiling.py replays recorded fields), never the job.
     """
@@ -156,7 +180,8 @@ def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, we
         # Ray Data restarts a lost actor and retries its tasks without limit by default
         # (max_restarts=-1, max_task_retries=-1), so a vanished GPU node costs time, not rows.
     )
-    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS)
+    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS,
+                concurrency=post_concurrency)
     if config.write.render_images or config.write.render_videos:
         ds = ds.map(render_shard, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS)
     return ds
@@ -194,14 +219,15 @@ def run_job(config: JobConfig, force: bool = False, break_lock: bool = False) ->
     lock.check_takeable()  # a second run stops now, not after waiting for actors; nothing written yet
     waited = wait_for_actors(plan, config.inference.wait_for_actors_s)
     with lock:
-        return _annotate(config, force, started, plan, weights, provenance, lock, waited)
+        return _annotate(config, force, started, plan, weights, provenance, lock, waited, post_tasks(cluster))
 
 
 def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, weights: ShippedWeights,
-              provenance: Provenance, lock: OutputLock, waited: float) -> dict:
+              provenance: Provenance, lock: OutputLock, waited: float, post_concurrency: int) -> dict:
     """The part of :func:`run_job` that reads and writes the output, run while holding its lock.
 
     waited: seconds the run waited for its first inference actors (for the summary).
+    post_concurrency: post-processing tasks at once (:func:`post_tasks`).
     """
     live = manifest.resolve(manifest.load(config.output, config.s3, columns=manifest.INDEX_COLUMNS).records)
     done = manifest.done_index(live, provenance.generation)
@@ -210,7 +236,8 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
         log.info("--force: annotating every input again (%d done in generation %s)", len(done), provenance.generation)
     else:
         log.info("manifest: %d input(s) already done in generation %s", len(done), provenance.generation)
-    ds = build_dataset(config, provenance, plan, weights, None if force or not len(done) else ray.put(done))
+    ds = build_dataset(config, provenance, plan, weights, None if force or not len(done) else ray.put(done),
+                       post_concurrency=post_concurrency)
 
     totals: dict[str, float] = defaultdict(float)
     seconds: dict[str, float] = defaultdict(float)
@@ -282,6 +309,7 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
         "wall_seconds": wall_seconds,
         "frames_per_s": round(totals["frames"] / wall, 2) if wall > 0 else 0.0,
         "stage_seconds": {stage: round(value, 2) for stage, value in seconds.items()},
+        "tasks_at_once": timeline.tasks_at_once(),  # per stage, shards in it at once: mean and most
         "inference": {"device": plan.device, "precision": config.inference.precision,
                       "peaks_on": "device" if plan.peaks_on_device else "cpu", "actor": plan.bundle,
                       "min_actors": plan.min_actors, "max_actors": plan.max_actors,
