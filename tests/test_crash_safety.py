@@ -130,7 +130,7 @@ def _worker_pids(name: str) -> list[int]:
     for pid, title in cluster_processes(session, group=-1).items():
         if not title.startswith("ray::"):
             continue
-        busy_task = title.startswith(("ray::Map(", "ray::FlatMap("))
+        busy_task = title.startswith("ray::MapBatches(")  # the stages run as map_batches (pipeline.records.per_row)
         if (name == "task" and busy_task) or (name != "task" and name in title):
             pids.append(pid)
     return pids

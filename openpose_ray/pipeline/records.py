@@ -1,9 +1,10 @@
 """The typed records that flow between the pipeline's stages, one type per stage.
 
-Every Ray Data row is ``{"key": str, "record": bytes}``: the record pickled
-(protocol 5, numpy arrays stored whole), ``key`` its shard id or URI for logs.
-A stage tells what it got by the record's type, never by a string tag, and
-returns a new record: nothing is mutated or changes meaning on the way.
+Every Ray Data row is ``{"key": str, "record": bytes}``: the record packed
+(:func:`pack`: pickled, its numpy arrays' bytes stored beside the pickle rather
+than inside it), ``key`` its shard id or URI for logs. A stage tells what it got
+by the record's type, never by a string tag, and returns a new record: nothing
+is mutated or changes meaning on the way.
 
     listing     Shard (images) | ToPlan (video, tar) | Skipped | AlreadyDone
     plan        Shard | FailedInput | Skipped | AlreadyDone
@@ -15,20 +16,26 @@ returns a new record: nothing is mutated or changes meaning on the way.
 Skipped, AlreadyDone and FailedInput pass through the stages they do not
 concern, so the driver counts them at the end of the pipeline.
 
-Cost of the pickled rows, measured (2-core Xeon, 2026-11-30, with the test
-suite running beside it): a 64-frame 720p segment's network inputs (64 x
-368x656x3 uint8, 46 MB) through pickle, an Arrow table and back take ~110 ms,
-1.7 ms a frame, against 100-200 ms of network per frame on this CPU; where the
-network is nearly free (a GPU node) it is part of the CPU-side ceiling that
-benchmarks/bench_ceiling.py measures.
+Frames without extra copies: the stages run as Ray Data batch functions on
+Arrow tables (:func:`per_row`, :func:`per_row_class`), whose record column is built over the packed
+bytes without copying them, and a record read from a table unpacks with its
+arrays as read-only views of the table's buffer (for the inference actor, Ray's
+shared memory). A 128-frame segment's network inputs (92.7 MB) cost ~65 ms to
+pack into a table and ~3 ms to read back, against ~210 ms and ~185 ms as a
+pickled Ray Data row (the row was pickled, serialized once more by Ray Data to
+estimate its size, copied into an Arrow column and out again, and unpickled):
+~0.5 ms a frame instead of ~3 (docs/benchmarks.md "Frames without extra copies").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from ..frame_outputs import FrameFields, FramePeaks
@@ -39,16 +46,104 @@ from ..sources.listing import SourceObject
 from ..sources.planning import Shard
 
 ROW_SCHEMA = pa.schema([("key", pa.string()), ("record", pa.binary())])
+_ALIGN = 64  # each array's bytes start at a multiple of this in a packed record (SIMD loads, torch)
+
+
+def pack(record) -> bytes:
+    """``record`` as bytes: [count n, pickle's length, each array's length: n + 2 little-endian u64]
+    [the pickle (protocol 5, arrays out of band)] [each array's bytes, aligned to _ALIGN]."""
+    arrays: list[pickle.PickleBuffer] = []
+    meta = pickle.dumps(record, protocol=5, buffer_callback=arrays.append)
+    raws = [array.raw() for array in arrays]  # numpy hands out only contiguous arrays' buffers
+    parts, sizes = [meta], [len(meta)]
+    at = 8 * (len(raws) + 2) + len(meta)
+    for raw in raws:
+        parts.append(bytes(-at % _ALIGN))
+        parts.append(raw)
+        sizes.append(raw.nbytes)
+        at += -at % _ALIGN + raw.nbytes
+    return b"".join([struct.pack(f"<{len(raws) + 2}Q", len(raws), *sizes), *parts])
+
+
+def unpack(data):
+    """The record that :func:`pack` turned into ``data`` (bytes-like); its numpy arrays are read-only views of ``data``."""
+    view = memoryview(data).cast("B")
+    (count,) = struct.unpack_from("<Q", view, 0)
+    sizes = struct.unpack_from(f"<{count + 1}Q", view, 8)
+    at = 8 * (count + 2)
+    meta = view[at:at + sizes[0]]
+    at += sizes[0]
+    arrays = []
+    for size in sizes[1:]:
+        at += -at % _ALIGN
+        arrays.append(view[at:at + size].toreadonly())
+        at += size
+    return pickle.loads(meta, buffers=arrays)
 
 
 def to_row(record, key: str = "") -> dict:
     """A Ray Data row holding ``record``."""
-    return {"key": key, "record": pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)}
+    return {"key": key, "record": pack(record)}
 
 
 def from_row(row: dict):
     """The record a row holds."""
-    return pickle.loads(row["record"])
+    return unpack(row["record"])
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows as an Arrow table of ROW_SCHEMA whose record column points at the rows' bytes (one chunk each, no copy)."""
+    if not rows:
+        return ROW_SCHEMA.empty_table()
+    chunks = [pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, len(row["record"])], np.int32)),
+                                                     pa.py_buffer(row["record"])])
+              for row in rows]
+    return pa.Table.from_arrays([pa.array([row["key"] for row in rows], pa.string()), pa.chunked_array(chunks)],
+                                schema=ROW_SCHEMA)
+
+
+def rows_of(table: pa.Table) -> Iterator[dict]:
+    """The rows of a ROW_SCHEMA table, each record a memoryview of the table's buffer (no copy)."""
+    keys = table.column("key").to_pylist()
+    index = 0
+    for chunk in table.column("record").chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = chunk.buffers()[2]
+        view = memoryview(data) if data is not None else memoryview(b"")
+        for start, end in zip(offsets[:-1], offsets[1:]):
+            yield {"key": keys[index], "record": view[start:end]}
+            index += 1
+
+
+def _as_rows(out) -> list[dict]:
+    return out if isinstance(out, list) else [out]
+
+
+def per_row(function: Callable) -> Callable:
+    """A Ray Data batch function (pyarrow batches) running ``function(row, **kwargs)`` on each row; it returns
+    a row or a list of rows. One table is yielded per row in, so a stage's outputs stream as with ``map``."""
+    def batches(batch: pa.Table, **kwargs) -> Iterator[pa.Table]:
+        for row in rows_of(batch):
+            yield to_table(_as_rows(function(row, **kwargs)))
+    batches.__name__ = function.__name__  # Ray Data names the operator after it
+    return batches
+
+
+class _PerRow:
+    stage_class: type
+
+    def __init__(self, **kwargs):
+        self.stage = self.stage_class(**kwargs)
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for row in rows_of(batch):
+            yield to_table(_as_rows(self.stage(row)))
+
+
+def per_row_class(stage_class: type) -> type:
+    """A Ray Data callable class (pyarrow batches) that holds ``stage_class(**constructor kwargs)`` and runs it
+    on each row, as :func:`per_row`; named after ``stage_class``, as Ray Data names the operator."""
+    return type(stage_class.__name__, (_PerRow,), {"stage_class": stage_class, "__doc__": stage_class.__doc__})
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """Wiring of the annotation job: Ray Data stages from a JobConfig, run, summary.
 
     ListInputs (read tasks, streaming listing)
-      -> plan_shards (flat_map: videos cut into segments)
-      -> prepare_shard (map, 1 CPU: decode + resize to uint8 network inputs)
+      -> plan_shards (0.5 CPU: videos cut into segments)
+      -> prepare_shard (0.7 CPU: decode + resize to uint8 network inputs)
       -> InferenceActor (actor pool: GPU actors, or fractional-CPU actors; see actor_pool)
-      -> postprocess_and_write (map, 0.5 CPU: group people, write the shard's Parquet)
+      -> postprocess_and_write (0.5 CPU, bounded tasks: group people, write the shard's Parquet)
       -> render_shard (optional)
-    Each stage hands the next one typed record (pipeline.records).
+    Each stage hands the next one typed record (pipeline.records), one row at a time
+    from Arrow batches whose records' bytes are never copied on the way.
     then, on the driver: progress, the manifest (snapshot, garbage collection),
     track ids of completed videos (outputs.tracks), rendered-video assembly, the run report
     (report.html, outputs.report), summary.json.
@@ -64,7 +65,7 @@ from ..storage import redact, text_form
 from .actor_pool import ActorPlan, ClusterView, plan_actors, wait_for_actors
 from .listing_source import ListingDatasource
 from .shipped_weights import ShippedWeights
-from .records import AlreadyDone, Skipped, WrittenShard, from_row
+from .records import AlreadyDone, Skipped, WrittenShard, from_row, per_row, per_row_class
 from .inference_actor import InferenceActor
 from .stages import model_input_spec, plan_shards, postprocess_and_write, prepare_shard, render_shard
 
@@ -151,6 +152,13 @@ def configure_retries(config: JobConfig) -> None:
                                                   config.inference.wait_for_actors_s)
 
 
+# Every stage takes its rows one at a time (as Ray Data's ``map`` would) from Arrow batches, read and
+# written without copying the records' bytes (pipeline.records: per_row, per_row_class). A batch is a whole
+# block: to cut a block of several rows into batches of one, Ray Data first copies its columns into one
+# contiguous buffer (Batcher, try_combine_chunked_columns), ~95 MB a segment.
+_ROWS = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True}
+
+
 def post_tasks(cluster: ClusterView) -> int:
     """Post-processing tasks at once on ``cluster``: one per _CPUS_PER_POST_TASK CPUs it has or can get."""
     return max(1, int(cluster.obtainable("CPU") // _CPUS_PER_POST_TASK))
@@ -166,24 +174,26 @@ def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, we
     constructor here (benchmarks/bench_ceiling.py replays recorded fields), never the job.
     """
     ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
-    ds = ds.flat_map(plan_shards, fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS)
-    ds = ds.map(prepare_shard, fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS)
+    ds = ds.map_batches(per_row(plan_shards), fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS, **_ROWS)
+    ds = ds.map_batches(per_row(prepare_shard), fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS, **_ROWS)
     custom = {name: amount for name, amount in plan.bundle.items() if name not in ("CPU", "GPU")}
-    ds = ds.map(
-        actor_class,
+    ds = ds.map_batches(
+        per_row_class(actor_class),
         fn_constructor_kwargs={"config": config, "weights": weights, "device": plan.device,
                                "torch_threads": plan.torch_threads, "peaks_on_device": plan.peaks_on_device},
         compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         num_cpus=plan.bundle["CPU"],
         num_gpus=plan.bundle.get("GPU", 0),
         resources=custom or None,
+        **_ROWS,
         # Ray Data restarts a lost actor and retries its tasks without limit by default
         # (max_restarts=-1, max_task_retries=-1), so a vanished GPU node costs time, not rows.
     )
-    ds = ds.map(postprocess_and_write, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS,
-                concurrency=post_concurrency)
+    ds = ds.map_batches(per_row(postprocess_and_write), fn_kwargs={"config": config, "provenance": provenance},
+                        num_cpus=_POST_CPUS, concurrency=post_concurrency, **_ROWS)
     if config.write.render_images or config.write.render_videos:
-        ds = ds.map(render_shard, fn_kwargs={"config": config, "provenance": provenance}, num_cpus=_POST_CPUS)
+        ds = ds.map_batches(per_row(render_shard), fn_kwargs={"config": config, "provenance": provenance},
+                            num_cpus=_POST_CPUS, **_ROWS)
     return ds
 
 
