@@ -14,7 +14,7 @@ from openpose_ray.outputs.manifest import NEW
 from openpose_ray.person import Person
 from openpose_ray.pipeline.records import (ROW_SCHEMA, AlreadyDone, FrameMeta, InferredShard, PreparedShard,
                                            ShardFrames, ShardStats, Skipped, StageEnds, StageSeconds, ToPlan,
-                                           WrittenShard, from_row, to_row)
+                                           WrittenShard, from_row, rows_of, to_row, to_table)
 from openpose_ray.preprocess import prepare_image, resolve_input_spec
 from openpose_ray.sources.listing import SourceObject
 
@@ -70,6 +70,33 @@ def test_an_inferred_and_a_written_shard_come_back_whole():
                        ended=ended.plus(post=1.8e9 + 2.5))
     written = round_trip(WrittenShard(frames, ({"source": "/data/v.mp4"},), stats, ([person], [])))
     assert written.stats == stats and written.people == ([person], []) and written.records == ({"source": "/data/v.mp4"},)
+
+
+def test_a_batch_table_hands_the_frames_over_without_copying_them():
+    """How the stages pass records (records.per_row): a table over the packed bytes, read back in place."""
+    rng = np.random.default_rng(2)
+    frames, inputs = frames_of([rng.integers(0, 256, (180, 320, 3), dtype=np.uint8)])
+    rows = [to_row(PreparedShard(frames, inputs, StageSeconds()), "video-0123"), to_row(AlreadyDone(3), "")]
+    table = to_table(rows)
+    assert table.schema == ROW_SCHEMA and table.num_rows == 2
+    data = table.column("record").chunk(0).buffers()[2]
+    assert data.address == np.frombuffer(rows[0]["record"], np.uint8).ctypes.data  # the table is over the bytes
+    (first, second) = [from_row(row) for row in rows_of(table)]
+    assert second == AlreadyDone(3)
+    for got, want in zip(first.inputs[0].inputs, inputs[0].inputs):
+        assert np.array_equal(got, want) and not got.flags.writeable  # a view: no stage may write into it
+        assert data.address <= got.ctypes.data < data.address + data.size
+    assert [from_row(row) for row in rows_of(table.slice(1))] == [AlreadyDone(3)]  # a block's slice
+    assert to_table([]).num_rows == 0 and list(rows_of(to_table([]))) == []
+
+
+def test_a_record_too_large_for_an_arrow_value_is_refused_with_what_to_do():
+    class Huge:  # the length of a 2 GiB record without allocating one
+        def __len__(self):
+            return 2**31
+
+    with pytest.raises(ValueError, match="lower sources.frames_per_segment"):
+        to_table([{"key": "video-0123", "record": Huge()}])
 
 
 @pytest.mark.parametrize("record", [

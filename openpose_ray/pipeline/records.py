@@ -46,12 +46,13 @@ from ..sources.listing import SourceObject
 from ..sources.planning import Shard
 
 ROW_SCHEMA = pa.schema([("key", pa.string()), ("record", pa.binary())])
-_ALIGN = 64  # each array's bytes start at a multiple of this in a packed record (SIMD loads, torch)
+_ALIGN = 64  # each array's bytes start at a multiple of this from the record's start
+_MAX_RECORD_BYTES = 2**31 - 1  # ROW_SCHEMA's binary column has int32 offsets
 
 
 def pack(record) -> bytes:
     """``record`` as bytes: [count n, pickle's length, each array's length: n + 2 little-endian u64]
-    [the pickle (protocol 5, arrays out of band)] [each array's bytes, aligned to _ALIGN]."""
+    [the pickle (protocol 5, arrays out of band)] [each array's bytes, at a multiple of _ALIGN from the start]."""
     arrays: list[pickle.PickleBuffer] = []
     meta = pickle.dumps(record, protocol=5, buffer_callback=arrays.append)
     raws = [array.raw() for array in arrays]  # numpy hands out only contiguous arrays' buffers
@@ -95,6 +96,10 @@ def to_table(rows: list[dict]) -> pa.Table:
     """Rows as an Arrow table of ROW_SCHEMA whose record column points at the rows' bytes (one chunk each, no copy)."""
     if not rows:
         return ROW_SCHEMA.empty_table()
+    for row in rows:
+        if len(row["record"]) > _MAX_RECORD_BYTES:
+            raise ValueError(f"shard {row['key']}: its record is {len(row['record']):,} bytes, more than an Arrow binary "
+                             "value holds (2 GiB): lower sources.frames_per_segment or sources.images_per_shard")
     chunks = [pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, len(row["record"])], np.int32)),
                                                      pa.py_buffer(row["record"])])
               for row in rows]
