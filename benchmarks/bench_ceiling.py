@@ -48,10 +48,8 @@ import ray  # noqa: E402
 
 from openpose_ray.config_loader import load_config  # noqa: E402
 from openpose_ray.pipeline import runner  # noqa: E402
-from openpose_ray.pipeline.listing_source import ListingDatasource  # noqa: E402
-from openpose_ray.pipeline.records import InferredShard, PreparedShard, from_row, per_row, to_row  # noqa: E402
+from openpose_ray.pipeline.records import InferredShard, PreparedShard, from_row, to_row  # noqa: E402
 from openpose_ray.pipeline.inference_actor import InferenceActor  # noqa: E402
-from openpose_ray.pipeline.stages import plan_shards  # noqa: E402
 from openpose_ray.sources.decoding import decode_frames  # noqa: E402
 from openpose_ray.sources.planning import Shard  # noqa: E402
 
@@ -96,8 +94,7 @@ def count_frames(row: dict, config) -> dict:
 def decode_only(config) -> dict:
     """Frames/s of listing + planning + decoding alone, with the job's CPU reservations."""
     start = time.perf_counter()
-    ds = ray.data.read_datasource(ListingDatasource(config), num_cpus=runner._LIST_CPUS)
-    ds = ds.map_batches(per_row(plan_shards), fn_kwargs={"config": config}, num_cpus=runner._PLAN_CPUS, **runner._ROWS)
+    ds = runner.planned_dataset(config)
     ds = ds.map(count_frames, fn_kwargs={"config": config}, num_cpus=runner._DECODE_CPUS)
     frames = sum(row["frames"] for row in ds.iter_rows())
     seconds = time.perf_counter() - start

@@ -96,15 +96,18 @@ def to_table(rows: list[dict]) -> pa.Table:
     """Rows as an Arrow table of ROW_SCHEMA whose record column points at the rows' bytes (one chunk each, no copy)."""
     if not rows:
         return ROW_SCHEMA.empty_table()
-    for row in rows:
-        if len(row["record"]) > _MAX_RECORD_BYTES:
-            raise ValueError(f"shard {row['key']}: its record is {len(row['record']):,} bytes, more than an Arrow binary "
-                             "value holds (2 GiB): lower sources.frames_per_segment or sources.images_per_shard")
-    chunks = [pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, len(row["record"])], np.int32)),
-                                                     pa.py_buffer(row["record"])])
-              for row in rows]
-    return pa.Table.from_arrays([pa.array([row["key"] for row in rows], pa.string()), pa.chunked_array(chunks)],
-                                schema=ROW_SCHEMA)
+    return pa.Table.from_arrays([pa.array([row["key"] for row in rows], pa.string()),
+                                 pa.chunked_array([_record_chunk(row) for row in rows])], schema=ROW_SCHEMA)
+
+
+def _record_chunk(row: dict) -> pa.Array:
+    """A one-value binary array over ``row["record"]`` (not copied)."""
+    size = len(row["record"])
+    if size > _MAX_RECORD_BYTES:
+        raise ValueError(f"shard {row['key']}: its record is {size:,} bytes, more than an Arrow binary value holds "
+                         "(2 GiB): lower sources.frames_per_segment or sources.images_per_shard")
+    return pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, size], np.int32)),
+                                                  pa.py_buffer(row["record"])])
 
 
 def rows_of(table: pa.Table) -> Iterator[dict]:
@@ -120,16 +123,18 @@ def rows_of(table: pa.Table) -> Iterator[dict]:
             index += 1
 
 
-def _as_rows(out) -> list[dict]:
-    return out if isinstance(out, list) else [out]
+def _each_row(batch: pa.Table, stage: Callable, **kwargs) -> Iterator[pa.Table]:
+    """``stage(row, **kwargs)`` (a row or a list of rows) on each row of ``batch``: one table per row in."""
+    for row in rows_of(batch):
+        out = stage(row, **kwargs)
+        yield to_table(out if isinstance(out, list) else [out])
 
 
 def per_row(function: Callable) -> Callable:
     """A Ray Data batch function (pyarrow batches) running ``function(row, **kwargs)`` on each row; it returns
     a row or a list of rows. One table is yielded per row in, so a stage's outputs stream as with ``map``."""
     def batches(batch: pa.Table, **kwargs) -> Iterator[pa.Table]:
-        for row in rows_of(batch):
-            yield to_table(_as_rows(function(row, **kwargs)))
+        return _each_row(batch, function, **kwargs)
     batches.__name__ = function.__name__  # Ray Data names the operator after it
     return batches
 
@@ -141,8 +146,7 @@ class _PerRow:
         self.stage = self.stage_class(**kwargs)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        for row in rows_of(batch):
-            yield to_table(_as_rows(self.stage(row)))
+        return _each_row(batch, self.stage)
 
 
 def per_row_class(stage_class: type) -> type:

@@ -77,8 +77,9 @@ _PLAN_CPUS = 0.5
 # A decode task keeps ~1-1.5 cores busy (FFmpeg's slice threads) at idle priority; it reserves
 # less than one CPU so that, where the network is fast (a GPU node; the instant network of
 # benchmarks/bench_ceiling.py), two decode tasks fit on 2 CPUs beside post-processing (0.5)
-# and an actor that only feeds its device (0.1): one at a time left a core idle, 0.61 of the
-# decode-only rate against 0.71 with two (docs/benchmarks.md "Decoding on every core").
+# and an actor that only feeds its device (0.1): one at a time left a core idle (a replay of 4
+# copies of both videos: 73.7 frames/s with one, 101.8 with two; docs/benchmarks.md "Decoding on
+# every core").
 _DECODE_CPUS = 0.7
 # Decode (0.7) + one CPU inference actor (0.5) + post-process (0.5) fit 2 CPUs. Were the three
 # to need more than the machine has, Ray Data would run post-processing only once decoding
@@ -164,17 +165,24 @@ def post_tasks(cluster: ClusterView) -> int:
     return max(1, int(cluster.obtainable("CPU") // _CPUS_PER_POST_TASK))
 
 
-def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, weights: ShippedWeights,
-                  done_ref=None, actor_class: type = InferenceActor, post_concurrency: int | None = None
-                  ) -> ray.data.Dataset:
-    """The job's Ray Data pipeline (see the module docstring).
+def planned_dataset(config: JobConfig, done_ref=None) -> ray.data.Dataset:
+    """The job's first two stages: the inputs listed and planned into shards (records of the plan stage).
 
-    post_concurrency: post-processing tasks at once (:func:`post_tasks`); None: as Ray Data likes.
-    actor_class: the inference stage; benchmarks put a stand-in with InferenceActor's
-    constructor here (benchmarks/bench_ceiling.py replays recorded fields), never the job.
+    done_ref: as :class:`ListingDatasource`'s. benchmarks/bench_ceiling.py decodes after it alone.
     """
     ds = ray.data.read_datasource(ListingDatasource(config, done_ref), num_cpus=_LIST_CPUS)
-    ds = ds.map_batches(per_row(plan_shards), fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS, **_ROWS)
+    return ds.map_batches(per_row(plan_shards), fn_kwargs={"config": config}, num_cpus=_PLAN_CPUS, **_ROWS)
+
+
+def build_dataset(config: JobConfig, provenance: Provenance, plan: ActorPlan, weights: ShippedWeights,
+                  done_ref=None, actor_class: type = InferenceActor, *, post_concurrency: int) -> ray.data.Dataset:
+    """The job's Ray Data pipeline (see the module docstring).
+
+    actor_class: the inference stage; benchmarks put a stand-in with InferenceActor's
+    constructor here (benchmarks/bench_ceiling.py replays recorded fields), never the job.
+    post_concurrency: post-processing tasks at once (:func:`post_tasks`).
+    """
+    ds = planned_dataset(config, done_ref)
     ds = ds.map_batches(per_row(prepare_shard), fn_kwargs={"config": config}, num_cpus=_DECODE_CPUS, **_ROWS)
     custom = {name: amount for name, amount in plan.bundle.items() if name not in ("CPU", "GPU")}
     ds = ds.map_batches(
