@@ -55,6 +55,7 @@ def synthetic_records(images: int, segments: int, start: int = 0, run_id: str = 
         "start_frame": [128 * s if v else 0 for s, v in zip(segment, video)],
         "end_frame": [128 * (s + 1) if v else 1 for s, v in zip(segment, video)],
         "video_frames": [1280 if v else None for v in video], "frames_per_segment": [128 if v else None for v in video],
+        "segment_cut": ["key_frames" if v else None for v in video],
         "frames": [128 if v else 1 for v in video], "frames_failed": [0] * n, "frames_to_retry": [0] * n,
         "people": [2] * n,
         "shard_id": [f"shard-{i // 64 if not v else i:08d}" for i, v in zip(index, video)], "run_id": [run_id] * n,

@@ -50,6 +50,9 @@ class SourcesConfig:
     images_per_shard: images (loose or from one tar) per shard.
     frames_per_segment: video frames per segment; a long video becomes
         several segments processed in parallel. Sampled, the frames kept.
+        A cut moves to a key frame between half and twice this many frames
+        in (sources.planning.segment_bounds): a segment is then decoded from
+        its own first frame, not from the key frame before it.
     frame_step: annotate every Nth frame of a video (1: every frame).
     target_fps: annotate the frames nearest to this rate (frames per second
         of video time; None: the video's own). Both: the step applies to the

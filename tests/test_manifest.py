@@ -120,6 +120,23 @@ def test_a_video_cut_again_differently_keeps_only_the_newest_cut():
     assert current(live_of(*old, *recut)) == [("/in/v.mp4", 0, "r2"), ("/in/v.mp4", 50, "r2")]
 
 
+def test_segments_cut_at_key_frames_are_another_cut_than_every_n_frames_and_resume_as_they_were_cut():
+    """Records before segment_cut existed (NULL) were cut every frames_per_segment frames: a video
+    they partly cover is resumed with that cut; segments of the same frames_per_segment cut at key
+    frames are another cut (their starts differ), and only the newest cut stays."""
+    old = [segment(0, 40), segment(40, 80)]  # 80 of 100 frames, no segment_cut
+    todo = done_index(live_of(*old), "g1").todo("/in/v.mp4", "v1")
+    assert (todo.action, todo.frames_per_segment, todo.segment_cut, todo.done_starts) == ("partial", 40, "frames", {0, 40})
+    at_keys = [{**segment(0, 50, run="r2", minute=2), "segment_cut": "key_frames"}]
+    live = live_of(*old, *at_keys)
+    assert current(live) == [("/in/v.mp4", 0, "r2")]
+    todo = done_index(live, "g1").todo("/in/v.mp4", "v1")
+    assert (todo.frames_per_segment, todo.segment_cut, todo.done_starts) == (40, "key_frames", {0})
+    rest = [{**segment(50, 100, run="r3", minute=3), "segment_cut": "key_frames"}]
+    assert current(live_of(*old, *at_keys, *rest)) == [("/in/v.mp4", 0, "r2"), ("/in/v.mp4", 50, "r3")]
+    assert live_of(*old, *at_keys, *rest).num_rows == 2
+
+
 def test_finalize_folds_commits_into_the_snapshot_and_deletes_unreferenced_files(tmp_path):
     out = str(tmp_path)
     s3 = S3Config()
@@ -158,8 +175,9 @@ def reference_resolve(records: list[dict]) -> list[dict]:
     for by_group in groups.values():
         cuts = []
         for group in by_group.values():
-            latest = max(group, key=lambda r: r["committed_at"])["frames_per_segment"]
-            cuts.append([r for r in group if r["frames_per_segment"] == latest])
+            cut = lambda r: (r["frames_per_segment"], r.get("segment_cut") or "frames")  # noqa: E731
+            latest = cut(max(group, key=lambda r: r["committed_at"]))
+            cuts.append([r for r in group if cut(r) == latest])
         cuts.sort(key=lambda group: max(r["committed_at"] for r in group))
         complete = [i for i, group in enumerate(cuts) if reference_complete(group)]
         chosen = complete[-1] if complete else len(cuts) - 1
@@ -185,7 +203,7 @@ def reference_todo(group: list[dict]) -> tuple:
     starts = frozenset(r["start_frame"] for r, good in zip(group, ok) if good)
     if reference_complete(group) and len(starts) == len(group):
         return ("done",)
-    return ("partial", group[0]["frames_per_segment"], starts)
+    return ("partial", group[0]["frames_per_segment"], group[0].get("segment_cut") or "frames", starts)
 
 
 def random_records(rng: random.Random, count: int) -> list[dict]:
@@ -202,7 +220,7 @@ def random_records(rng: random.Random, count: int) -> list[dict]:
                                      minute=minute, run=run, shard=f"s{minute}"),
                             "frames_to_retry": rng.randrange(failed + 1) if with_kinds else None})
             continue
-        fps = rng.choice([20, 40])
+        fps, segment_cut = rng.choice([20, 40]), rng.choice([None, "frames", "key_frames"])
         video_frames = 0 if (source, version) == ("/in/video-3", "v0") else 100  # this version cannot be planned
         start = 0 if video_frames == 0 else fps * rng.randrange(100 // fps + 1)
         end = min(start + fps, 100) if video_frames else 0
@@ -212,7 +230,8 @@ def random_records(rng: random.Random, count: int) -> list[dict]:
         records.append({**record(source, kind="video", version=version, generation=generation, start=start, end=end,
                                  video_frames=video_frames, fps=fps, frames=max(end - start, 1), failed=failed,
                                  minute=minute, run=run, shard=f"s{minute}"),
-                        "frames_to_retry": rng.randrange(failed + 1) if with_kinds else None})
+                        "frames_to_retry": rng.randrange(failed + 1) if with_kinds else None,
+                        "segment_cut": segment_cut if video_frames else None})
     return records
 
 
@@ -247,7 +266,8 @@ def test_columnar_resolve_and_index_follow_the_rules_record_by_record(seed):
             if want[0] == "partial" and newest_partial[source][1] != version:
                 want = ("new",)  # one partial video per source is resumed: the newest
             todo = index.todo(source, version)
-            got = (todo.action,) if todo.action != "partial" else (todo.action, todo.frames_per_segment, todo.done_starts)
+            got = (todo.action,) if todo.action != "partial" else (
+                todo.action, todo.frames_per_segment, todo.segment_cut, todo.done_starts)
             assert got == want, (source, version)
             assert index.todo(source, "another version").action == "new"
 

@@ -224,8 +224,8 @@ def test_s3_range_reader_seeks_without_reading_everything(bucket, s3_server, dat
 def test_s3_video_plan_and_decode_equal_local(bucket, s3_server, data_dir, monkeypatch):
     monkeypatch.setattr(s3io, "DEFAULT_BLOCK_SIZE", 256 * 1024)  # many ranged GETs and seeks
     (remote,) = iter_objects(f"s3://media/real/{STREET}", SOURCES, s3_server)
-    remote_plan = plan_video(remote, 64, s3_server)
-    local_plan = plan_video(local_object(data_dir / STREET), 64, LOCAL)
+    remote_plan = plan_video(remote, 64, s3_server, segment_cut="frames")  # the last segment starts mid-GOP
+    local_plan = plan_video(local_object(data_dir / STREET), 64, LOCAL, segment_cut="frames")
     strip = lambda s: (s.start_frame, s.end_frame, s.frame_pts, s.time_base, s.seek_ts, s.stream_index)  # noqa: E731
     assert [strip(s) for s in remote_plan] == [strip(s) for s in local_plan]
     last = remote_plan[-1]
@@ -268,10 +268,25 @@ def test_s3_images_tar_and_changed_objects(bucket, s3_server, data_dir, tmp_path
 # --- video planning and decoding ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, count, fps", [(STREET, 205, 50), (SPORTS, 230, 30)])
-def test_plan_video_frames_and_timestamps(data_dir, name, count, fps):
-    shards = plan_video(local_object(data_dir / name), 64, LOCAL)
+@pytest.mark.parametrize("name, count, fps, key_frame_bounds", [(STREET, 205, 50, [0, 64, 150, 205]),
+                                                                (SPORTS, 230, 30, [0, 60, 120, 180, 230])])
+def test_plan_video_frames_and_timestamps(data_dir, name, count, fps, key_frame_bounds):
+    """Segments tile the video with its own pts; cut "frames" every 64 frames, cut "key_frames" (the
+    default) at the key frames near those cuts (street: key frames 0 and 150, none within 32-128
+    frames of 0, so the cut at 64 stays; sports: every 60). A segment that starts at a key
+    frame is decoded from it."""
+    shards = plan_video(local_object(data_dir / name), 64, LOCAL, segment_cut="frames")
     assert [(s.start_frame, s.end_frame) for s in shards] == [(i, min(i + 64, count)) for i in range(0, count, 64)]
+    at_keys = plan_video(local_object(data_dir / name), 64, LOCAL)
+    assert [s.start_frame for s in at_keys] + [at_keys[-1].end_frame] == key_frame_bounds
+    assert [s.frame_pts for s in at_keys] != [s.frame_pts for s in shards]
+    assert sum((s.frame_pts for s in at_keys), ()) == sum((s.frame_pts for s in shards), ())
+    seeks = {s.start_frame: s.seek_ts for s in at_keys}  # the pts of the key frame decoding starts at
+    if name == STREET:
+        assert seeks == {0: None, 64: None, 150: at_keys[2].frame_pts[0]}  # 64: decoded from frame 0
+    else:
+        assert seeks == {0: None, **{s.start_frame: s.frame_pts[0] for s in at_keys[1:]}}
+    assert {s.segment_cut for s in at_keys} == {"key_frames"} and {s.segment_cut for s in shards} == {"frames"}
     all_pts = [p for s in shards for p in s.frame_pts]
     with av.open(str(data_dir / name)) as container:  # the container's own view, independently
         stream = container.streams.video[0]
@@ -282,6 +297,34 @@ def test_plan_video_frames_and_timestamps(data_dir, name, count, fps):
     assert Fraction(*shards[0].time_base) == time_base
     assert timestamps == [i / fps for i in range(count)]  # constant-rate files: frame i at i / fps
     assert len({s.shard_id for s in shards}) == len(shards)
+
+
+def test_segment_bounds_move_cuts_to_key_frames_between_half_and_twice_a_segment():
+    from openpose_ray.sources.planning import segment_bounds
+
+    every_250 = list(range(0, 1000, 250))  # x264's default key frame interval
+    assert segment_bounds(range(1000), 1000, every_250, 128, "frames") == [0, 128, 256, 384, 512, 640, 768, 896, 1000]
+    # no key frame after 750, whose 250 frames are less than two segments: one segment
+    assert segment_bounds(range(1000), 1000, every_250, 128, "key_frames") == [0, 250, 500, 750, 1000]
+    assert segment_bounds(range(300), 300, [0, 96, 160], 128, "key_frames") == [0, 96, 160, 300]  # a tie: the earlier
+    # 63 is less than half a segment in, 257 more than two: neither moves the cut at 128; after 257 no
+    # key frame: a cut every 128 frames until the rest (215) fits in two segments
+    assert segment_bounds(range(600), 600, [0, 63, 257], 128, "key_frames") == [0, 128, 257, 385, 600]
+    assert segment_bounds(range(10), 10, list(range(10)), 3, "key_frames") == [0, 3, 6, 9, 10]  # all key frames
+    kept = list(range(0, 1000, 5))  # sampled: frames_per_segment counts kept frames
+    assert segment_bounds(kept, 1000, every_250, 16, "key_frames")[:5] == [0, 80, 160, 250, 330]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # segments tile the video and keep 1 .. 2 x frames_per_segment kept frames
+        frames, per_segment = int(rng.integers(1, 400)), int(rng.integers(1, 40))
+        kept = sorted(rng.choice(frames, int(rng.integers(1, frames + 1)), replace=False).tolist())
+        keys = sorted(rng.choice(frames, int(rng.integers(0, frames + 1)), replace=False).tolist())
+        bounds = segment_bounds(kept, frames, keys, per_segment, "key_frames")
+        assert bounds[0] == 0 and bounds[-1] == frames and all(a < b for a, b in zip(bounds, bounds[1:]))
+        counts = [sum(a <= k < b for k in kept) for a, b in zip(bounds, bounds[1:])]
+        assert all(1 <= c <= 2 * per_segment for c in counts) and sum(counts) == len(kept)
+        assert all(b in keys or b in kept for b in bounds[1:-1])
+    with pytest.raises(ValueError, match="segment_cut"):
+        segment_bounds(range(10), 10, [], 3, "gop")
 
 
 def test_sample_frames_by_step_and_by_rate():
@@ -308,7 +351,7 @@ def test_sampled_video_decodes_the_kept_frames_only_with_their_own_index_and_tim
     segments = plan_video(obj, per_segment, LOCAL, frame_step=step, target_fps=rate)
     assert segments[0].start_frame == 0 and segments[-1].end_frame == len(every)
     assert all(a.end_frame == b.start_frame for a, b in zip(segments, segments[1:]))
-    assert all(len(s.sampled) <= per_segment for s in segments)
+    assert all(len(s.sampled) <= 2 * per_segment for s in segments)  # moved to key frames: at most twice
     frames = decode_all(segments)
     want = list(range(0, len(every), step if rate is None else 3))  # 10 fps of a 30 fps video: every 3rd
     assert [f.frame_index for f in frames] == want
@@ -390,10 +433,12 @@ def test_an_mp4_cut_short_says_so_in_one_error_row(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name, compared", [(STREET, 205), (SPORTS, 192)])
-def test_segmented_decode_equals_sequential(data_dir, name, compared):
+@pytest.mark.parametrize("cut", ["frames", "key_frames"])
+def test_segmented_decode_equals_sequential(data_dir, name, compared, cut):
     obj = local_object(data_dir / name)
-    segments = [s for s in plan_video(obj, 64, LOCAL) if s.start_frame < compared]
+    segments = [s for s in plan_video(obj, 64, LOCAL, segment_cut=cut) if s.start_frame < compared]
     assert len(segments) >= 3 and any(s.seek_ts is not None for s in segments)
+    compared = segments[-1].end_frame
     (whole,) = plan_video(obj, 10_000, LOCAL)
     sequential = list(itertools.islice(decode_frames(whole, SOURCES, LOCAL), compared))
     segmented = decode_all(segments)
@@ -405,6 +450,55 @@ def test_segmented_decode_equals_sequential(data_dir, name, compared):
         assert np.array_equal(a.image, b.image), f"frame {a.frame_index} differs"
 
 
+def make_long_gop_video(path: Path, count: int = 200, gop: int = 50) -> None:
+    """H.264 with B-frames and a key frame exactly every ``gop`` frames; frame i is a distinct pattern."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "2", "crf": "18"}
+        ramp = np.add.outer(np.arange(48), np.arange(64))
+        for i in range(count):
+            image = (np.dstack([ramp + 3 * i, np.full((48, 64), 7 * i), ramp[::-1] + i]) % 256).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_segments_cut_at_key_frames_are_decoded_from_them(tmp_path, monkeypatch, suffix):
+    """A key frame every 50 frames and B-frames, segments of 40 asked: the cut moves to the key frames
+    (50, 100, 150) and each segment's first seek lands on its own key frame (Matroska indexes key
+    frames by pts, MP4 by dts: seeking to the key frame's pts lands on it in both; its smaller dts
+    lands a GOP early in Matroska). The frames equal a sequential decode."""
+    from openpose_ray.sources import decoding
+
+    path = tmp_path / f"long_gop{suffix}"
+    make_long_gop_video(path)
+    landings = []
+
+    def landed(packet, shard):
+        ok = real(packet, shard)
+        landings.append((shard.start_frame, packet.pts, ok))
+        return ok
+
+    real = decoding._landed_at_or_before
+    monkeypatch.setattr(decoding, "_landed_at_or_before", landed)
+    segments = plan_video(local_object(path), 40, LOCAL)
+    assert [s.start_frame for s in segments] == [0, 50, 100, 150]
+    frames = decode_all(segments)
+    starts = {s.start_frame: s.frame_pts[0] for s in segments}
+    assert landings == [(start, starts[start], True) for start in (50, 100, 150)]
+    (whole,) = plan_video(local_object(path), 10_000, LOCAL)
+    sequential = decode_all([whole])
+    assert [f.frame_index for f in frames] == [f.frame_index for f in sequential] == list(range(200))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, sequential))
+    landings.clear()  # cut every 40 frames: decoded from the key frame before each start, correct all the same
+    every_40 = decode_all(plan_video(local_object(path), 40, LOCAL, segment_cut="frames"))
+    assert [start for start, _, ok in landings if ok] == [80, 120, 160]  # 40: from the start (key frame 0)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(every_40, sequential))
+
+
 def test_corrupt_packet_gives_error_frames_not_a_crash(data_dir, tmp_path):
     path = tmp_path / "corrupt.mp4"
     shutil.copy(data_dir / SPORTS, path)
@@ -414,7 +508,7 @@ def test_corrupt_packet_gives_error_frames_not_a_crash(data_dir, tmp_path):
         for pos, size in packets[70:72]:
             f.seek(pos)
             f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
-    segment = plan_video(local_object(path), 64, LOCAL)[1]
+    segment = plan_video(local_object(path), 64, LOCAL, segment_cut="frames")[1]
     frames = decode_all([segment])
     assert sorted(f.frame_index for f in frames) == list(range(64, 128))  # one Frame per planned frame
     status = {f.frame_index: f.status for f in frames}

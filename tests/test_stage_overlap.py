@@ -61,6 +61,6 @@ def test_two_decode_tasks_run_at_once_when_the_network_is_instant(ray_session, d
     ])
     summary = runner.run_job(config)
     assert summary["frames"] == 205 + 230 and summary["frames_failed"] == 0 and summary["people"] == 0
-    assert summary["shards"] == 4 + 4  # 205 and 230 frames in segments of 64
+    assert summary["shards"] == 3 + 4  # segments of 64, cut at key frames: street 0, 64, 150; sports 0, 60, 120, 180
     assert summary["tasks_at_once"]["decode"]["most"] == 2  # 0.7 CPU each, beside 0.5 + 0.1, on 2 CPUs
     assert summary["tasks_at_once"]["post"]["most"] == 1  # runner.post_tasks: one per 4 CPUs, at least one

@@ -72,7 +72,10 @@ RECORD_SCHEMA = pa.schema([
     pa.field("start_frame", pa.int64(), nullable=False),    # first frame of a video segment; 0 otherwise
     pa.field("end_frame", pa.int64(), nullable=False),      # end (exclusive) of a segment; frames of other inputs
     pa.field("video_frames", pa.int64(), nullable=True),    # frames of the whole video; 0 if it could not be planned
-    pa.field("frames_per_segment", pa.int64(), nullable=True),  # the cut used for a video
+    pa.field("frames_per_segment", pa.int64(), nullable=True),  # the cut used for a video, with segment_cut:
+    # "key_frames" or "frames" (sources.planning.segment_bounds); NULL in records of versions before
+    # it existed (then: "frames") and for other inputs
+    pa.field("segment_cut", pa.string(), nullable=True),
     pa.field("frames", pa.int64(), nullable=False),         # frames-table rows of this input in the shard
     pa.field("frames_failed", pa.int64(), nullable=False),  # of which status = 'error'
     # of which error_kind is one a later run tries again (sources.errors.RETRIED_KINDS); NULL in
@@ -129,7 +132,8 @@ class LoadedManifest:
 # The columns resolve and done_index read: what the driver loads before a run (a third of a
 # record's bytes; the file names, hashes and ids are only needed when finalizing).
 INDEX_COLUMNS = ("source", "version", "source_kind", "start_frame", "end_frame", "video_frames",
-                 "frames_per_segment", "frames", "frames_failed", "frames_to_retry", "generation", "committed_at")
+                 "frames_per_segment", "segment_cut", "frames", "frames_failed", "frames_to_retry", "generation",
+                 "committed_at")
 
 
 def load(output: str, s3: S3Config, columns: tuple[str, ...] | None = None) -> LoadedManifest:
@@ -197,8 +201,9 @@ def live_positions(records: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     # kept is sorted by (source, version, generation, start): each group is a contiguous run.
     group = np.cumsum(np.r_[True, _changes(source[kept], version[kept], generation[kept])]) - 1
 
-    # 2. One cut per group: the records whose frames_per_segment is the group's newest record's.
-    cut = _numpy(records["frames_per_segment"].fill_null(-1))[kept]
+    # 2. One cut per group: the records whose frames_per_segment and segment_cut are the group's newest record's.
+    key_frame_cut = _numpy(pa.compute.equal(records["segment_cut"], "key_frames").fill_null(False))
+    cut = (2 * _numpy(records["frames_per_segment"].fill_null(-1)) + key_frame_cut)[kept]
     newest = np.lexsort((position[kept], committed[kept], group))
     newest = newest[np.r_[_changes(group[newest]), True]]  # the last of each group, in group order
     kept_in_cut = cut == cut[newest][group]
@@ -259,11 +264,13 @@ def _complete(group: list[dict]) -> bool:
 @dataclass(frozen=True)
 class Todo:
     """What to do with a listed input. action: "new" (everything), "done" (nothing) or "partial"
-    (a video: plan it with ``frames_per_segment`` and skip the segments starting at ``done_starts``)."""
+    (a video: plan it with ``frames_per_segment`` and ``segment_cut`` and skip the segments
+    starting at ``done_starts``)."""
 
     action: str
     frames_per_segment: int | None = None
     done_starts: frozenset[int] = frozenset()
+    segment_cut: str | None = None
 
 
 NEW = Todo("new")
@@ -316,7 +323,7 @@ def done_index(live: pa.Table, generation: str) -> DoneIndex:
     records each, one by one.
     """
     columns = ["source", "version", "source_kind", "start_frame", "end_frame", "video_frames", "frames_per_segment",
-               "committed_at"] + (["frames_to_retry"] if "frames_to_retry" in live.column_names else [])
+               "segment_cut", "committed_at"] + (["frames_to_retry"] if "frames_to_retry" in live.column_names else [])
     mine = pa.compute.equal(live["generation"], generation)
     live = live.select(columns).append_column("finished", _finished(live)).filter(mine)
     is_video = pa.compute.equal(live["source_kind"], "video")
@@ -366,7 +373,7 @@ def _video_todo(group: list[dict]) -> Todo:
     done_starts = frozenset(r["start_frame"] for r in group if r["finished"])
     if _complete(group) and len(done_starts) == len(group):
         return DONE
-    return Todo("partial", first["frames_per_segment"], done_starts)
+    return Todo("partial", first["frames_per_segment"], done_starts, first["segment_cut"] or "frames")
 
 
 # --- the end of a run: snapshot and garbage collection -------------------------------------

@@ -81,7 +81,8 @@ def plan_shards(row: dict, config: JobConfig) -> list[dict]:
     try:
         if obj.kind == "video":
             shards = plan_video(obj, todo.frames_per_segment or config.sources.frames_per_segment, config.s3,
-                                frame_step=config.sources.frame_step, target_fps=config.sources.target_fps)
+                                frame_step=config.sources.frame_step, target_fps=config.sources.target_fps,
+                                segment_cut=todo.segment_cut or "key_frames")
             shards = [shard for shard in shards if shard.start_frame not in todo.done_starts]
         else:
             shards = plan_tar(obj)
@@ -198,7 +199,7 @@ def shard_records(frames: ShardFrames, people: tuple[list[Person], ...], files: 
     common = {"shard_id": frames.shard_id, "run_id": provenance.run_id, "generation": provenance.generation,
               "model": provenance.model, "weights_sha256": provenance.weights_sha256,
               "config_fingerprint": provenance.config_fingerprint, "people_file": files[0], "frames_file": files[1],
-              "video_frames": None, "frames_per_segment": None}
+              "video_frames": None, "frames_per_segment": None, "segment_cut": None}
     failed = sum(meta.status != "ok" for meta in frames.frames)
     retry = sum(meta.error_kind in RETRIED_KINDS for meta in frames.frames)
     found = sum(len(p) for p in people)
@@ -223,7 +224,8 @@ def shard_records(frames: ShardFrames, people: tuple[list[Person], ...], files: 
               "frames_to_retry": retry, "people": found}
     if shard.kind == "video":
         return [{**record, "start_frame": shard.start_frame, "end_frame": shard.end_frame,
-                 "video_frames": shard.video_frames, "frames_per_segment": shard.frames_per_segment}]
+                 "video_frames": shard.video_frames, "frames_per_segment": shard.frames_per_segment,
+                 "segment_cut": shard.segment_cut}]
     return [{**record, "start_frame": 0, "end_frame": len(frames.frames)}]
 
 

@@ -199,15 +199,15 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
     emitted: set[int] = set()  # ranks within the segment already yielded
     notes: list[str] = []  # decode errors of single packets / frames
     problem: Exception | None = None  # an error that ended decoding early
-    seek_ts = shard.seek_ts
+    seek_targets = list(shard.seek_targets())  # in turn, then from the start
     while True:
         try:
-            for rank, image in _segment_images(shard, s3, seek_ts, emitted, notes):
+            target = seek_targets.pop(0) if seek_targets else None
+            for rank, image in _segment_images(shard, s3, target, emitted, notes):
                 emitted.add(rank)
                 timestamp = float(shard.frame_pts[rank] * time_base)
                 yield _ok(uri, None, shard.start_frame + rank, timestamp, image)
         except _MissedSeek:
-            seek_ts = None
             continue
         except Exception as error:
             problem = error
@@ -248,8 +248,24 @@ def displayed(image: np.ndarray, rotation: float) -> np.ndarray:
     return cv2.rotate(image, (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turn - 1])
 
 
+def _landed_at_or_before(packet, shard: Shard) -> bool:
+    """Whether the first packet after a seek is the key frame ``shard.seek_ts`` or an earlier one.
+
+    Key frames' pts grow in decode order, so a key frame's pts at most that one's is it or
+    an earlier one; without a pts, a dts at most the smaller of its pts and dts is.
+    """
+    if not packet.is_keyframe:
+        return False
+    if packet.pts is not None:
+        return packet.pts <= shard.seek_ts
+    return packet.dts is not None and packet.dts <= min(shard.seek_targets())
+
+
 def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str]):
     """(rank, uint8[H, W, 3] BGR) of the segment's frames as the decoder outputs them.
+
+    seek_ts: one of ``shard.seek_targets()``, or None to decode from the start. Raises
+    _MissedSeek when the seek fails or lands after the key frame ``shard.seek_ts``.
 
     The caller adds each yielded rank to ``emitted`` before asking for the next one;
     decoding stops once every rank is there.
@@ -281,8 +297,7 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
         for packet in container.demux(stream):
             if packet.size and first:
                 first = False
-                landed = packet.dts if packet.dts is not None else packet.pts
-                if seek_ts is not None and landed is not None and landed > seek_ts:
+                if seek_ts is not None and not _landed_at_or_before(packet, shard):
                     raise _MissedSeek()
             # A packet decoded after the segment's last pts means every packet of the segment
             # has been sent (dts <= pts): flush the decoder instead, and stop reading.

@@ -7,7 +7,8 @@ of the fields that define the content (kind, URIs, versions and, for a video seg
 the stream and frame range).
 
 * images: consecutive loose images, ``images_per_shard`` at a time (:func:`group_images`);
-* video: one shard per segment of ``frames_per_segment`` frames (:func:`plan_video`);
+* video: one shard per segment of about ``frames_per_segment`` frames, cut at key
+  frames where the video has them near enough (:func:`plan_video`, :func:`segment_bounds`);
 * tar: one shard per archive (:func:`plan_tar`): its members are only known after
   reading every header, which for S3 means reading the whole archive, so the decode
   stage streams it in a single pass instead of planning inside it.
@@ -25,7 +26,7 @@ import hashlib
 import json
 import logging
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +53,15 @@ class Shard:
     stream_index: index of the video stream in the container.
     frame_pts: the sorted pts of the segment's frames (end - start values), in time_base units.
     time_base: (numerator, denominator) of the stream's time base; seconds = pts * num / den.
-    seek_ts: timestamp (time_base units) to seek backward from to reach the key frame the
-        segment must be decoded from; None to decode from the start of the file.
+    seek_ts, seek_dts: pts and dts (time_base units) of the key frame the segment is decoded
+        from; None to decode from the start of the file (see :meth:`seek_targets`).
     order_by_output: the container's pts are not trustworthy (B-frames in a container
         without pts, e.g. AVI): frames are numbered in the order the decoder outputs them
         and the video is a single segment decoded from the start.
     sizes: bytes of each of ``uris`` at listing (recorded in the manifest).
     video_frames: frames of the whole video (video segments only).
-    frames_per_segment: the cut the video was planned with (video segments only).
+    frames_per_segment, segment_cut: the cut the video was planned with (video segments
+        only; see :func:`segment_bounds`).
     sampled: ranks (0-based within the segment) of the frames to decode to pixels when the
         video is sampled (``sources.frame_step`` / ``target_fps``); () for every frame.
     truncated: on a video's last segment, why the file ends before the frames its container
@@ -76,12 +78,31 @@ class Shard:
     frame_pts: tuple[int, ...] = ()
     time_base: tuple[int, int] | None = None
     seek_ts: int | None = None
+    seek_dts: int | None = None
     order_by_output: bool = False
     sizes: tuple[int, ...] = ()
     video_frames: int | None = None
     frames_per_segment: int | None = None
+    segment_cut: str | None = None
     sampled: tuple[int, ...] = ()
     truncated: str | None = None
+
+    def seek_targets(self) -> tuple[int, ...]:
+        """Timestamps to seek backward from, in turn, to reach the key frame at ``seek_ts``
+        (sources.decoding checks where each lands; after the last, it decodes from the start).
+
+        Demuxers find key frames by pts in some files and by dts in others: the key frame's
+        pts lands on it either way, unless a later key frame's dts is at most that pts (then
+        the landing is refused); the smaller of pts and dts lands on it or an earlier one.
+        The pts first: with B-frames (dts before pts), the smaller lands a whole GOP early
+        where the index holds pts (Matroska, AVI and the MP4s of docs/benchmarks.md
+        "Segments cut at key frames"), and that GOP is decoded for nothing.
+        """
+        if self.seek_ts is None:
+            return ()
+        if self.seek_dts is None or self.seek_dts >= self.seek_ts:
+            return (self.seek_ts,)
+        return (self.seek_ts, self.seek_dts)
 
     def output_ranks(self) -> tuple[int, ...] | range:
         """Ranks within a video segment of the frames it yields (all of them unless sampled)."""
@@ -140,14 +161,63 @@ def sample_frames(seconds: list[float], frame_step: int = 1, target_fps: float |
     return kept[::frame_step]
 
 
+SEGMENT_CUTS = ("key_frames", "frames")
+
+
+def segment_bounds(kept: Sequence[int], frames: int, key_positions: Sequence[int], frames_per_segment: int,
+                   segment_cut: str) -> list[int]:
+    """Where a video's segments begin and end: [0, b1, ..., frames], frame indices in presentation order.
+
+    kept: the sorted indices of the frames to annotate (every frame unless sampled); frames:
+    the video's frame count; key_positions: sorted indices of its key frames.
+
+    segment_cut "frames": a new segment every ``frames_per_segment`` kept frames (the next
+    segment starts at its first kept frame). "key_frames": where a key frame lies between
+    half and twice ``frames_per_segment`` kept frames into the segment, the next one starts
+    there instead (the key frame nearest to the cut "frames" would make; the earlier of two
+    as near), and is decoded from its own first frame; where none is and the rest of the
+    video holds at most twice ``frames_per_segment`` kept frames, the rest is the last
+    segment. Segments hold at most twice ``frames_per_segment`` kept frames.
+
+    Why: a segment that starts elsewhere is decoded from the key frame before it, and every
+    frame from there to its start is decoded by two tasks; with a key frame every 250
+    frames (x264's default) and segments of 128, that is most segments, about as many
+    frames again (docs/benchmarks.md "Segments cut at key frames").
+    """
+    if segment_cut not in SEGMENT_CUTS:
+        raise ValueError(f"segment_cut must be one of {SEGMENT_CUTS}, got {segment_cut!r}")
+    bounds, first = [0], 0  # first: rank in ``kept`` of the current segment's first kept frame
+    while first + frames_per_segment < len(kept):
+        nominal = first + frames_per_segment  # rank of the next segment's first kept frame, cut "frames"
+        start, next_first = kept[nominal], nominal
+        if segment_cut == "key_frames":
+            lowest = first + (frames_per_segment + 1) // 2
+            highest = min(first + 2 * frames_per_segment, len(kept) - 1)  # the next segment keeps a frame
+            # the key frames after which the next kept frame has a rank in [lowest, highest]
+            near = key_positions[bisect.bisect_right(key_positions, kept[lowest - 1]):
+                                 bisect.bisect_right(key_positions, kept[highest])]
+            if near:
+                start = min(near, key=lambda position: abs(bisect.bisect_left(kept, position) - nominal))
+                next_first = bisect.bisect_left(kept, start)
+            elif len(kept) - first <= 2 * frames_per_segment:
+                break  # the rest as one segment: a cut here would be decoded from the key frame before it
+        bounds.append(start)
+        first = next_first
+    bounds.append(frames)
+    return bounds
+
+
 def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_step: int = 1,
-               target_fps: float | None = None) -> list[Shard]:
+               target_fps: float | None = None, segment_cut: str = "key_frames") -> list[Shard]:
     """Segments of the video stream :func:`video_stream` picks, from its packets (nothing is decoded).
 
-    Each segment holds ``frames_per_segment`` frames to annotate. Sampled
+    Each segment holds about ``frames_per_segment`` frames to annotate, cut as
+    ``segment_cut`` says (:func:`segment_bounds`; a video partly annotated by an
+    earlier run is cut as it was then). Sampled
     (``frame_step`` > 1 or ``target_fps``, see :func:`sample_frames`), a segment
-    spans the video's frames from its first kept frame to the next segment's
-    (the first from frame 0), so segments still tile the video, and
+    spans the video's frames from its start (its first kept frame or the key frame
+    it was cut at; the first segment from frame 0) to the next segment's start, so
+    segments still tile the video, and
     ``Shard.sampled`` names the kept ones.
 
     Reads the whole file once (demuxing), through ranged GETs for S3. Raises
@@ -197,30 +267,30 @@ def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_s
     kept = sample_frames([float(p * time_base) for p in presented], frame_step, target_fps) if sampling else None
     if unordered_pts and all(a < b for a, b in zip(ts, ts[1:])):
         # B-frames, yet pts increase in decode order: the container made them up from dts.
-        return [_segment(obj, index, time_base, 0, presented, None, len(presented), len(presented),
+        return [_segment(obj, index, time_base, 0, presented, None, len(presented), len(presented), segment_cut,
                          order_by_output=True, sampled=tuple(kept) if sampling else (), truncated=truncated)]
     first_decoded = {}  # pts -> decode index of its packet
     for decode_index, value in enumerate(ts):
         first_decoded.setdefault(value, decode_index)
     if kept is None:
         kept = range(len(presented))
-    chunks = [kept[i : i + frames_per_segment] for i in range(0, len(kept), frames_per_segment)]
+    key_positions = sorted({bisect.bisect_left(presented, ts[k]) for k in keys})
+    bounds = segment_bounds(kept, len(presented), key_positions, frames_per_segment, segment_cut)
     shards = []
-    for number, chunk in enumerate(chunks):
-        start = 0 if number == 0 else chunk[0]
-        end = chunks[number + 1][0] if number + 1 < len(chunks) else len(presented)
+    for number, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        chunk = kept[bisect.bisect_left(kept, start) : bisect.bisect_left(kept, end)]
         # decoding starts at the key frame before the first frame kept, not before the segment's start
         earliest = min(first_decoded[p] for p in presented[chunk[0] : end])
-        seek_ts = _seek_target(keys, ts, dts, earliest, presented[chunk[0]])
+        key_frame = _seek_target(keys, ts, dts, earliest, presented[chunk[0]])
         sampled = tuple(i - start for i in chunk) if sampling else ()
-        last = number + 1 == len(chunks)
-        shards.append(_segment(obj, index, time_base, start, presented[start:end], seek_ts, len(presented),
-                               frames_per_segment, sampled=sampled, truncated=truncated if last else None))
+        last = end == len(presented)
+        shards.append(_segment(obj, index, time_base, start, presented[start:end], key_frame, len(presented),
+                               frames_per_segment, segment_cut, sampled=sampled, truncated=truncated if last else None))
     return shards
 
 
-def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: int) -> int | None:
-    """Timestamp to seek backward from: the last key frame decoded at or before ``earliest``
+def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: int) -> tuple[int, int] | None:
+    """(pts, dts) of the key frame to decode from: the last one decoded at or before ``earliest``
     that is not presented after the segment's first frame (so no frame of the segment is a
     leading frame of an open GOP). None: decode from the start."""
     k = bisect.bisect_right(keys, earliest) - 1
@@ -228,12 +298,10 @@ def _seek_target(keys: array, ts: array, dts: array, earliest: int, first_pts: i
         k -= 1
     if k < 0 or keys[k] == 0:
         return None
-    # Demuxers index key frames by dts or by pts; the smaller of the two lands on this key
-    # frame or an earlier one, both correct (decode_frames checks where it landed).
-    return min(ts[keys[k]], dts[keys[k]])
+    return ts[keys[k]], dts[keys[k]]
 
 
-def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, frames_per_segment,
+def _segment(obj, index, time_base, start, segment_pts, key_frame, video_frames, frames_per_segment, segment_cut,
              order_by_output=False, sampled: tuple[int, ...] = (), truncated: str | None = None) -> Shard:
     end = start + len(segment_pts)
     content = (obj.uri, obj.version, index, start, end) + ((list(sampled),) if sampled else ()) + (
@@ -248,11 +316,13 @@ def _segment(obj, index, time_base, start, segment_pts, seek_ts, video_frames, f
         stream_index=index,
         frame_pts=tuple(segment_pts),
         time_base=(time_base.numerator, time_base.denominator),
-        seek_ts=seek_ts,
+        seek_ts=key_frame[0] if key_frame else None,
+        seek_dts=key_frame[1] if key_frame else None,
         order_by_output=order_by_output,
         sizes=(obj.size,),
         video_frames=video_frames,
         frames_per_segment=frames_per_segment,
+        segment_cut=segment_cut,
         sampled=sampled,
         truncated=truncated,
     )
