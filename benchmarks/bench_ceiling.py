@@ -24,8 +24,10 @@ Prints one JSON line starting ``CEILING`` with frames/s of each run (the
 replay's and decode-only's over the same span: the dataset's first to last
 row; the replay's whole ``run_job`` time as ``run_job_seconds``), the
 replay's ms per frame of each CPU stage (task time summed over the run /
-frames), the replay's people (equal to the recording's: the same frames), and
-the ratio replay / decode-only (goal >= 0.8).
+frames) and its tasks at once per stage (mean, most), the replay's people
+(equal to the recording's: the same frames), and the ratio replay /
+decode-only (goal >= 0.8). Rendering is off unless ``--set
+write.render_videos=true`` (then rendering bounds the replay: docs/benchmarks.md).
 
     python benchmarks/bench_ceiling.py [--input PATH ...] [--peaks-on device|cpu] [--set KEY=VALUE ...]
 """
@@ -168,7 +170,8 @@ def main() -> None:
                        "run_job_seconds": round(replayed["seconds"], 2),
                        "frames_per_s_per_cpu": round(replay_fps / cpus, 1), "people": summary["people"],
                        "cpu_ms_per_frame": ms_per_frame,
-                       "cpu_ms_per_frame_total": round(sum(ms_per_frame.values()), 2)},
+                       "cpu_ms_per_frame_total": round(sum(ms_per_frame.values()), 2),
+                       "tasks_at_once": summary["tasks_at_once"]},
         "replay_over_decode_only": round(replay_fps / decoded["frames_per_s"], 3),
     }))
 
