@@ -137,6 +137,27 @@ def test_segments_cut_at_key_frames_are_another_cut_than_every_n_frames_and_resu
     assert live_of(*old, *at_keys, *rest).num_rows == 2
 
 
+def test_a_manifest_written_before_segment_cut_existed_loads_and_resumes_its_cut(tmp_path):
+    """Snapshot and commit files without the segment_cut column (earlier versions) load with NULLs; a video
+    they partly cover resumes cut every frames_per_segment frames, and the tables' reader takes the snapshot."""
+    from openpose_ray.outputs.manifest import INDEX_COLUMNS, SNAPSHOT, commit_uri
+    from openpose_ray.tables import current_records
+
+    old_records = pa.schema([f for f in RECORD_SCHEMA if f.name != "segment_cut"])
+    old_snapshot = old_records.append(pa.field("current", pa.bool_(), nullable=False))
+    (tmp_path / SNAPSHOT).parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{**segment(0, 40), "current": True}], schema=old_snapshot), tmp_path / SNAPSHOT)
+    commit = Path(commit_uri(str(tmp_path), "r2", "s2"))
+    commit.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([segment(40, 80, run="r2", shard="s2", minute=1)], schema=old_records), commit)
+    for columns in (INDEX_COLUMNS, None):
+        records = load(str(tmp_path), S3Config(), columns=columns).records
+        assert records["segment_cut"].null_count == records.num_rows == 2
+    todo = done_index(resolve(records), "g1").todo("/in/v.mp4", "v1")
+    assert (todo.action, todo.frames_per_segment, todo.segment_cut, todo.done_starts) == ("partial", 40, "frames", {0, 40})
+    assert current_records(str(tmp_path), S3Config())["segment_cut"].to_pylist() == [None]
+
+
 def test_finalize_folds_commits_into_the_snapshot_and_deletes_unreferenced_files(tmp_path):
     out = str(tmp_path)
     s3 = S3Config()
