@@ -32,7 +32,7 @@ from ..person import Person, people_from_fields, people_from_peaks
 from ..preprocess import prepare_image, resolve_input_spec
 from ..sources.decoding import decode_frames
 from ..sources.errors import RETRIED_KINDS, error_kind
-from ..sources.planning import Shard, plan_tar, plan_video
+from ..sources.planning import DEFAULT_SEGMENT_CUT, Shard, plan_tar, plan_video
 from ..storage import redact, stable_id, text_form
 from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageEnds,
                       StageSeconds, ToPlan, WrittenShard, from_row, to_row)
@@ -82,7 +82,7 @@ def plan_shards(row: dict, config: JobConfig) -> list[dict]:
         if obj.kind == "video":
             shards = plan_video(obj, todo.frames_per_segment or config.sources.frames_per_segment, config.s3,
                                 frame_step=config.sources.frame_step, target_fps=config.sources.target_fps,
-                                segment_cut=todo.segment_cut or "key_frames")
+                                segment_cut=todo.segment_cut or DEFAULT_SEGMENT_CUT)
             shards = [shard for shard in shards if shard.start_frame not in todo.done_starts]
         else:
             shards = plan_tar(obj)

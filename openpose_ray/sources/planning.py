@@ -162,6 +162,7 @@ def sample_frames(seconds: list[float], frame_step: int = 1, target_fps: float |
 
 
 SEGMENT_CUTS = ("key_frames", "frames")
+DEFAULT_SEGMENT_CUT = "key_frames"  # new videos; a video partly annotated keeps the cut it was started with
 
 
 def segment_bounds(kept: Sequence[int], frames: int, key_positions: Sequence[int], frames_per_segment: int,
@@ -208,7 +209,7 @@ def segment_bounds(kept: Sequence[int], frames: int, key_positions: Sequence[int
 
 
 def plan_video(obj: SourceObject, frames_per_segment: int, s3: S3Config, frame_step: int = 1,
-               target_fps: float | None = None, segment_cut: str = "key_frames") -> list[Shard]:
+               target_fps: float | None = None, segment_cut: str = DEFAULT_SEGMENT_CUT) -> list[Shard]:
     """Segments of the video stream :func:`video_stream` picks, from its packets (nothing is decoded).
 
     Each segment holds about ``frames_per_segment`` frames to annotate, cut as
