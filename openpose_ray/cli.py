@@ -27,6 +27,7 @@ import importlib.metadata
 import logging
 import re
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as exc:
+        if args.verbose and exc.__cause__ is not None:  # -v: how it failed, for a bug report
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"openpose-ray: error: {exc}", file=sys.stderr)
         return 2
 
@@ -245,8 +248,10 @@ def _estimator(args: argparse.Namespace, entry: ModelEntry) -> PoseEstimator:
     try:
         return PoseEstimator.from_pretrained(entry.name, device=args.device, net_size=args.net_size,
                                              resize_mode=args.resize_mode, weights=args.weights, scales=args.scales)
+    except weights_mod.WeightsUnavailable as exc:
+        raise UsageError(str(exc)) from exc
     except (ValueError, OSError) as exc:
-        raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from None
+        raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from exc
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -327,13 +332,12 @@ def _weights_fetch(args: argparse.Namespace) -> int:
                          f"a checkpoint in {entry.checkpoint_layout}")
     try:
         weights_mod.default_state_dict(entry, force=args.force)
-        # Cached and checked by the conversion, or fetched now if only the checkpoint was cached.
-        source_path = weights_mod.fetch_source(entry.source)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"cannot fetch the weights of {entry.name!r}: {exc}") from None
+    except weights_mod.WeightsUnavailable as exc:
+        raise UsageError(str(exc)) from exc
     print(f"{entry.name}: weights ready")
     print(f"    checkpoint:    {weights_mod.checkpoint_path(entry)}")
-    print(f"    source:        {source_path}")
+    source_path = weights_mod.source_path(entry.source)
+    print(f"    source:        {source_path if source_path.is_file() else 'not cached (the checkpoint is enough)'}")
     print(f"    source sha256: {entry.source.sha256}")
     return 0
 
@@ -352,8 +356,8 @@ def _weights_export(args: argparse.Namespace) -> int:
                          f"({entry.checkpoint_layout}) is already a file you can copy where jobs read it")
     try:
         state_dict = weights_mod.default_state_dict(entry)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"cannot fetch the weights of {entry.name!r}: {exc}") from None
+    except weights_mod.WeightsUnavailable as exc:
+        raise UsageError(str(exc)) from exc
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     data = buffer.getvalue()

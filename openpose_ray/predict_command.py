@@ -31,7 +31,7 @@ from .atomic import atomic_path
 from .estimator import PoseEstimator
 from .jobconfig import S3Config, SourcesConfig
 from .outputs.people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
-from .render import render
+from .drawing import render
 from .sources import Frame, SourceObject, decode_frames, error_kind, group_images, iter_objects, plan_tar, plan_video
 from .storage import redact, text_form
 

@@ -53,6 +53,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
+    from .models.weights import WeightsUnavailable
     from .outputs.lock import LockHeld, LockLost
     from .pipeline.actor_pool import ActorsUnavailable  # imports Ray: only when a job really runs
     from .pipeline.runner import run_job
@@ -67,6 +68,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         summary = run_job(config, force=args.force, break_lock=args.break_lock)
     except ConfigError as exc:  # a setting the cluster cannot honour (e.g. fp16 where only CPUs are)
+        print(f"openpose-ray run: error: {exc}", file=sys.stderr)
+        return 2
+    except WeightsUnavailable as exc:  # default weights that cannot be fetched or converted: nothing ran
+        log.debug("the weights failed", exc_info=exc.__cause__)  # -vv: the traceback
         print(f"openpose-ray run: error: {exc}", file=sys.stderr)
         return 2
     except ActorsUnavailable as exc:

@@ -46,6 +46,14 @@ def estimator() -> PoseEstimator:
 
 
 @pytest.fixture(scope="session")
+def cv4_python() -> Path:
+    """The Python of `.venv-cv4`, whose OpenCV 4 runs the original Caffe and TensorFlow models (tests/opencv4.py)."""
+    from opencv4 import opencv4_python
+
+    return opencv4_python()
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One in-process Ray for the whole test session (ray.init takes seconds); 2 CPUs like CI."""
     import ray

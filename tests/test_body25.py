@@ -26,7 +26,7 @@ from openpose_ray.outputs.provenance import Provenance
 from openpose_ray.outputs.tracks import _with_current_columns
 from openpose_ray.person import Person, people_from_fields
 from openpose_ray.preprocess import ResizeTransform
-from openpose_ray.render import render
+from openpose_ray.drawing import render
 from openpose_ray.skeleton import (BODY25, BODY25_OPENPOSE_NAMES, COCO17_PART_NAMES, COCO18, Limb, Skeleton,
                                    coco17_indices, skeleton_by_name)
 from openpose_ray.tracking import FramePeople, part_sigmas, track, track_rows

@@ -14,14 +14,13 @@ networks shows up as a mismatch.
 from __future__ import annotations
 
 import json
-import subprocess
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from opencv4 import opencv4_forward
 
 from openpose_ray.estimator import PoseEstimator
 from openpose_ray.models.caffe import CaffeLayer, caffe_layers_of, read_caffemodel, write_caffemodel
@@ -31,7 +30,6 @@ from openpose_ray.outputs.people_table import KEYPOINT_TYPE
 from openpose_ray.skeleton import BODY25
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CV4_PYTHON = REPO_ROOT / ".venv-cv4" / "bin" / "python"
 INPUT_SIZES = ((1, 3, 64, 80), (1, 3, 96, 56))  # two input sizes, multiples of the stride 8
 
 
@@ -174,34 +172,6 @@ def random_caffe_layers(model: str, seed: int = 0, output_gain: float = 1.0) -> 
     return caffe_layers_of(flat, types)
 
 
-@pytest.fixture(scope="module")
-def cv4_python() -> Path:
-    if not CV4_PYTHON.exists():
-        pytest.skip(f"{CV4_PYTHON} is missing: scripts/setup.sh installs OpenCV 4 there (its Caffe importer)")
-    version = subprocess.run([str(CV4_PYTHON), "-c", "import cv2; print(cv2.__version__)"], capture_output=True,
-                             text=True)
-    if version.returncode or not version.stdout.startswith("4."):
-        pytest.skip(f"{CV4_PYTHON} has no OpenCV 4: {version.stdout.strip() or version.stderr.strip()[-200:]}")
-    return CV4_PYTHON
-
-
-OPENCV_FORWARD = textwrap.dedent("""
-    import sys
-    import cv2
-    import numpy as np
-    prototxt, caffemodel, inputs, output = sys.argv[1:5]
-    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    results = {}
-    with np.load(inputs) as arrays:
-        for key in arrays.files:
-            net.setInput(arrays[key])
-            results[key] = net.forward("net_output")
-    np.savez(output, **results)
-""")
-
-
 @pytest.mark.parametrize("model", ["cmu_body", "body_25"])
 def test_the_network_equals_opencvs_caffe_runtime_of_the_same_caffemodel(model, cv4_python, tmp_path):
     prototxt = PROTOTXTS[model]()
@@ -212,16 +182,13 @@ def test_the_network_equals_opencvs_caffe_runtime_of_the_same_caffemodel(model, 
     (tmp_path / "weights.caffemodel").write_bytes(write_caffemodel(layers))
     rng = np.random.default_rng(7)
     images = {f"size{i}": rng.uniform(-0.5, 0.5, shape).astype(np.float32) for i, shape in enumerate(INPUT_SIZES)}
-    np.savez(tmp_path / "inputs.npz", **images)
-    (tmp_path / "forward.py").write_text(OPENCV_FORWARD)
-    subprocess.run([str(cv4_python), str(tmp_path / "forward.py"), str(tmp_path / "net.prototxt"),
-                    str(tmp_path / "weights.caffemodel"), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-                   check=True, capture_output=True, text=True, timeout=300)
+    opencv = opencv4_forward(cv4_python, tmp_path / "opencv4", "caffe", tmp_path / "weights.caffemodel", images,
+                             prototxt=tmp_path / "net.prototxt", layer="net_output")
 
     estimator = PoseEstimator.from_pretrained(model, weights=str(tmp_path / "weights.caffemodel"))
     network = estimator.network.eval()
     skeleton = get_entry(model).skeleton
-    with np.load(tmp_path / "out.npz") as opencv, torch.no_grad():
+    with torch.no_grad():
         for key, image in images.items():
             heatmaps, pafs = (t.numpy() for t in network(torch.from_numpy(image)))
             theirs = opencv[key]

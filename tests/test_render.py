@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from openpose_ray.person import Person
-from openpose_ray.render import render
+from openpose_ray.drawing import render
 from openpose_ray.skeleton import COCO18
 
 NECK = COCO18.part_index("neck")

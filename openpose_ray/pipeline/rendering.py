@@ -22,7 +22,7 @@ from ..models.registry import get_entry
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
 from ..outputs.writer import delete_uris, write_bytes
 from ..person import Person
-from ..render import render
+from ..drawing import render
 from ..skeleton import Skeleton
 from ..sources.decoding import decode_frames
 from ..sources.s3io import read_bytes
