@@ -1,41 +1,51 @@
 #!/usr/bin/env bash
-# Sets up a development/test environment in ./.venv: Python dependencies
-# (CPU torch on machines without an NVIDIA GPU, CUDA torch on machines with
-# one) and the default pose weights. Safe to run again.
+# Sets up a development/test environment in ./.venv from the lock files, then fetches the default
+# pose weights. Every package, transitive ones included, is installed at the version the lock pins
+# and checked against its sha256 (pip --require-hashes), so a release of any dependency tomorrow
+# changes nothing here (refresh: scripts/lock.sh; docs/install.md). Safe to run again.
 #
-#   OPENPOSE_RAY_TORCH=auto|cpu|cuda   which torch build (default auto)
+#   requirements/cpu.lock   CPU machines: Linux x86_64, CPython 3.11, PyTorch's CPU build of torch
+#   requirements/cuda.lock  machines with an NVIDIA GPU, and any other OS or Python >= 3.10: the
+#                           package index's torch (a CUDA build on Linux: several GB)
+#
+#   OPENPOSE_RAY_TORCH=auto|cpu|cuda   which lock (default auto: cuda where nvidia-smi sees a GPU)
 #   PYTHON=python3.11                  interpreter for the venv (>= 3.10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION="2.13.0"
 VARIANT="${OPENPOSE_RAY_TORCH:-auto}"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
-"${PIP[@]}" install --quiet --upgrade pip
 
-if .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-    echo "torch $TORCH_VERSION already installed"
-else
-    if [ "$VARIANT" = auto ]; then
-        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VARIANT=cuda; else VARIANT=cpu; fi
-    fi
-    if [ "$VARIANT" = cuda ]; then
-        # The package index's Linux build of torch is the CUDA one.
-        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION"
-    # A CPU wheel of this version in pip's configured find-links folder (the
-    # --no-index try succeeds only then); its dependencies come from the index.
-    elif "${PIP[@]}" install --quiet --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
-        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION"
-    else
-        # PyTorch's CPU wheel index, so a CPU machine does not pull GBs of CUDA.
-        "${PIP[@]}" install --quiet "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
-    fi
+if [ "$VARIANT" = auto ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VARIANT=cuda; else VARIANT=cpu; fi
+fi
+LOCK=requirements/$VARIANT.lock
+[ -f "$LOCK" ] || { echo "OPENPOSE_RAY_TORCH=$VARIANT: no $LOCK (cpu or cuda)" >&2; exit 2; }
+if [ "$VARIANT" = cpu ] && ! .venv/bin/python -c "import platform, sys; sys.exit(not (sys.platform == 'linux' \
+        and platform.machine() == 'x86_64' and sys.version_info[:2] == (3, 11)))"; then
+    echo "requirements/cpu.lock is for Linux x86_64 with CPython 3.11; this is $(.venv/bin/python -c \
+'import platform; print(platform.system(), platform.machine(), "CPython", platform.python_version())'):" \
+         "installing requirements/cuda.lock (the package index's torch; a CUDA build on Linux, several GB)"
+    LOCK=requirements/cuda.lock
 fi
 
-"${PIP[@]}" install --quiet -e ".[test]"
+if [ "$LOCK" = requirements/cpu.lock ]; then
+    # torch's CPU build: from pip's find-links folder where it lies there (tried without an index,
+    # so that nothing is asked of an unreachable server), else from PyTorch's CPU wheel index.
+    awk '/^torch==/{keep=1; print; next} keep && /^ /{print; next} {keep=0}' "$LOCK" > .venv/torch-cpu.lock
+    if "${PIP[@]}" install --quiet --require-hashes --no-index --no-deps -r .venv/torch-cpu.lock 2>/dev/null; then
+        "${PIP[@]}" install --quiet --require-hashes -r "$LOCK"
+    else
+        "${PIP[@]}" install --quiet --require-hashes -r "$LOCK" --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+else
+    "${PIP[@]}" install --quiet --require-hashes -r "$LOCK"
+fi
+# The project itself, editable, built by the locked setuptools: nothing more from the index.
+"${PIP[@]}" install --quiet --no-deps --no-build-isolation -e .
 
 # Optional: Chromium, with which tests/test_report.py looks at the run report in a real headless
 # browser (the test is skipped without it). Installed only where apt-get runs as root; never fatal.
@@ -53,12 +63,11 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
-# OpenCV 4.x in a venv of its own: its Caffe importer (OpenCV 5 dropped it) is the independent
-# runtime tests/test_caffe_models.py checks the cmu_body and body_25 networks against. Never fatal.
-if ! .venv-cv4/bin/python -c "import cv2, sys; sys.exit(not cv2.__version__.startswith('4.'))" 2>/dev/null; then
-    "$PYTHON" -m venv .venv-cv4 \
-        && .venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check "opencv-python-headless>=4.8,<5" numpy \
-        || echo "OpenCV 4 could not be installed in .venv-cv4: tests/test_caffe_models.py's parity tests will be skipped"
-fi
+# OpenCV 4.x in a venv of its own, from its own lock: its Caffe and TensorFlow importers (OpenCV 5 and
+# 5.1 dropped them) are the independent runtime the tests check the networks against (tests/opencv4.py).
+# Not fatal here (a test dependency only); the parity tests are skipped without it, and fail under CI.
+[ -x .venv-cv4/bin/python ] || "$PYTHON" -m venv .venv-cv4
+.venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/opencv4.lock \
+    || echo "OpenCV 4 could not be installed in .venv-cv4: the OpenCV parity tests will be skipped"
 .venv/bin/openpose-ray weights fetch
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"
