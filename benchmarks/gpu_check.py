@@ -23,8 +23,9 @@ It prints, for docs/benchmarks.md ("GPU check"):
    at 432x368), and the engine's frames/s from host uint8 frames to peaks;
 6. the job's InferenceActor, called directly (no Ray), on decoded video frames:
    frames/s and peak device memory, beside the host's decode + pre-processing rate;
-7-11. cuDNN autotuning, estimate() on a list vs a loop, the host's CPU work per
-   frame on one thread, the OpenPose networks' frames/s, torch.compile
+7-12. cuDNN autotuning, estimate() on a list vs a loop, the host's CPU work per
+   frame on one thread, the OpenPose networks' frames/s, torch.compile,
+   mobilenet_thin's graph forms (registered vs tidy; run first of these)
    (benchmarks/gpu_speed.py; skipped once ``--budget-s`` is spent).
 
 The JSON is rewritten after every section, so a run cut short by the machine's
@@ -252,12 +253,12 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="every step, small, at 432x368 only (tests on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every section)")
-    parser.add_argument("--sections", default="1-11",
-                        help="which sections to run, e.g. 1-11 (all, the default) or 1,6,8,9 (1 always runs)")
+    parser.add_argument("--sections", default="1-12",
+                        help="which sections to run, e.g. 1-12 (all, the default) or 1,6,8,12 (1 always runs)")
     parser.add_argument("--actor-batches", type=int, nargs="+", default=[64],
                         help="the actor's batch sizes in section 6 (default 64)")
     parser.add_argument("--budget-s", type=float, default=330.0,
-                        help="seconds after which sections 7-11 are skipped (default 330)")
+                        help="seconds after which sections 7-12 are skipped (default 330)")
     args = parser.parse_args()
     JSON_PATH[:] = [args.json] if args.json else []
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -297,7 +298,7 @@ def main() -> int:
 
 
 def sections_from(text: str) -> set[int]:
-    """"1-11" or "1,6,8" -> the section numbers (1 is always in)."""
+    """"1-12" or "1,6,8" -> the section numbers (1 is always in)."""
     wanted = {1}
     for part in text.split(","):
         first, _, last = part.strip().partition("-")
@@ -306,10 +307,12 @@ def sections_from(text: str) -> set[int]:
 
 
 def speed_sections(args, on_device: PoseEstimator, estimators: dict, wanted: set[int], deadline: float) -> None:
-    """Sections 7-11 (benchmarks/gpu_speed.py), cheapest and most needed first."""
+    """Sections 7-12 (benchmarks/gpu_speed.py), most needed first."""
     quick, device = args.quick, args.device
     seconds = 0.05 if quick else 0.7
     fits = lambda name, number: number in wanted and gpu_speed.section_fits(name, deadline, say)  # noqa: E731
+    if fits("graph forms", 12):
+        gpu_speed.graph_forms(estimators, device, [2] if quick else [64, 256], seconds, say, record)
     if device.startswith("cuda") and fits("cuDNN autotuning", 7):
         gpu_speed.cudnn_autotune({size: {p: e for p, e in by.items() if p != "fp32"} for size, by in estimators.items()},
                                  device, [32, 128], seconds, say, record)

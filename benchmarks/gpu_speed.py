@@ -14,6 +14,9 @@ Each answers one question the project's defaults or docs depend on:
     (their frames/s does not depend on the values): what a user bringing
     OpenPose's own model files gets.
 11. ``torch.compile`` of mobilenet_thin: compile time and frames/s vs eager.
+12. mobilenet_thin's forms (issue 24): the registered network (what the engine ran
+    before), the tidy form for CPUs and the one for CUDA (each stage's input read
+    once): model-only frames/s and the fields' largest difference from the registered's.
 
 Every section takes the time budget into account: one that would start past
 ``deadline`` (time.perf_counter()) is skipped and says so, so the results of
@@ -254,6 +257,44 @@ def compiled_network(estimator: PoseEstimator, device: str, size: tuple[int, int
     finally:
         engine.network = eager
     record("torch_compile", out)
+
+
+def graph_forms(estimators: dict, device: str, batches: list[int], seconds: float, say: Callable,
+                record: Callable) -> None:
+    """Model-only frames/s of each form of mobilenet_thin at each size, fp16 where the device has it."""
+    from openpose_ray.models.mobilenet_thin_tidy import TidyMobilenetThin
+
+    out = {}
+    for size, by_precision in estimators.items():
+        precision = "fp16" if "fp16" in by_precision else "fp32"
+        engine = by_precision[precision].engine
+        running = engine.network
+        forms = {"registered": engine.registered}
+        for name, share in (("tidy", False), ("tidy-shared", True)):
+            forms[name] = TidyMobilenetThin.from_network(engine.registered, share_stage_input=share).to(
+                memory_format=torch.channels_last)
+        say(f"12. mobilenet_thin's forms, {size[0]}x{size[1]} {precision}: model-only frames/s")
+        try:
+            for batch_size in batches:
+                batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
+                fields = {}
+                for name, module in forms.items():
+                    engine.network = module
+                    key = f"{size[0]}x{size[1]} {precision} batch {batch_size} {name}"
+                    try:
+                        fields[name] = engine.network_fields(batch)
+                        out[key] = {"frames_per_s": frames_per_s(engine, batch, seconds, device)}
+                        if name != "registered":
+                            out[key]["max_rel_diff"] = round(max(
+                                float((ours.float() - theirs.float()).abs().max() / theirs.float().abs().max())
+                                for ours, theirs in zip(fields[name], fields["registered"])), 6)
+                    except torch.OutOfMemoryError:
+                        out[key] = {"frames_per_s": None, "error": "out of memory"}
+                    say(f"   {key}: {out[key]}")
+                del fields
+        finally:
+            engine.network = running
+    record("graph_forms", out)
 
 
 def section_fits(name: str, deadline: float, say: Callable) -> bool:

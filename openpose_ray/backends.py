@@ -32,6 +32,7 @@ import hashlib
 import importlib.util
 import inspect
 import os
+import sys
 import tempfile
 import warnings
 import weakref
@@ -172,7 +173,11 @@ def _converted(network: torch.nn.Module, stride: int, weights_key: str | None):
 
     path = None
     if weights_key is not None:
-        source = inspect.getsource(inspect.getmodule(type(network)))
+        # The source of every project module the network's layers come from (the tidy form's and the
+        # network's it borrows from): a change to either converts again.
+        modules = {type(module).__module__ for module in network.modules()}
+        source = "".join(inspect.getsource(sys.modules[name]) for name in sorted(modules)
+                         if name.startswith("openpose_ray."))
         digest = hashlib.sha256(f"{weights_key}|{ov.__version__}|{source}".encode()).hexdigest()[:16]
         path = cache_dir() / "openvino" / f"{type(network).__name__}-{digest}.xml"
         if path.exists() and path.with_suffix(".bin").exists():

@@ -44,7 +44,7 @@ import torch
 from .backends import OpenVINONetwork, choose_backend, openvino_network
 from .config import Backend, Precision, PostprocessConfig, check_precision
 from .frame_outputs import FrameFields, FramePeaks
-from .models.registry import InputSpec, ModelEntry
+from .models.registry import InputSpec, ModelEntry, resolve
 from .postprocess.device import peaks_and_candidates, resize_torch
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ def _geometry(item: "PreparedImage", stride: int) -> tuple:
 class InferenceEngine:
     """A network on its device, run in bounded chunks (see the module docstring).
 
-    network: the registered module, already on ``device`` (channels-last).
+    network: the registered module, already on ``device`` (channels-last). The engine runs its
+        inference form (``entry.inference_form``: the same outputs, fewer bytes moved) where the
+        entry has one, as ``self.network``; ``self.registered`` is the module given.
     entry: its registry entry (input spec, skeleton).
     backend: what runs the network (openpose_ray.backends): "torch", "openvino"
         (CPU), or "auto" (OpenVINO on a CPU where it is installed and supports
@@ -112,9 +114,10 @@ class InferenceEngine:
 
     def __init__(self, network: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu",
                  precision: Precision = "fp32", backend: Backend = "auto", weights_key: str | None = None):
-        self.network = network
+        self.registered = network
         self.entry = entry
         self.device = torch.device(device)
+        self.network = resolve(entry.inference_form)(network, self.device) if entry.inference_form else network
         check_precision(precision, self.device.type)
         self.precision = precision
         self.backend = choose_backend(backend, self.device.type, precision)

@@ -148,29 +148,57 @@ def test_frames_without_anyone_in_a_chunk_of_their_own_and_among_others(estimato
     assert len(estimator.people_from_peaks(found[5], prepared[1].base_transform)) == 4
 
 
+def _part_shifts(reference: list, other: list) -> tuple[list[float], int]:
+    """(pixel distances of the parts both found, per person matched by position; parts found by only one)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.full((len(reference), len(other)), 1e6)
+    for i, a in enumerate(reference):
+        for j, b in enumerate(other):
+            both = (a.keypoints[:, 2] > 0) & (b.keypoints[:, 2] > 0)
+            if both.any():
+                cost[i, j] = np.hypot(*(a.keypoints[both, :2] - b.keypoints[both, :2]).T).mean()
+    shifts, unmatched = [], 0
+    for i, j in zip(*linear_sum_assignment(cost)):
+        a, b = reference[i].keypoints, other[j].keypoints
+        both = (a[:, 2] > 0) & (b[:, 2] > 0)
+        shifts += np.hypot(*(a[both, :2] - b[both, :2]).T).tolist()
+        unmatched += int(((a[:, 2] > 0) != (b[:, 2] > 0)).sum())
+    return shifts, unmatched
+
+
 def test_bf16_on_cpu_finds_the_same_people_within_its_accuracy_bound(estimator, data_dir):
     """bf16 moves keypoints slightly (8-bit mantissa in the convolutions): on the 4 labelled photos, at the
-    default fit geometry, the same number of people and COCO keypoint AP within 0.02 of fp32 (one keypoint
-    of these 12 people moves AP by about that much; measured: 0.594 vs 0.607 at fit h368, 0.568 vs 0.563
-    at stretch 432x368), with peaks found on the CPU path or on the device path alike."""
+    default fit geometry, the same people, their parts a pixel or two from fp32's, with peaks found on the
+    CPU path or on the device path alike. COCO AP of 12 people is coarse (one keypoint moves it by ~0.02):
+    measured 0.594 (the registered network) and 0.556 (its tidy form, whose bf16 fields are closer to fp32's:
+    mean abs error 0.0026 against 0.0031) against 0.607 at fit h368, while the parts moved alike: median 0 px,
+    90th percentile 2.3 px, 7-9 of ~195 parts found by one precision only (2026-12-06, AVX-512 BF16)."""
     from openpose_ray.coco import evaluate_keypoints
 
     mini = data_dir / "coco_val2017_mini"
-    result = {}
+    result, found = {}, {}
     for precision, peaks_on in [("fp32", "cpu"), ("bf16", "cpu"), ("bf16", "device")]:
         sized = estimator.with_config(precision=precision)
-        counts = []
+        counts, people = [], []
 
-        def estimate(path, sized=sized, peaks_on=peaks_on, counts=counts):
-            people = sized.estimate([cv2.imread(path)], peaks_on=peaks_on)[0]
-            counts.append(len(people))
-            return people
+        def estimate(path, sized=sized, peaks_on=peaks_on, counts=counts, people=people):
+            found_here = sized.estimate([cv2.imread(path)], peaks_on=peaks_on)[0]
+            counts.append(len(found_here))
+            people.append(found_here)
+            return found_here
 
         ap = evaluate_keypoints(mini / "person_keypoints.json", estimate, mini)["AP"]
-        result[precision, peaks_on] = (ap, counts)
+        result[precision, peaks_on], found[precision, peaks_on] = (ap, counts), people
     assert result["bf16", "cpu"][1] == result["bf16", "device"][1] == result["fp32", "cpu"][1] == [1, 2, 4, 5]
     for key in [("bf16", "cpu"), ("bf16", "device")]:
-        assert abs(result[key][0] - result["fp32", "cpu"][0]) <= 0.02, result
+        shifts, unmatched = [], 0
+        for reference, other in zip(found["fp32", "cpu"], found[key]):
+            photo_shifts, photo_unmatched = _part_shifts(reference, other)
+            shifts, unmatched = shifts + photo_shifts, unmatched + photo_unmatched
+        assert len(shifts) >= 150 and unmatched <= 12, (key, len(shifts), unmatched)  # of ~200 parts
+        assert np.median(shifts) <= 1.0 and np.percentile(shifts, 90) <= 4.0, (key, np.percentile(shifts, [50, 90]))
+        assert abs(result[key][0] - result["fp32", "cpu"][0]) <= 0.06, result
 
 
 def test_half_precision_settings_are_checked_and_fingerprinted(estimator):

