@@ -173,11 +173,7 @@ def _converted(network: torch.nn.Module, stride: int, weights_key: str | None):
 
     path = None
     if weights_key is not None:
-        # The source of every project module the network's layers come from (the tidy form's and the
-        # network's it borrows from): a change to either converts again.
-        modules = {type(module).__module__ for module in network.modules()}
-        source = "".join(inspect.getsource(sys.modules[name]) for name in sorted(modules)
-                         if name.startswith("openpose_ray."))
+        source = _network_sources(network)
         digest = hashlib.sha256(f"{weights_key}|{ov.__version__}|{source}".encode()).hexdigest()[:16]
         path = cache_dir() / "openvino" / f"{type(network).__name__}-{digest}.xml"
         if path.exists() and path.with_suffix(".bin").exists():
@@ -189,6 +185,16 @@ def _converted(network: torch.nn.Module, stride: int, weights_key: str | None):
     if path is not None:
         _save_atomically(model, path)
     return model
+
+
+def _network_sources(network: torch.nn.Module) -> str:
+    """The source of every project module that defines the network: its layers' classes and the functions
+    their modules call from other modules (the tidy form borrows mobilenet_thin's); a change to any converts again."""
+    names = {type(module).__module__ for module in network.modules()}
+    for name in list(names):
+        names |= {getattr(value, "__module__", None) or "" for value in vars(sys.modules[name]).values()
+                  if inspect.isfunction(value) or inspect.isclass(value)}
+    return "".join(inspect.getsource(sys.modules[name]) for name in sorted(names) if name.startswith("openpose_ray."))
 
 
 def _save_atomically(model, path: Path) -> None:

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+torch_pin=""
 work=$(mktemp -d /tmp/check_latest.XXXXXX)
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
 echo "throw-away venv: $work/venv"
@@ -43,9 +44,11 @@ if [ "${CHECK_LATEST_TORCH:-newest}" = locked ]; then
     if ! "$work/venv/bin/python" -m pip install --quiet --no-index --no-deps --require-hashes -r "$work/torch.lock" 2>/dev/null; then
         pip_clean install --quiet --require-hashes --no-deps -r "$work/torch.lock" --extra-index-url https://download.pytorch.org/whl/cpu
     fi
+    echo "$torch_pin" > "$work/torch-constraint.txt"  # and kept there by the upgrade below
     echo "torch kept at the lock's $torch_pin"
 fi
-pip_clean install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+pip_clean install --quiet --upgrade --upgrade-strategy eager -e ".[test]" \
+    ${torch_pin:+-c "$work/torch-constraint.txt"}
 
 # Which versions differ from the lock.
 "$work/venv/bin/python" - <<'PY'

@@ -32,8 +32,8 @@ if ! .venv-lock/bin/uv --version 2>/dev/null | grep -q " $UV_VERSION"; then
     .venv-lock/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
 UV=.venv-lock/bin/uv
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+work=.venv-lock/inputs  # a stable path: the locks' "via" comments name these files
+mkdir -p "$work"
 COMMON=(--generate-hashes --upgrade --quiet --custom-compile-command "bash scripts/lock.sh")
 INPUTS=(pyproject.toml requirements/build.in --extra test)
 

@@ -66,8 +66,8 @@ fi
 # OpenCV 4.x in a venv of its own, from its own lock: its Caffe and TensorFlow importers (OpenCV 5 and
 # 5.1 dropped them) are the independent runtime the tests check the networks against (tests/opencv4.py).
 # Not fatal here (a test dependency only); the parity tests are skipped without it, and fail under CI.
-[ -x .venv-cv4/bin/python ] || "$PYTHON" -m venv .venv-cv4
-.venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/opencv4.lock \
+{ [ -x .venv-cv4/bin/python ] || "$PYTHON" -m venv .venv-cv4; } \
+    && .venv-cv4/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/opencv4.lock \
     || echo "OpenCV 4 could not be installed in .venv-cv4: the OpenCV parity tests will be skipped"
 .venv/bin/openpose-ray weights fetch
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"

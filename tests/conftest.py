@@ -63,6 +63,8 @@ def unreachable_index(tmp_path, monkeypatch) -> str:
         port = s.getsockname()[1]
     monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OPENPOSE_RAY_INDEX_URL", f"http://127.0.0.1:{port}/simple")
+    for name in ("no_proxy", "NO_PROXY"):  # straight to the port, also where an HTTP proxy is configured
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     return f"http://127.0.0.1:{port}/simple"
 
 

@@ -66,7 +66,8 @@ def opencv4_forward(python: Path, workdir: Path, kind: str, model: Path, inputs:
     script, inputs_file, output = workdir / "opencv4_forward.py", workdir / "inputs.npz", workdir / "outputs.npz"
     script.write_text(_FORWARD)
     np.savez(inputs_file, **inputs)
-    subprocess.run([str(python), str(script), kind, str(model), str(prototxt or ""), str(inputs_file), str(output),
-                    layer], check=True, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(python), str(script), kind, str(model), str(prototxt or ""), str(inputs_file),
+                           str(output), layer], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"OpenCV 4 could not run {model}:\n{done.stderr[-3000:]}"
     with np.load(output) as arrays:
         return {key: arrays[key] for key in arrays.files}

@@ -56,7 +56,24 @@ def test_the_engine_runs_one_tidy_form_per_network_and_device(estimator):
     assert isinstance(engine.network, TidyMobilenetThin) and engine.registered is estimator.network
     assert not engine.network.stages[0].share_input  # on a CPU each branch reads the stage input itself
     assert estimator.with_config(net_size=(656, 368)).engine.network is engine.network  # shared, as OpenVINO's model
-    cuda_form = inference_form(estimator.network, torch.device("cuda"))
-    assert cuda_form.stages[0].share_input and cuda_form is not engine.network
     ours = {id(p) for p in engine.network.parameters()}
     assert not ours & {id(p) for p in estimator.network.parameters()}  # copies: the network is left as it is
+
+
+def test_the_form_follows_the_device_and_the_networks_weights(networks):
+    network = MobilenetThin().eval()
+    network.load_state_dict(networks[0].state_dict())
+    cpu_form = inference_form(network, torch.device("cpu"))
+    assert not cpu_form.stages[0].share_input and inference_form(network, torch.device("cpu")) is cpu_form
+    cuda_form = inference_form(network, torch.device("cuda"))  # built on the network's device (here the CPU)
+    assert cuda_form.stages[0].share_input
+    x = torch.rand(1, 3, 64, 80) * 255
+    with torch.inference_mode():
+        before = cpu_form(x)[0]
+    changed = networks[0].state_dict()
+    changed["heatmap_stages.5.4.pointwise.bias"] = changed["heatmap_stages.5.4.pointwise.bias"] + 1.0
+    network.load_state_dict(changed)  # in place, after the form was made
+    again = inference_form(network, torch.device("cpu"))
+    assert again is not cpu_form  # new weights: a new form, not the stale copy
+    with torch.inference_mode():
+        assert torch.allclose(again(x)[0], before + 1.0, atol=1e-4)  # the last layer's bias, one more

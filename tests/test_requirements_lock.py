@@ -51,10 +51,12 @@ def read_lock(path: Path) -> list[Pin]:
 
 
 def environment(system: str, machine: str, python: str) -> dict[str, str]:
+    """Every marker variable of PEP 508 (none left for packaging to fill from the machine running the test)."""
     return {"sys_platform": system, "platform_system": {"linux": "Linux", "darwin": "Darwin", "win32": "Windows"}[system],
             "platform_machine": machine, "python_version": python, "python_full_version": f"{python}.0",
-            "implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix",
-            "extra": ""}
+            "implementation_name": "cpython", "implementation_version": f"{python}.0",
+            "platform_python_implementation": "CPython", "os_name": "nt" if system == "win32" else "posix",
+            "platform_release": "", "platform_version": "", "extra": ""}
 
 
 def pins_for(pins: list[Pin], env: dict[str, str]) -> dict[str, Pin]:
@@ -77,7 +79,8 @@ def project_requirements() -> list[Requirement]:
 
 CPU_ENVIRONMENTS = [environment("linux", "x86_64", "3.11")]
 CUDA_ENVIRONMENTS = [environment(system, machine, python) for python in ("3.10", "3.11", "3.12", "3.13")
-                     for system, machine in (("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"))]
+                     for system, machine in (("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"),
+                                             ("win32", "AMD64"))]
 
 
 @pytest.mark.parametrize("lock, environments", [("cpu.lock", CPU_ENVIRONMENTS), ("cuda.lock", CUDA_ENVIRONMENTS)])
@@ -128,8 +131,9 @@ def test_this_venv_holds_what_the_lock_pins():
     env = environment(sys.platform, platform.machine(), f"{sys.version_info.major}.{sys.version_info.minor}")
     torch_version = Version(importlib.metadata.version("torch"))
     lock = "cpu.lock" if torch_version.local == "cpu" and env in CPU_ENVIRONMENTS else "cuda.lock"
+    chosen = pins_for(read_lock(REQUIREMENTS / lock), env)
     wrong = {}
-    for name, pin in pins_for(read_lock(REQUIREMENTS / lock), env).items():
+    for name, pin in chosen.items():
         try:
             installed = Version(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
@@ -137,3 +141,25 @@ def test_this_venv_holds_what_the_lock_pins():
         if installed != pin.version:
             wrong[name] = (str(installed), str(pin.version))
     assert not wrong, f"installed vs {lock}: {wrong}"
+    # Closed under dependencies: what each installed package declares (with the extras asked of it) is pinned,
+    # at a version that satisfies it. pip --require-hashes would refuse a lock that is not.
+    todo = [(canonicalize_name(r.name), frozenset(r.extras)) for r in project_requirements()
+            if r.marker is None or r.marker.evaluate(env)]
+    seen, missing = set(), []
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is not None and not any(requirement.marker.evaluate({**env, "extra": extra})
+                                                          for extra in {"", *extras}):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            pin = chosen.get(dependency)
+            if pin is None or not requirement.specifier.contains(pin.version, prereleases=True):
+                missing.append(f"{name} needs {requirement}")
+            else:
+                todo.append((dependency, frozenset(requirement.extras)))
+    assert not missing, missing

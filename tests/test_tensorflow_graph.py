@@ -130,6 +130,10 @@ def test_constants_in_every_encoding():
     filled.tensor_shape.dim[0].size = 4
     filled.float_val.append(1.5)
     assert np.array_equal(tg.const_value(nodes["filled"]), np.full(4, 1.5, np.float32))
+    filled.float_val.append(-2.0)  # fewer values than elements: the last one repeats
+    assert np.array_equal(tg.const_value(nodes["filled"]), [1.5, -2.0, -2.0, -2.0])
+    filled.ClearField("float_val")  # none at all: zeros
+    assert np.array_equal(tg.const_value(nodes["filled"]), np.zeros(4, np.float32))
     value = tg.const_value(nodes["half"])
     assert value.dtype == np.float16 and np.array_equal(value, half)
     assert np.array_equal(tg.const_value(nodes["ints"]), np.arange(6, dtype=np.int32).reshape(2, 3))
@@ -163,6 +167,13 @@ def test_a_graph_this_reader_cannot_use_is_named_with_the_node(tmp_path, data, m
     with pytest.raises(tg.TensorflowGraphError) as info:
         read_tf_graph_blobs(path)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_bias_is_found_on_either_side_of_an_add():
+    for inputs in (["conv", "b"], ["b:0", "conv:0"]):
+        layers = tg.convolution_weights(tg.read_graph_def(_conv_graph(add={"name": "add", "op": "AddV2",
+                                                                            "input": inputs})))
+        assert layers["conv"].bias_node == "add" and np.array_equal(layers["conv"].bias, np.ones(4, np.float32))
 
 
 def test_a_graph_of_another_network_is_refused_naming_the_layer(tmp_path):

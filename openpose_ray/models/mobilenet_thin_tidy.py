@@ -172,13 +172,20 @@ def inference_form(network: MobilenetThin, device: torch.device) -> TidyMobilene
     Stage inputs are read once on CUDA only (see the module docstring: it doubles the first
     pointwise layer's arithmetic, which CPUs pay for). Built once per network and form: estimators
     sharing a network (``with_config``) share its tidy form, and with it OpenVINO's compiled model.
+    The form is on the network's device and dtype (the engine moves the network before asking).
     """
-    share = torch.device(device).type == "cuda"
+    device = torch.device(device)
+    parameters = list(network.parameters())
+    # A form holds copies: it is made again when the network's weights changed since (in place:
+    # load_state_dict bumps each tensor's version) or moved to another device or dtype.
+    key = (device.type == "cuda", str(parameters[0].device), parameters[0].dtype,
+           tuple(p._version for p in parameters))
     forms = _FORMS.setdefault(network, {})
-    if share not in forms:
-        forms[share] = TidyMobilenetThin.from_network(network, share_stage_input=share).to(
+    if key not in forms:
+        forms.clear()
+        forms[key] = TidyMobilenetThin.from_network(network, share_stage_input=key[0]).to(
             memory_format=torch.channels_last)
-    return forms[share]
+    return forms[key]
 
 
 def _copy_same_conv(conv: SameConv2d) -> SameConv2d:

