@@ -6,11 +6,13 @@
     tidy-shared  the CUDA form: each stage's input read once, the first pointwise layer doubled
 
 Each form runs on torch (fp32, channels-last, this process's threads) and, converted, on OpenVINO
-(fp32). Printed per input size and batch: ms per frame, the fastest of ``--rounds`` calls with the
+(fp32); with ``--compile`` the tidy form also through inference.compile (openpose_ray.compiled:
+torch.compile with static shapes, inductor; its compile seconds per shape are printed). Printed per input size and batch: ms per frame, the fastest of ``--rounds`` calls with the
 forms timed round robin (so load from other processes hits all alike), and the largest relative
 difference of each form's fields from the registered network's.
 
     python benchmarks/bench_graph_forms.py [--rounds 7] [--threads 2] [--sizes 432x368,656x368] [--batches 1,8]
+                                           [--compile]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from openpose_ray.backends import openvino_network  # noqa: E402
+from openpose_ray.compiled import CompiledNetwork  # noqa: E402
 from openpose_ray.models.mobilenet_thin import MobilenetThin  # noqa: E402
 from openpose_ray.models.mobilenet_thin_tidy import TidyMobilenetThin  # noqa: E402
 from openpose_ray.models.registry import get_entry  # noqa: E402
@@ -42,6 +45,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", type=_pairs, default=_pairs("432x368,656x368"), help="WxH,WxH")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--compile", action="store_true", help="also the tidy form through torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     network = MobilenetThin().eval()
@@ -57,6 +61,9 @@ def main() -> int:
         start = time.perf_counter()
         runners[f"openvino {name}"] = openvino_network(module, 8, "fp32", args.threads)
         print(f"openvino {name}: converted and compiled in {time.perf_counter() - start:.1f} s", flush=True)
+    if args.compile:
+        compiled = CompiledNetwork(forms["tidy"], torch.device("cpu"))
+        runners["torch tidy compiled"] = compiled
     print(f"CPU: {_cpu_model()}; torch {torch.__version__}, {args.threads} threads; fastest of {args.rounds} rounds")
     generator = torch.Generator().manual_seed(0)
     for width, height in args.sizes:
@@ -75,10 +82,12 @@ def main() -> int:
                         best[name] = min(best[name], (time.perf_counter() - start) * 1000 / batch)
             print(f"{width}x{height}, batch {batch}:")
             for name in runners:
-                reference = outputs[f"{name.split()[0]} registered"]
+                reference = outputs["openvino registered" if name.startswith("openvino") else "torch registered"]
                 difference = max(float((ours - theirs).abs().max() / theirs.abs().max())
                                  for ours, theirs in zip(outputs[name], reference))
                 print(f"    {name:22s} {best[name]:7.1f} ms/frame   fields vs registered: {difference:.1e}")
+    if args.compile:
+        print(f"compile seconds (first call of each shape): {compiled.compile_seconds}; failed: {compiled.failed}")
     return 0
 
 

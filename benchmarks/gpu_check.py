@@ -199,8 +199,9 @@ def decode_video(path: Path, count: int) -> list[np.ndarray]:
 def actor_rate(weights: ResolvedWeights, video: Path, frames: list[np.ndarray], prepared: list, device: str,
                size: tuple[int, int], precision: str, batch_size: int, shard_frames: int) -> dict:
     """The job's InferenceActor (no Ray) on ``prepared`` in shards of ``shard_frames``: frames/s, peak memory."""
+    # eager: compiling each shard geometry would take the budget; section 11 gives compiled / eager
     pool = InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
-                               backend="torch", batch_size=batch_size)
+                               backend="torch", batch_size=batch_size, compile="off")
     config = JobConfig(input=(str(video),), output="unused",
                        model=ModelConfig(name=MODEL, weights=weights.source, net_size=size), inference=pool)
     actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
@@ -271,9 +272,12 @@ def main() -> int:
     weights = ResolvedWeights(state_dict, sha256_file(args.checkpoint), str(args.checkpoint))
     photos = [cv2.imread(str(p)) for p in sorted(args.photos.glob("*.jpg"))]
     # torch on both sides: this script measures PyTorch on the device (GPU machines have no OpenVINO)
-    on_cpu = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device="cpu", backend="torch")
+    # and eager (compile off): compiling every size x batch x precision would take the whole budget;
+    # section 11 measures the compiled network (inference.compile, on by default on CUDA) against eager
+    on_cpu = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device="cpu", backend="torch",
+                                           compile="off")
     on_device = PoseEstimator.from_state_dict(MODEL, state_dict, source=weights.source, device=args.device,
-                                              backend="torch")
+                                              backend="torch", compile="off")
     sizes = SIZES[:1] if args.quick else SIZES
     reference = {size: on_cpu.with_config(net_size=size) for size in sizes}
     estimators = {size: {p: on_device.with_config(net_size=size, precision=p) for p in precisions_on(args.device)}

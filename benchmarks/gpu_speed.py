@@ -13,7 +13,7 @@ Each answers one question the project's defaults or docs depend on:
 10. The OpenPose networks (cmu_body, body_25) on the device, random weights
     (their frames/s does not depend on the values): what a user bringing
     OpenPose's own model files gets.
-11. ``torch.compile`` of mobilenet_thin: compile time and frames/s vs eager.
+11. ``inference.compile`` (openpose_ray.compiled) of mobilenet_thin: compile time and frames/s vs eager.
 12. mobilenet_thin's forms (issue 24): the registered network (what the engine ran
     before), the tidy form for CPUs and the one for CUDA (each stage's input read
     once): model-only frames/s and the fields' largest difference from the registered's.
@@ -230,32 +230,25 @@ def openpose_networks(device: str, size: tuple[int, int], batches: list[int], pr
 
 def compiled_network(estimator: PoseEstimator, device: str, size: tuple[int, int], batches: list[int], seconds: float,
                      say: Callable, record: Callable) -> None:
-    """torch.compile (default mode) of the estimator's network vs eager: compile seconds and frames/s."""
+    """inference.compile (openpose_ray.compiled: static shapes, CUDA graphs) vs eager: compile seconds and frames/s."""
     precision = estimator.network_config.precision
-    say(f"11. torch.compile of mobilenet_thin ({precision}, {size[0]}x{size[1]}): frames/s eager -> compiled")
-    engine = estimator.engine
-    eager = engine.network
+    say(f"11. inference.compile of mobilenet_thin ({precision}, {size[0]}x{size[1]}): frames/s eager -> compiled")
+    eager = estimator.with_config(net_size=size, compile="off").engine
+    compiled = estimator.with_config(net_size=size, compile="on").engine
     out = {}
-    try:
-        for batch_size in batches:
-            batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
-            engine.network = torch.compile(eager)  # a fresh wrapper: each batch size compiles (and is timed) alone
-            start = time.perf_counter()
-            engine.network_fields(batch)
-            synchronize(device)
-            compile_s = round(time.perf_counter() - start, 1)
-            compiled = frames_per_s(engine, batch, seconds, device)
-            engine.network = eager
-            plain = frames_per_s(engine, batch, seconds, device)
-            key = f"batch {batch_size}"
-            out[key] = {"eager": plain, "compiled": compiled, "compile_s": compile_s,
-                        "compiled_over_eager": round(compiled / plain, 3)}
-            say(f"   {key}: {out[key]}")
-    except Exception as exc:  # noqa: BLE001 - a compiler failure is a result here, not a crash
-        out["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-        say(f"   failed: {out['error']}")
-    finally:
-        engine.network = eager
+    for batch_size in batches:
+        batch = torch.randint(0, 256, (batch_size, size[1], size[0], 3), dtype=torch.uint8, device=device)
+        start = time.perf_counter()
+        compiled.network_fields(batch)
+        synchronize(device)
+        first_s = round(time.perf_counter() - start, 1)
+        fast = frames_per_s(compiled, batch, seconds, device)
+        plain = frames_per_s(eager, batch, seconds, device)
+        key = f"batch {batch_size}"
+        out[key] = {"eager": plain, "compiled": fast, "first_call_s": first_s,
+                    "compiled_over_eager": round(fast / plain, 3), "failed": compiled.compiled_network.failed}
+        say(f"   {key}: {out[key]}")
+    out["compile_seconds"] = {"x".join(map(str, key[:4])): s for key, s in compiled.compiled_network.compile_seconds.items()}
     record("torch_compile", out)
 
 

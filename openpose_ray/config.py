@@ -20,6 +20,11 @@ Backend = Literal["auto", "torch", "openvino"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
+# Whether the network runs through torch.compile (see openpose_ray.compiled): auto = on for CUDA.
+Compile = Literal["auto", "on", "off"]
+COMPILES: tuple[str, ...] = get_args(Compile)
+
+
 def check_backend(backend: str) -> None:
     """Raise ValueError unless ``backend`` is a known one (where it can run: backends.choose_backend)."""
     if backend not in BACKENDS:
@@ -136,6 +141,8 @@ class NetworkConfig:
         :mod:`openpose_ray.inference`.
     backend: what runs the network: "auto" (OpenVINO on a CPU, torch
         elsewhere), "torch" or "openvino"; see :mod:`openpose_ray.backends`.
+    compile: "auto" (on for CUDA), "on" or "off": torch.compile of the network with
+        static shapes where torch runs it; see :mod:`openpose_ray.compiled`.
     """
 
     net_size: tuple[int, int] | None = None
@@ -144,9 +151,12 @@ class NetworkConfig:
     scales: tuple[float, ...] = (1.0,)
     precision: Precision = "fp32"
     backend: Backend = "auto"
+    compile: Compile = "auto"
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {self.compile!r}")
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):

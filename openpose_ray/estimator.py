@@ -48,14 +48,16 @@ class PoseEstimator:
                                              network_config.aspect_buckets)
         self.engine = InferenceEngine(self.network, entry, self.device, network_config.precision,
                                       network_config.backend,
-                                      weights_key=f"{entry.name}-{weights_sha256}" if weights_sha256 else None)
+                                      weights_key=f"{entry.name}-{weights_sha256}" if weights_sha256 else None,
+                                      compile=network_config.compile)
 
     @classmethod
     def from_pretrained(cls, name: str = "mobilenet_thin", device: str = "cpu", net_size: tuple[int, int] | None = None,
                         weights: str | None = None, *, resize_mode: str | None = None, aspect_buckets: bool = False,
                         scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
-                        s3=None, precision: str = "fp32", backend: str = "auto") -> "PoseEstimator":
+                        s3=None, precision: str = "fp32", backend: str = "auto",
+                        compile: str = "auto") -> "PoseEstimator":
         """Load a registered network.
 
         name: registry name (``openpose_ray.models.registry.known_models()``).
@@ -75,27 +77,29 @@ class PoseEstimator:
             region, profile); default: boto3's standard chain.
         precision: "fp32", "bf16", or (CUDA only) "tf32" / "fp16"; see :mod:`openpose_ray.inference`.
         backend: "auto", "torch" or "openvino" (CPU); see :mod:`openpose_ray.backends`.
+        compile: "auto" (on for CUDA), "on" or "off"; see :mod:`openpose_ray.compiled`.
         """
         entry = get_entry(name)
         resolved = weights_mod.resolve_weights(entry, weights, sha256=weights_sha256, s3=s3)
         return cls.from_state_dict(name, resolved.state_dict, source=resolved.source, device=device, net_size=net_size,
                                    resize_mode=resize_mode, aspect_buckets=aspect_buckets, scales=scales,
                                    postprocess=postprocess,
-                                   weights_sha256=resolved.file_sha256, precision=precision, backend=backend)
+                                   weights_sha256=resolved.file_sha256, precision=precision, backend=backend,
+                                   compile=compile)
 
     @classmethod
     def from_state_dict(cls, name: str, state_dict: dict, *, source: str, device: str = "cpu",
                         net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
                         aspect_buckets: bool = False, scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
-                        precision: str = "fp32", backend: str = "auto") -> "PoseEstimator":
+                        precision: str = "fp32", backend: str = "auto", compile: str = "auto") -> "PoseEstimator":
         """A registered network with weights already in memory (loaded strictly; ``source`` names them in errors)."""
         entry = get_entry(name)
         network = resolve(entry.network)()
         load_state_dict_strict(network, state_dict, source=source)
         network_config = NetworkConfig(net_size=tuple(net_size) if net_size else None, resize_mode=resize_mode,
                                        aspect_buckets=aspect_buckets, scales=tuple(scales), precision=precision,
-                                       backend=backend)
+                                       backend=backend, compile=compile)
         return cls(entry, network, device=device, network_config=network_config,
                    postprocess=postprocess or PostprocessConfig(), weights_sha256=weights_sha256)
 
@@ -111,7 +115,7 @@ class PoseEstimator:
     def with_config(self, *, net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
                     aspect_buckets: bool | None = None, scales: Sequence[float] | None = None,
                     postprocess: PostprocessConfig | None = None, precision: str | None = None,
-                    backend: str | None = None) -> "PoseEstimator":
+                    backend: str | None = None, compile: str | None = None) -> "PoseEstimator":
         """A new estimator sharing this one's network, with other settings; unset ones are kept,
         except that a net_size without resize_mode means the model's reference mode, as in
         :meth:`from_pretrained`."""
@@ -123,6 +127,7 @@ class PoseEstimator:
             scales=tuple(scales) if scales else self.network_config.scales,
             precision=precision or self.network_config.precision,
             backend=backend or self.network_config.backend,
+            compile=compile or self.network_config.compile,
         )
         return PoseEstimator(self.entry, self.network, device=str(self.device), network_config=network_config,
                              postprocess=postprocess or self.postprocess, weights_sha256=self.weights_sha256)

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from .backends import OpenVINONetwork, choose_backend, openvino_network
-from .config import Backend, Precision, PostprocessConfig, check_precision
+from .compiled import CompiledNetwork, compile_wanted
+from .config import Backend, Compile, Precision, PostprocessConfig, check_precision
 from .frame_outputs import FrameFields, FramePeaks
 from .models.registry import InputSpec, ModelEntry, resolve
 from .postprocess.device import peaks_and_candidates, resize_torch
@@ -110,10 +111,13 @@ class InferenceEngine:
         the precision, else torch). The OpenVINO model is compiled on first use.
     weights_key: identifies the weights for OpenVINO's disk cache of converted models
         (e.g. "<model>-<weights sha256>"); None: no disk cache.
+    compile: "auto" (on for CUDA), "on" or "off": where torch runs the network, through
+        torch.compile with static shapes (openpose_ray.compiled); ``self.compiled_network``.
     """
 
     def __init__(self, network: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu",
-                 precision: Precision = "fp32", backend: Backend = "auto", weights_key: str | None = None):
+                 precision: Precision = "fp32", backend: Backend = "auto", weights_key: str | None = None,
+                 compile: Compile = "auto"):
         self.registered = network
         self.entry = entry
         self.device = torch.device(device)
@@ -125,6 +129,8 @@ class InferenceEngine:
         self._pin = self.device.type == "cuda"
         # dtype of the fields after the network: float32 on the CPU, the network's own on CUDA (None)
         self._fields_dtype = torch.float32 if self.device.type == "cpu" else None
+        self.compiled_network = (CompiledNetwork(self.network, self.device)
+                                 if self.backend == "torch" and compile_wanted(compile, self.device.type) else None)
 
     def _convolution_precision(self) -> contextlib.AbstractContextManager:
         """TF32 for cuDNN convolutions on (tf32) or off (every other precision) on CUDA, restored after."""
@@ -150,7 +156,7 @@ class InferenceEngine:
         if self.backend == "openvino" and self.compiled.fits(inputs):
             return self.compiled(inputs)
         with self._convolution_precision(), self._network_precision():
-            return self.network(inputs)
+            return (self.compiled_network or self.network)(inputs)
 
     @property
     def default_batch_size(self) -> int:

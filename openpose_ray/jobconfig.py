@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import Backend, NetworkConfig, PostprocessConfig, Precision, TrackingConfig, check_precision
+from .config import Backend, Compile, NetworkConfig, PostprocessConfig, Precision, TrackingConfig, check_precision
 
 
 def _require(condition: bool, message: str) -> None:
@@ -162,6 +162,12 @@ class InferencePoolConfig:
     wait_for_actors_s: seconds the job waits for its first min_actors actors'
         resources to appear (an autoscaler starting nodes takes minutes); after
         that it fails naming the resources that never appeared.
+    compile: "auto" (on for CUDA actors), "on" or "off": the network through
+        torch.compile with static shapes (batches padded to powers of two, CUDA
+        graphs on CUDA; compiled once per shape, cached on the node's disk; a
+        compile failure logs one line and runs eager). It changes speed, not
+        results (fields within float rounding), so it is not part of the config
+        fingerprint. See openpose_ray.compiled.
     peaks_on: where heatmaps are upsampled, smoothed and searched for peaks and
         limbs are scored on the PAFs: "device" (in the actor, next to the
         network, batch by batch: only peaks and scored limb candidates leave
@@ -180,6 +186,7 @@ class InferencePoolConfig:
     actor_resources: dict[str, float] = field(default_factory=dict)
     wait_for_actors_s: float = 1800.0
     peaks_on: Literal["auto", "cpu", "device"] = "auto"
+    compile: Compile = "auto"
 
     def __post_init__(self) -> None:
         _require(self.batch_size is None or self.batch_size >= 1, "inference.batch_size must be >= 1 (or null)")

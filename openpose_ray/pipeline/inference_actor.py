@@ -52,6 +52,7 @@ class InferenceActor:
                 postprocess=self.config.postprocess,
                 weights_sha256=self.weights.file_sha256, precision=self.config.inference.precision,
                 backend=self.config.inference.backend if self.device == "cpu" else "torch",
+                compile=self.config.inference.compile,
             )
         return self._estimator
 
