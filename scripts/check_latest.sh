@@ -29,6 +29,7 @@ FAST_TESTS=(
     tests/test_device_peaks.py tests/test_render.py tests/test_media.py tests/test_sources.py
     tests/test_people_table.py tests/test_tracking.py tests/test_config_loader.py tests/test_backends.py
     tests/test_cli.py tests/test_requirements_lock.py tests/test_stage_records.py tests/test_tar_bounds.py
+    tests/test_mobilenet_thin_tidy.py tests/test_compile.py
 )
 
 "$PYTHON" -m venv "$work/venv"
