@@ -1,7 +1,8 @@
 """The network through ``torch.compile``, with static shapes: compiled once per shape, never mid-run again.
 
-``inference.compile`` / ``NetworkConfig.compile``: "on", "off", or "auto" (on for CUDA, off on a CPU,
-where OpenVINO already compiles the network and inductor's compile costs ~30 s a shape on 2 cores).
+``inference.compile`` (a job's actors; default "auto") / ``NetworkConfig.compile`` (PoseEstimator; default
+"off": a few photos of many shapes never repay a compile per shape): "on", "off", or "auto" (on for CUDA,
+off on a CPU, where OpenVINO is faster and inductor's compile costs 8-12 s a shape on 2 cores).
 
 :class:`CompiledNetwork` wraps the module the engine runs. A batch of ``n`` frames is padded with
 zero frames up to the next power of two (the buckets 1, 2, 4, ... 64 for the default CUDA batch),

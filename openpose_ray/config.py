@@ -141,8 +141,10 @@ class NetworkConfig:
         :mod:`openpose_ray.inference`.
     backend: what runs the network: "auto" (OpenVINO on a CPU, torch
         elsewhere), "torch" or "openvino"; see :mod:`openpose_ray.backends`.
-    compile: "auto" (on for CUDA), "on" or "off": torch.compile of the network with
-        static shapes where torch runs it; see :mod:`openpose_ray.compiled`.
+    compile: "off" (the default here), "on" or "auto" (on for CUDA): torch.compile of the
+        network with static shapes where torch runs it; see :mod:`openpose_ray.compiled`. Off by
+        default in-process: each new input geometry compiles (seconds to a minute), which a job's
+        actors repay over millions of frames (inference.compile: auto) but a few photos do not.
     """
 
     net_size: tuple[int, int] | None = None
@@ -151,7 +153,7 @@ class NetworkConfig:
     scales: tuple[float, ...] = (1.0,)
     precision: Precision = "fp32"
     backend: Backend = "auto"
-    compile: Compile = "auto"
+    compile: Compile = "off"
 
     def __post_init__(self) -> None:
         check_backend(self.backend)

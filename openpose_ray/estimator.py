@@ -57,7 +57,7 @@ class PoseEstimator:
                         scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
                         s3=None, precision: str = "fp32", backend: str = "auto",
-                        compile: str = "auto") -> "PoseEstimator":
+                        compile: str = "off") -> "PoseEstimator":
         """Load a registered network.
 
         name: registry name (``openpose_ray.models.registry.known_models()``).
@@ -77,7 +77,8 @@ class PoseEstimator:
             region, profile); default: boto3's standard chain.
         precision: "fp32", "bf16", or (CUDA only) "tf32" / "fp16"; see :mod:`openpose_ray.inference`.
         backend: "auto", "torch" or "openvino" (CPU); see :mod:`openpose_ray.backends`.
-        compile: "auto" (on for CUDA), "on" or "off"; see :mod:`openpose_ray.compiled`.
+        compile: "off" (default), "on" or "auto" (on for CUDA); see :mod:`openpose_ray.compiled`
+            (each new input geometry compiles: worth it for many frames of few shapes).
         """
         entry = get_entry(name)
         resolved = weights_mod.resolve_weights(entry, weights, sha256=weights_sha256, s3=s3)
@@ -92,7 +93,7 @@ class PoseEstimator:
                         net_size: tuple[int, int] | None = None, resize_mode: str | None = None,
                         aspect_buckets: bool = False, scales: Sequence[float] = (1.0,),
                         postprocess: PostprocessConfig | None = None, weights_sha256: str | None = None,
-                        precision: str = "fp32", backend: str = "auto", compile: str = "auto") -> "PoseEstimator":
+                        precision: str = "fp32", backend: str = "auto", compile: str = "off") -> "PoseEstimator":
         """A registered network with weights already in memory (loaded strictly; ``source`` names them in errors)."""
         entry = get_entry(name)
         network = resolve(entry.network)()

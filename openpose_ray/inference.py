@@ -111,13 +111,13 @@ class InferenceEngine:
         the precision, else torch). The OpenVINO model is compiled on first use.
     weights_key: identifies the weights for OpenVINO's disk cache of converted models
         (e.g. "<model>-<weights sha256>"); None: no disk cache.
-    compile: "auto" (on for CUDA), "on" or "off": where torch runs the network, through
+    compile: "off", "on" or "auto" (on for CUDA): where torch runs the network, through
         torch.compile with static shapes (openpose_ray.compiled); ``self.compiled_network``.
     """
 
     def __init__(self, network: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu",
                  precision: Precision = "fp32", backend: Backend = "auto", weights_key: str | None = None,
-                 compile: Compile = "auto"):
+                 compile: Compile = "off"):
         self.registered = network
         self.entry = entry
         self.device = torch.device(device)

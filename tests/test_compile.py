@@ -22,7 +22,7 @@ def test_settings():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 63, 64, 65)] == [1, 2, 4, 4, 8, 64, 64, 128]
     with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
         NetworkConfig(compile="yes")
-    assert InferencePoolConfig().compile == "auto"
+    assert InferencePoolConfig().compile == "auto" and NetworkConfig().compile == "off"  # jobs compile on CUDA
 
 
 def test_compiled_equals_eager_and_compiles_once_per_bucket(estimator, tmp_path, monkeypatch, caplog):
