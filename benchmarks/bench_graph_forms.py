@@ -18,7 +18,6 @@ difference of each form's fields from the registered network's.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_backends import cpu_description  # noqa: E402  (beside this file)
 
 from openpose_ray.backends import openvino_network  # noqa: E402
 from openpose_ray.compiled import CompiledNetwork  # noqa: E402
@@ -64,7 +66,7 @@ def main() -> int:
     if args.compile:
         compiled = CompiledNetwork(forms["tidy"], torch.device("cpu"))
         runners["torch tidy compiled"] = compiled
-    print(f"CPU: {_cpu_model()}; torch {torch.__version__}, {args.threads} threads; fastest of {args.rounds} rounds")
+    print(f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} threads; fastest of {args.rounds} rounds")
     generator = torch.Generator().manual_seed(0)
     for width, height in args.sizes:
         for batch in (int(b) for b in args.batches.split(",")):
@@ -89,14 +91,6 @@ def main() -> int:
     if args.compile:
         print(f"compile seconds (first call of each shape): {compiled.compile_seconds}; failed: {compiled.failed}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=_LOG_LEVELS[min(args.verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except UsageError as exc:
+    except (UsageError, weights_mod.WeightsUnavailable) as exc:  # the latter names its step, file and remedy
         if args.verbose and exc.__cause__ is not None:  # -v: how it failed, for a bug report
             traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"openpose-ray: error: {exc}", file=sys.stderr)
@@ -248,8 +248,6 @@ def _estimator(args: argparse.Namespace, entry: ModelEntry) -> PoseEstimator:
     try:
         return PoseEstimator.from_pretrained(entry.name, device=args.device, net_size=args.net_size,
                                              resize_mode=args.resize_mode, weights=args.weights, scales=args.scales)
-    except weights_mod.WeightsUnavailable as exc:
-        raise UsageError(str(exc)) from exc
     except (ValueError, OSError) as exc:
         raise UsageError(f"cannot load the weights of {entry.name!r}: {exc}") from exc
 
@@ -330,10 +328,7 @@ def _weights_fetch(args: argparse.Namespace) -> int:
     if not _has_default_weights(entry):
         raise UsageError(f"model {entry.name!r} has no default weights; predict with --weights PATH_OR_URI, "
                          f"a checkpoint in {entry.checkpoint_layout}")
-    try:
-        weights_mod.default_state_dict(entry, force=args.force)
-    except weights_mod.WeightsUnavailable as exc:
-        raise UsageError(str(exc)) from exc
+    weights_mod.default_state_dict(entry, force=args.force)
     print(f"{entry.name}: weights ready")
     print(f"    checkpoint:    {weights_mod.checkpoint_path(entry)}")
     source_path = weights_mod.source_path(entry.source)
@@ -354,10 +349,7 @@ def _weights_export(args: argparse.Namespace) -> int:
     if not _has_default_weights(entry):
         raise UsageError(f"model {entry.name!r} has no default weights to export; its checkpoint "
                          f"({entry.checkpoint_layout}) is already a file you can copy where jobs read it")
-    try:
-        state_dict = weights_mod.default_state_dict(entry)
-    except weights_mod.WeightsUnavailable as exc:
-        raise UsageError(str(exc)) from exc
+    state_dict = weights_mod.default_state_dict(entry)
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     data = buffer.getvalue()

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from .config import check_compile
+
 log = logging.getLogger(__name__)
 
 # Enough graphs for every bucket (1..256) of a dozen input geometries (fit's aspect buckets, scales).
@@ -33,8 +35,7 @@ _RECOMPILE_LIMIT = 128
 
 def compile_wanted(setting: str, device_type: str) -> bool:
     """Whether ``setting`` ("auto", "on", "off") compiles the network on a ``device_type`` device."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"compile must be auto, on or off, got {setting!r}")
+    check_compile(setting)
     return setting == "on" or (setting == "auto" and device_type == "cuda")
 
 

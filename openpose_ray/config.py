@@ -31,6 +31,12 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
+def check_compile(setting: str) -> None:
+    """Raise ValueError unless ``setting`` is a known compile setting (what it means: compiled.compile_wanted)."""
+    if setting not in COMPILES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {setting!r}")
+
+
 def check_precision(precision: str, device_type: str | None = None) -> None:
     """Raise ValueError unless ``precision`` is known and runs on ``device_type`` ("cpu", "cuda"; None: any)."""
     if precision not in PRECISIONS:
@@ -157,8 +163,7 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
-        if self.compile not in COMPILES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {self.compile!r}")
+        check_compile(self.compile)
         if not self.scales or any(not 0.0 < s <= 4.0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of numbers in (0, 4], got {self.scales}")
         if self.net_size is not None and (len(self.net_size) != 2 or min(self.net_size) < 16):

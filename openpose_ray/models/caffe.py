@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
+
+from .protobuf_schema import add_message, message_classes, parse
 
 _PACKAGE = "openpose_ray_caffe"  # not "caffe": never clash with a real caffe_pb2 loaded in the same process
 
@@ -36,14 +39,7 @@ def _message_classes() -> dict[str, type]:
     file = descriptor_pb2.FileDescriptorProto(name="openpose_ray_caffe_subset.proto", package=_PACKAGE,
                                               syntax="proto2")
 
-    def message(name: str, fields: list[tuple[str, int, int, int, str | None, bool]]) -> None:
-        proto = file.message_type.add(name=name)
-        for field_name, number, kind, label, type_name, packed in fields:
-            field = proto.field.add(name=field_name, number=number, type=kind, label=label)
-            if type_name:
-                field.type_name = f".{_PACKAGE}.{type_name}"
-            if packed:
-                field.options.packed = True
+    message = partial(add_message, file)  # (name, [(field, number, type, label, message type[, packed])])
 
     optional, repeated = F.LABEL_OPTIONAL, F.LABEL_REPEATED
     message("BlobShape", [("dim", 1, F.TYPE_INT64, repeated, None, True)])
@@ -67,10 +63,7 @@ def _message_classes() -> dict[str, type]:
         ("layers", 2, F.TYPE_MESSAGE, repeated, "V1LayerParameter", False),
         ("layer", 100, F.TYPE_MESSAGE, repeated, "LayerParameter", False),
     ])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-            for name in ("NetParameter", "LayerParameter", "BlobProto")}
+    return message_classes(file, ("NetParameter", "LayerParameter", "BlobProto"))
 
 
 _CLASSES = _message_classes()
@@ -98,11 +91,8 @@ def read_caffemodel(data: bytes, *, source: str = "caffemodel") -> dict[str, Caf
     Raises :class:`CaffeModelError` when ``data`` does not parse, holds no layer with
     weights, names a layer twice, or a blob's data does not fill its shape.
     """
-    net = _CLASSES["NetParameter"]()
-    try:
-        net.ParseFromString(data)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise CaffeModelError(f"{source} is not a caffemodel (a Caffe NetParameter protobuf): {exc}") from None
+    net = parse(_CLASSES["NetParameter"], data, CaffeModelError,
+                f"{source} is not a caffemodel (a Caffe NetParameter protobuf)")
     layers: dict[str, CaffeLayer] = {}
     entries = [(layer.name, layer.type, layer.blobs) for layer in net.layer]
     entries += [(layer.name, _V1_TYPES.get(layer.type, f"V1 type {layer.type}"), layer.blobs) for layer in net.layers]

@@ -12,8 +12,8 @@ proto3 rules, and the protobuf runtime parses the file (fields not declared are 
                       double_val = 6, int_val = 7, int64_val = 10, half_val = 13
     TensorShapeProto  dim = 2 (Dim: size = 1)
 
-The message classes are built at import from a descriptor made here (no protoc, no generated
-code), as :mod:`.caffe` does for Caffe's schema. :func:`read_graph_def` gives the nodes by name;
+The message classes are built at import from a descriptor made here (:mod:`.protobuf_schema`: no
+protoc, no generated code), as :mod:`.caffe` does for Caffe's schema. :func:`read_graph_def` gives the nodes by name;
 :func:`const_value` turns a ``Const`` node into a numpy array; :func:`convolution_weights`
 collects each convolution's kernel (in PyTorch's OIHW layout) and the bias added to its output,
 keyed by the convolution node's name, which is what :mod:`.convert` maps onto a network.
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
+
+from .protobuf_schema import add_message, message_classes, parse
 
 _PACKAGE = "openpose_ray_tensorflow"  # never clash with a real tensorflow package loaded in the same process
 
@@ -49,13 +52,7 @@ def _message_classes() -> dict[str, type]:
     file = descriptor_pb2.FileDescriptorProto(name="openpose_ray_tensorflow_subset.proto", package=_PACKAGE,
                                               syntax="proto3")
 
-    def message(name: str, fields: list[tuple[str, int, int, int, str | None]], parent=None):
-        proto = (parent.nested_type if parent is not None else file.message_type).add(name=name)
-        for field_name, number, kind, label, type_name in fields:
-            entry = proto.field.add(name=field_name, number=number, type=kind, label=label)
-            if type_name:
-                entry.type_name = f".{_PACKAGE}.{type_name}"
-        return proto
+    message = partial(add_message, file)  # (name, [(field, number, type, label, message type[, packed])])
 
     optional, repeated = F.LABEL_OPTIONAL, F.LABEL_REPEATED
     shape = message("TensorShapeProto", [("dim", 2, F.TYPE_MESSAGE, repeated, "TensorShapeProto.Dim")])
@@ -82,10 +79,7 @@ def _message_classes() -> dict[str, type]:
                                        ("value", 2, F.TYPE_MESSAGE, optional, "AttrValue")], parent=node)
     attr_entry.options.map_entry = True  # attr is a map<string, AttrValue>, as in node_def.proto
     message("GraphDef", [("node", 1, F.TYPE_MESSAGE, repeated, "NodeDef")])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-            for name in ("GraphDef", "NodeDef", "AttrValue", "TensorProto")}
+    return message_classes(file, ("GraphDef", "NodeDef", "AttrValue", "TensorProto"))
 
 
 _CLASSES = _message_classes()
@@ -111,11 +105,7 @@ def read_graph_def(data: bytes, *, source: str = "graph") -> dict[str, object]:
 
     Raises :class:`TensorflowGraphError` when ``data`` does not parse, holds no node, or names a node twice.
     """
-    graph = _CLASSES["GraphDef"]()
-    try:
-        graph.ParseFromString(data)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise TensorflowGraphError(f"{source} is not a TensorFlow GraphDef protobuf: {exc}") from None
+    graph = parse(_CLASSES["GraphDef"], data, TensorflowGraphError, f"{source} is not a TensorFlow GraphDef protobuf")
     nodes: dict[str, object] = {}
     for node in graph.node:
         if node.name in nodes:
