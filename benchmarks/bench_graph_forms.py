@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backends import cpu_description  # noqa: E402  (beside this file)
 
 from openpose_ray.backends import openvino_network  # noqa: E402
-from openpose_ray.compiled import CompiledNetwork  # noqa: E402
+from openpose_ray.compiled import StaticCompiled  # noqa: E402
 from openpose_ray.models.mobilenet_thin import MobilenetThin  # noqa: E402
 from openpose_ray.models.mobilenet_thin_tidy import TidyMobilenetThin  # noqa: E402
 from openpose_ray.models.registry import get_entry  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> int:
         runners[f"openvino {name}"] = openvino_network(module, 8, "fp32", args.threads)
         print(f"openvino {name}: converted and compiled in {time.perf_counter() - start:.1f} s", flush=True)
     if args.compile:
-        compiled = CompiledNetwork(forms["tidy"], torch.device("cpu"))
+        compiled = StaticCompiled(forms["tidy"], torch.device("cpu"))
         runners["torch tidy compiled"] = compiled
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} threads; fastest of {args.rounds} rounds")
     generator = torch.Generator().manual_seed(0)

@@ -23,9 +23,13 @@ It prints, for docs/benchmarks.md ("GPU check"):
    at 432x368), and the engine's frames/s from host uint8 frames to peaks;
 6. the job's InferenceActor, called directly (no Ray), on decoded video frames:
    frames/s and peak device memory, beside the host's decode + pre-processing rate;
+13. the actor against the model (issue 24; benchmarks/gpu_pipeline.py, runs
+   after 6 and 12, whatever the budget): model-only eager / compiled vs the actor compiled / eager, fp16,
+   the peak finder's ms per chunk (fixed buffers vs exact), synchronisations
+   per chunk, batch 1 eager vs compiled;
 7-12. cuDNN autotuning, estimate() on a list vs a loop, the host's CPU work per
    frame on one thread, the OpenPose networks' frames/s, torch.compile,
-   mobilenet_thin's graph forms (registered vs tidy; run first of these)
+   mobilenet_thin's graph forms (registered vs tidy; 12 runs after 6, before 13)
    (benchmarks/gpu_speed.py; skipped once ``--budget-s`` is spent).
 
 The JSON is rewritten after every section, so a run cut short by the machine's
@@ -59,7 +63,8 @@ from openpose_ray.models.weights import ResolvedWeights, sha256_file  # noqa: E4
 from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames, StageSeconds, from_row, to_row  # noqa: E402
 from openpose_ray.pipeline.inference_actor import InferenceActor  # noqa: E402
 
-import gpu_speed  # noqa: E402  (beside this file)
+import gpu_pipeline  # noqa: E402  (beside this file)
+import gpu_speed  # noqa: E402
 from gpu_speed import peak_memory_mib, reset_peak_memory, synchronize  # noqa: E402
 
 MODEL = "mobilenet_thin"
@@ -197,11 +202,13 @@ def decode_video(path: Path, count: int) -> list[np.ndarray]:
 
 
 def actor_rate(weights: ResolvedWeights, video: Path, frames: list[np.ndarray], prepared: list, device: str,
-               size: tuple[int, int], precision: str, batch_size: int, shard_frames: int) -> dict:
-    """The job's InferenceActor (no Ray) on ``prepared`` in shards of ``shard_frames``: frames/s, peak memory."""
-    # eager: compiling each shard geometry would take the budget; section 11 gives compiled / eager
+               size: tuple[int, int], precision: str, batch_size: int, shard_frames: int, compile: str = "off") -> dict:
+    """The job's InferenceActor (no Ray) on ``prepared`` in shards of ``shard_frames``: frames/s, peak memory.
+
+    compile: inference.compile; section 6 runs eager (compiling every size x precision would take the
+    budget), section 13 both."""
     pool = InferencePoolConfig(device="cpu" if device == "cpu" else "cuda", precision=precision,
-                               backend="torch", batch_size=batch_size, compile="off")
+                               backend="torch", batch_size=batch_size, compile=compile)
     config = JobConfig(input=(str(video),), output="unused",
                        model=ModelConfig(name=MODEL, weights=weights.source, net_size=size), inference=pool)
     actor = InferenceActor(config, weights, device, torch.get_num_threads(), peaks_on_device=True)
@@ -212,15 +219,23 @@ def actor_rate(weights: ResolvedWeights, video: Path, frames: list[np.ndarray], 
                  for i in range(len(chunk))]
         shard = ShardFrames(f"segment-{first}", "video", None, tuple(metas), tuple(p.base_transform for p in chunk))
         rows.append(to_row(PreparedShard(shard, tuple(chunk), StageSeconds()), shard.shard_id))
-    actor(rows[0])  # loads the network, warms the kernels
+    first = time.perf_counter()
+    actor(rows[0])  # loads the network, warms the kernels (and compiles)
+    first_s = time.perf_counter() - first
     reset_peak_memory(device)
     start = time.perf_counter()
     results = [from_row(actor(row)) for row in rows]
     synchronize(device)
     seconds = time.perf_counter() - start
     with_peaks = sum(len(r.peaks.part) > 0 for w in results for r in w.results if r is not None)
-    return {"frames_per_s": round(len(prepared) / seconds, 1), "peak_mib": peak_memory_mib(device),
-            "frames_with_peaks": with_peaks}
+    engine = actor.estimator.engine
+    out = {"frames_per_s": round(len(prepared) / seconds, 1), "peak_mib": peak_memory_mib(device),
+           "frames_with_peaks": with_peaks, "first_shard_s": round(first_s, 1), "overflowed": engine.overflowed}
+    if engine.compiled_network is not None:
+        out["network_compile_s"] = list(engine.compiled_network.compile_seconds.values())
+        out["compile_failed"] = [getattr(f, "failed", None) for f in [engine.compiled_network,
+                                                                      *engine._peak_finders.values()]]
+    return out
 
 
 def actor_on_video(weights: ResolvedWeights, video: Path, device: str, sizes: list, frames_wanted: int,
@@ -245,6 +260,22 @@ def actor_on_video(weights: ResolvedWeights, video: Path, device: str, sizes: li
     say(f"6. InferenceActor on decoded video frames: {out}")
 
 
+def actor_against_model(weights: ResolvedWeights, args, estimators: dict, sizes: list) -> None:
+    """Section 13 (benchmarks/gpu_pipeline.py): the actor against model-only, compiled and eager."""
+    video, quick = args.video[0], args.quick
+    frames = decode_video(video, 8 if quick else 512)
+    spec = get_entry(MODEL).input_spec
+    prepared = {size: [prepare_image(frame, spec, size, (1.0,)) for frame in frames] for size in sizes}
+    batch_size = 2 if quick else args.actor_batches[0]
+
+    def rate(size, precision, batch, compile):
+        return actor_rate(weights, video, frames, prepared[size], args.device, size, precision, batch,
+                          4 if quick else 128, compile)
+
+    gpu_pipeline.actor_against_model(estimators, frames, args.device, batch_size, 0.05 if quick else 1.0, rate, say,
+                                     record, quick)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="converted mobilenet_thin state dict (.pt)")
@@ -254,8 +285,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="every step, small, at 432x368 only (tests on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every section)")
-    parser.add_argument("--sections", default="1-12",
-                        help="which sections to run, e.g. 1-12 (all, the default) or 1,6,8,12 (1 always runs)")
+    parser.add_argument("--sections", default="1-13",
+                        help="which sections to run, e.g. 1-13 (all, the default) or 1,6,8,12 (1 always runs)")
     parser.add_argument("--actor-batches", type=int, nargs="+", default=[64],
                         help="the actor's batch sizes in section 6 (default 64)")
     parser.add_argument("--budget-s", type=float, default=330.0,
@@ -295,7 +326,13 @@ def main() -> int:
     if 6 in wanted:
         actor_on_video(weights, args.video[0], args.device, sizes, 8 if args.quick else 512, 4 if args.quick else 128,
                        [2] if args.quick else args.actor_batches)
-    speed_sections(args, on_device, estimators, wanted, started + args.budget_s)
+    deadline = started + args.budget_s
+    if 12 in wanted and gpu_speed.section_fits("graph forms", deadline, say):  # the forms before the actor
+        gpu_speed.graph_forms(estimators, args.device, [2] if args.quick else [64, 256], 0.05 if args.quick else 0.7,
+                              say, record)
+    if 13 in wanted:  # whatever the budget: issue 24's question
+        actor_against_model(weights, args, estimators, sizes)
+    speed_sections(args, on_device, estimators, wanted, deadline)
     record("wall_s", round(time.perf_counter() - started, 1))
     say(f"done in {RESULTS['wall_s']} s")
     return 0
@@ -311,12 +348,10 @@ def sections_from(text: str) -> set[int]:
 
 
 def speed_sections(args, on_device: PoseEstimator, estimators: dict, wanted: set[int], deadline: float) -> None:
-    """Sections 7-12 (benchmarks/gpu_speed.py), most needed first."""
+    """Sections 7-11 (benchmarks/gpu_speed.py), most needed first."""
     quick, device = args.quick, args.device
     seconds = 0.05 if quick else 0.7
     fits = lambda name, number: number in wanted and gpu_speed.section_fits(name, deadline, say)  # noqa: E731
-    if fits("graph forms", 12):
-        gpu_speed.graph_forms(estimators, device, [2] if quick else [64, 256], seconds, say, record)
     if device.startswith("cuda") and fits("cuDNN autotuning", 7):
         gpu_speed.cudnn_autotune({size: {p: e for p, e in by.items() if p != "fp32"} for size, by in estimators.items()},
                                  device, [32, 128], seconds, say, record)

@@ -25,6 +25,18 @@ Compile = Literal["auto", "on", "off"]
 COMPILES: tuple[str, ...] = get_args(Compile)
 
 
+# A job's inference.precision "auto": fp16 on CUDA, where benchmarks/gpu_check.py (H200, 2026-11-30) kept
+# COCO AP within 0.005 of fp32 (432x368: 0.5662 vs 0.5634; 656x368: 0.6445 vs 0.6445) at 1.5-1.7x the
+# actor's frames/s; fp32 on a CPU (bf16 moves parts by up to a few pixels there and pays only with AVX-512
+# BF16 or AMX; a choice, not a default).
+AUTO_PRECISION = {"cuda": "fp16", "cpu": "fp32"}
+
+
+def resolve_precision(setting: str, device_type: str) -> str:
+    """The precision ``setting`` means on a ``device_type`` device: "auto" by AUTO_PRECISION, else itself."""
+    return AUTO_PRECISION.get(device_type, "fp32") if setting == "auto" else setting
+
+
 def check_backend(backend: str) -> None:
     """Raise ValueError unless ``backend`` is a known one (where it can run: backends.choose_backend)."""
     if backend not in BACKENDS:

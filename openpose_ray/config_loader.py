@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .config import resolve_precision
 from .jobconfig import JobConfig
 from .storage import redact
 
@@ -94,7 +95,7 @@ def redacted_dict(config: JobConfig) -> dict[str, Any]:
     return _plain(config_to_dict(config), _redact_string)
 
 
-def config_fingerprint(config: JobConfig) -> str:
+def config_fingerprint(config: JobConfig, device: str = "cpu") -> str:
     """16 hex digits of the sha256 of the settings that change the people found.
 
     Included: ``model`` (name, weights, weights_sha256, the resolved input
@@ -103,7 +104,8 @@ def config_fingerprint(config: JobConfig) -> str:
     generation; a stretch geometry is written without its mode, as before fit
     existed, so stretch runs keep their fingerprints; scales), all
     of ``postprocess``, ``inference.precision`` (half precision moves
-    keypoints), ``sources.max_image_pixels`` (which images get an error
+    keypoints; "auto" as it resolves on ``device``, the actors' "cpu" or "cuda"),
+    ``sources.max_image_pixels`` (which images get an error
     row instead of people) and ``sources.frame_step`` / ``target_fps`` (which
     frames have rows; absent when every frame is annotated). Excluded, as they change where or how fast
     results come, not what they are: input, output, the rest of sources
@@ -125,8 +127,9 @@ def config_fingerprint(config: JobConfig) -> str:
         "postprocess": dataclasses.asdict(config.postprocess),
         "sources.max_image_pixels": config.sources.max_image_pixels,
     }
-    if config.inference.precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
-        settings["inference.precision"] = config.inference.precision
+    precision = resolve_precision(config.inference.precision, device)
+    if precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
+        settings["inference.precision"] = precision
     if config.sources.frame_step != 1 or config.sources.target_fps is not None:  # likewise: absent unsampled
         settings["sources.sampling"] = [config.sources.frame_step, config.sources.target_fps]
     canonical = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -8,16 +8,19 @@ the job's inference actors alike::
       -> fields cropped to the valid region and averaged over the scales (device)
       -> either the fields, float32 on the host           (:meth:`InferenceEngine.fields`)
       -> or each frame's peaks and scored limb candidates  (:meth:`InferenceEngine.peaks`;
-         postprocess.device: only those reach the host)
+         postprocess.device_fixed: only those reach the host)
 
 Frames of equal input shapes (fit mode pads widths to a multiple of 32, so
 photos of similar aspect ratios share one) run through the network in chunks
 of at most ``batch_size``, so device memory depends on the batch size, never
 on how many frames one call gets; the field work after it runs on the frames
 of a chunk whose valid regions are equal.
-While the device runs a chunk's network, the host stacks the next chunk (into
-pinned memory on CUDA, so its copy to the device does not block the host); the
-host waits for the device only to collect a chunk's peaks.
+Chunks are pipelined (``_run``): the host stacks chunk k+1 into a reused
+(pinned, on CUDA) buffer and queues all of its device work, the copy on a
+stream of its own (openpose_ray.transfers), before it waits for chunk k's
+results, so the device never waits for the host's per-frame work; the wait
+for a chunk's results is its one synchronisation (peaks in fixed-size
+buffers, postprocess.device_fixed).
 
 Precision: "fp32" is IEEE float32 (on CUDA, TF32 is turned off for our
 convolutions, the Gaussian blur's included, whatever the process-wide default;
@@ -34,6 +37,7 @@ accuracy and gains in speed: ``benchmarks/gpu_check.py``, docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -42,11 +46,13 @@ import numpy as np
 import torch
 
 from .backends import OpenVINONetwork, choose_backend, openvino_network
-from .compiled import CompiledNetwork, compile_wanted
+from .compiled import StaticCompiled, compile_wanted
 from .config import Backend, Compile, Precision, PostprocessConfig, check_precision
 from .frame_outputs import FrameFields, FramePeaks
 from .models.registry import InputSpec, ModelEntry, resolve
 from .postprocess.device import peaks_and_candidates, resize_torch
+from .postprocess.device_fixed import PEAKS_PER_PART, packed_peaks, peak_tables, unpack
+from .transfers import Landing, Transfers
 
 if TYPE_CHECKING:
     from .preprocess import PreparedImage
@@ -80,18 +86,20 @@ def normalize(batch: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _cudnn_fp32_precision(value: str):
-    """Set cuDNN convolutions' float32 precision ("ieee" or "tf32") for the block, and restore it.
+def _fp32_precision(value: str, *settings):
+    """Set the float32 precision ("ieee" or "tf32") of each of ``settings`` (torch.backends.cudnn.conv: cuDNN
+    convolutions, torch.backends.cuda.matmul: matrix products) for the block, and restore them.
 
     PyTorch's new API (torch >= 2.9); the legacy ``allow_tf32`` switch would reset other settings.
     """
-    conv = torch.backends.cudnn.conv
-    before = conv.fp32_precision
-    conv.fp32_precision = value
+    before = [setting.fp32_precision for setting in settings]
+    for setting in settings:
+        setting.fp32_precision = value
     try:
         yield
     finally:
-        conv.fp32_precision = before
+        for setting, old in zip(settings, before):
+            setting.fp32_precision = old
 
 
 def _geometry(item: "PreparedImage", stride: int) -> tuple:
@@ -126,17 +134,20 @@ class InferenceEngine:
         self.precision = precision
         self.backend = choose_backend(backend, self.device.type, precision)
         self._weights_key = weights_key
-        self._pin = self.device.type == "cuda"
+        self.transfers = Transfers(self.device)
+        self._peak_finders: dict[tuple, Callable] = {}
+        self.peak_capacity = PEAKS_PER_PART  # peaks per (frame, part) in the fixed buffers of peaks()
+        self.overflowed = 0  # frames whose peaks did not fit the fixed buffers (found exactly instead)
         # dtype of the fields after the network: float32 on the CPU, the network's own on CUDA (None)
         self._fields_dtype = torch.float32 if self.device.type == "cpu" else None
-        self.compiled_network = (CompiledNetwork(self.network, self.device)
+        self.compiled_network = (StaticCompiled(self.network, self.device)
                                  if self.backend == "torch" and compile_wanted(compile, self.device.type) else None)
 
     def _convolution_precision(self) -> contextlib.AbstractContextManager:
         """TF32 for cuDNN convolutions on (tf32) or off (every other precision) on CUDA, restored after."""
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        return _cudnn_fp32_precision("tf32" if self.precision == "tf32" else "ieee")
+        return _fp32_precision("tf32" if self.precision == "tf32" else "ieee", torch.backends.cudnn.conv)
 
     def _network_precision(self) -> contextlib.AbstractContextManager:
         if self.precision in _AUTOCAST_DTYPE:
@@ -166,20 +177,61 @@ class InferenceEngine:
 
     def fields(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[FrameFields]:
         """Each frame's fields on the host (float32), averaged over its scales."""
-        return self._run(prepared, batch_size, self._fields_to_host)
+
+        def on_device(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[torch.Tensor]:
+            return [heatmaps.float(), pafs.float()]
+
+        def on_host(host: list[torch.Tensor], fields: tuple) -> list[FrameFields]:
+            heat, paf = host[0].numpy(), host[1].numpy()
+            return [FrameFields(heat[i], paf[i]) for i in range(heat.shape[0])]
+
+        return self._run(prepared, batch_size, on_device, on_host)
 
     def peaks(self, prepared: Sequence["PreparedImage"], postprocess: PostprocessConfig,
               batch_size: int | None = None) -> list[FramePeaks]:
-        """Each frame's peaks and limb candidates, found on the device with ``postprocess``'s thresholds."""
+        """Each frame's peaks and limb candidates, found on the device with ``postprocess``'s thresholds.
+
+        In fixed-size buffers (postprocess.device_fixed; compiled with the network where it is); a
+        frame with more peaks of a part than they hold takes the exact path (postprocess.device).
+        """
         skeleton = self.entry.skeleton
+        finder = self._peak_finder(postprocess)
 
-        def finish(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[FramePeaks]:
-            return [FramePeaks(p, c) for p, c in peaks_and_candidates(heatmaps, pafs, skeleton, postprocess)]
+        def on_device(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[torch.Tensor]:
+            tables = peak_tables(*heatmaps.shape[-2:], skeleton, postprocess, heatmaps.device)
+            return [finder(heatmaps, pafs, *tables)]
 
-        return self._run(prepared, batch_size, finish)
+        def on_host(host: list[torch.Tensor], fields: tuple) -> list[FramePeaks]:
+            found = unpack(host[0].numpy(), skeleton, self.peak_capacity)
+            for i in (i for i, f in enumerate(found) if f is None):
+                self.overflowed += 1
+                with self._postprocess_precision():
+                    found[i] = peaks_and_candidates(fields[0][i : i + 1], fields[1][i : i + 1], skeleton,
+                                                    postprocess)[0]
+            return [FramePeaks(p, c) for p, c in found]
+
+        return self._run(prepared, batch_size, on_device, on_host)
+
+    def _peak_finder(self, postprocess: PostprocessConfig) -> Callable:
+        """packed_peaks for ``postprocess``'s thresholds, compiled where the network is (one per config)."""
+        key = (postprocess, self.peak_capacity)
+        if key not in self._peak_finders:
+            function = functools.partial(packed_peaks, num_parts=self.entry.skeleton.num_parts, config=postprocess,
+                                         capacity=self.peak_capacity)
+            self._peak_finders[key] = (function if self.compiled_network is None else
+                                               StaticCompiled(function, self.device, batched=2, name="peak finder"))
+        return self._peak_finders[key]
 
     @torch.inference_mode()
-    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int | None, finish: Callable) -> list:
+    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int | None, on_device: Callable,
+             on_host: Callable) -> list:
+        """Chunks through the device, pipelined: chunk k+1 is stacked and queued (copy, network, field work,
+        ``on_device``, copies of its results to the host) before the host waits for chunk k's results and
+        builds its frames (``on_host``), so the device always has the next chunk while the host works.
+
+        on_device(heatmaps, pafs) -> [tensors]: a geometry run's results, queued on the device;
+        on_host([host tensors], (heatmaps, pafs) on the device) -> one result per frame of the run.
+        """
         batch_size = batch_size or self.default_batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -195,31 +247,54 @@ class InferenceEngine:
             indices = sorted(indices, key=lambda i: _geometry(prepared[i], stride))
             chunks += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
         results: list = [None] * len(prepared)
-        staged = self._stage(prepared, chunks[0]) if chunks else None
-        for k, chunk in enumerate(chunks):
-            outputs = [self.network_fields(batch) for batch in staged]  # queued on the device, per scale
-            staged = self._stage(prepared, chunks[k + 1]) if k + 1 < len(chunks) else None  # host work meanwhile
-            start = 0
-            for _, run in itertools.groupby(chunk, key=lambda i: _geometry(prepared[i], stride)):
-                run = list(run)
-                rows = slice(start, start + len(run))
-                heatmaps, pafs = self._averaged_fields(outputs, rows, prepared[run[0]])
-                with self._convolution_precision():  # the peak blur is a convolution too
-                    found = finish(heatmaps, pafs)
-                for i, out in zip(run, found):
-                    results[i] = out
-                start = rows.stop
+        landing = None
+        for chunk in chunks:
+            queued = self._queue(prepared, chunk, batch_size, on_device)
+            if landing is not None:
+                self._land(landing, on_host, results)
+            landing = queued
+        if landing is not None:
+            self._land(landing, on_host, results)
         return results
 
-    def _stage(self, prepared: Sequence["PreparedImage"], chunk: list[int]) -> list[torch.Tensor]:
-        """The chunk's inputs as one uint8 host tensor [n, h, w, 3] per scale (pinned on CUDA)."""
-        staged = []
+    def _queue(self, prepared: Sequence["PreparedImage"], chunk: list[int], batch_size: int,
+               on_device: Callable) -> Landing:
+        """Stack a chunk into the ring, and queue everything the device does with it (no waiting)."""
+        stride = self.entry.input_spec.stride
+        outputs = []
         for scale in range(len(prepared[chunk[0]].inputs)):
             shape = prepared[chunk[0]].inputs[scale].shape
-            host = torch.empty((len(chunk), *shape), dtype=torch.uint8, pin_memory=self._pin)
-            np.stack([prepared[i].inputs[scale] for i in chunk], out=host.numpy())
-            staged.append(host)
-        return staged
+            slot = self.transfers.inputs.take((batch_size, *shape))
+            np.stack([prepared[i].inputs[scale] for i in chunk], out=slot.buffer[: len(chunk)].numpy())
+            outputs.append(self.network_fields(self.transfers.to_device(slot, len(chunk))))
+        runs, tensors, kept, start = [], [], [], 0
+        for _, run in itertools.groupby(chunk, key=lambda i: _geometry(prepared[i], stride)):
+            run = list(run)
+            rows = slice(start, start + len(run))
+            heatmaps, pafs = self._averaged_fields(outputs, rows, prepared[run[0]])
+            with self._postprocess_precision():
+                made = on_device(heatmaps, pafs)
+            runs.append((run, len(made)))
+            tensors += made
+            kept.append((heatmaps, pafs))
+            start = rows.stop
+        return self.transfers.to_host(tensors, kept=(runs, kept))
+
+    @staticmethod
+    def _land(landing: Landing, on_host: Callable, results: list) -> None:
+        """Wait for a queued chunk's results (its one synchronisation) and build its frames' results."""
+        host = landing.wait()
+        runs, kept = landing.kept
+        for (run, count), fields in zip(runs, kept):
+            for i, out in zip(run, on_host(host[:count], fields)):
+                results[i] = out
+            host = host[count:]
+
+    def _postprocess_precision(self) -> contextlib.AbstractContextManager:
+        """IEEE float32 for the field work's matrix products and convolutions on CUDA (no TF32), restored after."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return _fp32_precision("ieee", torch.backends.cudnn.conv, torch.backends.cuda.matmul)
 
     def _averaged_fields(self, outputs: list[tuple[torch.Tensor, torch.Tensor]], rows: slice,
                          example: "PreparedImage") -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,8 +317,3 @@ class InferenceEngine:
             heat_sum = heatmaps if heat_sum is None else heat_sum + heatmaps
             paf_sum = pafs if paf_sum is None else paf_sum + pafs
         return heat_sum / len(outputs), paf_sum / len(outputs)
-
-    @staticmethod
-    def _fields_to_host(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[FrameFields]:
-        heat, paf = heatmaps.float().cpu().numpy(), pafs.float().cpu().numpy()
-        return [FrameFields(heat[i], paf[i]) for i in range(heat.shape[0])]

@@ -133,10 +133,12 @@ class InferencePoolConfig:
         now or its autoscaler can start nodes with GPUs (a node type of the
         cluster config offers "GPU"), else cpu; so a cold GPU cluster waits
         for its GPU nodes instead of quietly running on CPU.
-    precision: arithmetic of the network: "fp32" (IEEE, also on CUDA),
+    precision: arithmetic of the network: "auto" (fp16 on CUDA actors, fp32
+        on CPU ones: config.AUTO_PRECISION), "fp32" (IEEE, also on CUDA),
         "tf32" (CUDA only: TF32 tensor-core convolutions), "bf16", or "fp16"
         (CUDA only); bf16 and fp16 run under torch.autocast. It changes
-        results, so it is part of the config fingerprint.
+        results, so the precision it resolves to is part of the config
+        fingerprint (auto on a CPU keeps fp32's).
     backend: what runs the network on a CPU actor: "auto" (OpenVINO, compiled
         for the CPU it runs on, where installed; 1.5-1.9x torch's fp32 forward
         with the same fields), "torch", or "openvino"; GPU actors run torch.
@@ -176,7 +178,7 @@ class InferencePoolConfig:
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Precision = "fp32"
+    precision: Precision | Literal["auto"] = "auto"
     backend: Backend = "auto"
     batch_size: int | None = None
     min_actors: int = 1
@@ -196,7 +198,8 @@ class InferencePoolConfig:
         _require(self.cpus_per_actor > 0, "inference.cpus_per_actor must be > 0")
         _require(self.wait_for_actors_s > 0, "inference.wait_for_actors_s must be > 0")
         try:
-            check_precision(self.precision, "cpu" if self.device == "cpu" else None)
+            if self.precision != "auto":
+                check_precision(self.precision, "cpu" if self.device == "cpu" else None)
         except ValueError as exc:
             raise ValueError(f"inference.{exc}") from None
         for name, amount in self.actor_resources.items():

@@ -4,12 +4,13 @@ compiles once per batch bucket and never again, and a compiler that fails means 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from openpose_ray.compiled import CompiledNetwork, bucket, compile_wanted
+from openpose_ray.compiled import StaticCompiled, bucket, compile_wanted
 from openpose_ray.config import NetworkConfig
 from openpose_ray.jobconfig import InferencePoolConfig
 
@@ -29,7 +30,7 @@ def test_compiled_equals_eager_and_compiles_once_per_bucket(estimator, tmp_path,
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold cache: really compiles
     eager = estimator.with_config(net_size=SIZE, backend="torch", compile="off").engine
     compiled = estimator.with_config(net_size=SIZE, backend="torch", compile="on").engine
-    assert eager.compiled_network is None and isinstance(compiled.compiled_network, CompiledNetwork)
+    assert eager.compiled_network is None and isinstance(compiled.compiled_network, StaticCompiled)
     generator = np.random.default_rng(0)
     frames = {n: torch.from_numpy(generator.integers(0, 256, (n, SIZE[1], SIZE[0], 3), dtype=np.uint8))
               for n in (1, 3, 4)}
@@ -58,7 +59,7 @@ def _failing_backend(graph_module, example_inputs):
 def test_a_compiler_that_fails_logs_one_line_and_runs_eager(estimator, backend, caplog):
     caplog.set_level(logging.WARNING, logger="openpose_ray.compiled")
     network = estimator.engine.network
-    compiled = CompiledNetwork(network, torch.device("cpu"), backend=backend)
+    compiled = StaticCompiled(network, torch.device("cpu"), backend=backend)
     x = torch.rand(1, 3, SIZE[1], SIZE[0]) * 255
     with torch.inference_mode():
         for _ in range(3):
@@ -68,3 +69,20 @@ def test_a_compiler_that_fails_logs_one_line_and_runs_eager(estimator, backend, 
     warnings = [r.getMessage() for r in caplog.records if r.name == "openpose_ray.compiled"]
     assert len(warnings) == 1 and "torch.compile of the network failed" in warnings[0], warnings
     assert "running it eager" in warnings[0] and (backend == "no-such-backend" or "cannot compile" in warnings[0])
+
+
+def test_compiled_artefacts_are_kept_in_the_node_cache_unless_the_user_chose_a_folder(tmp_path, monkeypatch):
+    """torch sets TORCHINDUCTOR_CACHE_DIR to its /tmp default as its compiler loads: that is no choice, and the
+    artefacts go to <cache>/inductor, where a restarted actor finds them; a folder the user set is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("OPENPOSE_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    torch._dynamo.reset()
+    compiled = StaticCompiled(lambda x: (x * 2 + 1).relu(), torch.device("cpu"), name="test function")
+    x = torch.arange(-3.0, 5.0).reshape(8, 1)
+    assert torch.equal(compiled(x), (x * 2 + 1).relu()) and compiled.failed is None
+    assert (tmp_path / "cache" / "inductor").is_dir() and any((tmp_path / "cache" / "inductor").rglob("*.py"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    StaticCompiled(lambda x: x + 1, torch.device("cpu"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -116,13 +116,13 @@ def test_device_peaks_give_the_people_of_estimate_at_any_batch_size(estimator, p
     import openpose_ray.inference as inference
 
     chunks = []
-    original = inference.peaks_and_candidates
+    original = inference.unpack
 
-    def recording(heatmaps, pafs, skeleton, config):
-        chunks.append(heatmaps.shape[0])
-        return original(heatmaps, pafs, skeleton, config)
+    def recording(packed, skeleton, capacity):
+        chunks.append(packed.shape[0])
+        return original(packed, skeleton, capacity)
 
-    monkeypatch.setattr(inference, "peaks_and_candidates", recording)
+    monkeypatch.setattr(inference, "unpack", recording)
     prepared = [estimator.prepare(image) for image in photos]
     found = estimator.infer_peaks(prepared, batch_size)
     assert sum(chunks) == 24 and max(chunks) <= batch_size  # device memory bounded by the batch, not the call
@@ -136,6 +136,18 @@ def test_device_peaks_give_the_people_of_estimate_at_any_batch_size(estimator, p
             assert mine.score == pytest.approx(theirs.score, abs=1e-6)
         people += len(got)
     assert people > 40
+
+
+def test_frames_with_more_peaks_than_the_buffers_hold_take_the_exact_path(estimator, photos, people_on_cpu):
+    """Buffers of 2 peaks a part: the photos with more (crowds, most here) are found exactly all the same."""
+    small = estimator.with_config()
+    small.engine.peak_capacity = 2
+    prepared = [small.prepare(image) for image in photos]
+    found = small.infer_peaks(prepared, batch_size=8)
+    assert 10 <= small.engine.overflowed < 24
+    for expected, frame, item in zip(people_on_cpu, found, prepared):
+        got = small.people_from_peaks(frame, item.base_transform)
+        assert [p.keypoints[:, :2].tolist() for p in got] == [p.keypoints[:, :2].tolist() for p in expected]
 
 
 def test_frames_without_anyone_in_a_chunk_of_their_own_and_among_others(estimator, photos):
@@ -210,8 +222,12 @@ def test_half_precision_settings_are_checked_and_fingerprinted(estimator):
     fingerprints = {p: config_fingerprint(load_config(None, base + [f"inference.precision={p}"]))
                     for p in ("fp32", "tf32", "bf16", "fp16")}
     assert len(set(fingerprints.values())) == 4  # precision changes results: a new generation
-    # fp32 is the default and leaves the fingerprint of the settings without the key
-    assert fingerprints["fp32"] == config_fingerprint(load_config(None, base))
+    # auto (the default) is fp16 on CUDA and fp32 on a CPU, whose fingerprint is that of the settings before
+    # the key existed
+    default = load_config(None, base)
+    assert default.inference.precision == "auto"
+    assert config_fingerprint(default) == config_fingerprint(default, "cpu") == fingerprints["fp32"]
+    assert config_fingerprint(default, "cuda") == fingerprints["fp16"]
     assert config_fingerprint(load_config(None, base + ["inference.peaks_on=device", "inference.batch_size=3"])) \
         == fingerprints["fp32"]
 
@@ -223,6 +239,7 @@ def test_job_with_device_peaks_finds_the_same_people(ray_session, data_dir, esti
         "inference.batch_size=3", "write.render_images=false", "write.render_videos=false",
     ]))
     assert summary["frames"] == 4 and summary["inference"]["peaks_on"] == "device"
+    assert summary["inference"]["precision"] == "fp32"  # local.yaml's auto, on CPU actors
     people = pads.dataset(str(tmp_path / "people"), format="parquet", partitioning="hive").to_table()
     keypoints = read_keypoints(people)
     for photo in sorted(photos.glob("*.jpg")):

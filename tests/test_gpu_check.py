@@ -27,7 +27,8 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     capsys.readouterr()
     env = {**env_refusing(tmp_path / "absent", ABSENT_ON_GPU_MACHINES, "is not on the GPU machines"),
            "OPENPOSE_RAY_CACHE": str(tmp_path / "empty-cache"),
-           "OPENPOSE_RAY_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHONUNBUFFERED": "1"}
+           "OPENPOSE_RAY_INDEX_URL": "http://127.0.0.1:9/simple", "PYTHONUNBUFFERED": "1",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # section 13 compiles; the cache stays empty
     result = tmp_path / "gpu_check.json"
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
@@ -58,5 +59,12 @@ def test_gpu_check_runs_on_the_cpu_without_what_gpu_machines_lack(data_dir, tmp_
     forms = numbers["graph_forms"]
     assert forms["432x368 fp32 batch 2 registered"]["frames_per_s"] > 0
     assert 0 < forms["432x368 fp32 batch 2 tidy-shared"]["max_rel_diff"] < 1e-3  # the same fields
+    against = numbers["actor_against_model"]
+    row = against["432x368 fp32 batch 2"]
+    assert row["model_compiled"] > 0 and row["actor_compile_on_detail"]["frames_with_peaks"] == 8
+    assert row["actor_compile_on_detail"]["compile_failed"] == [None, None]  # network and peak finder compiled
+    assert row["actor_compile_off"] > 0 and row["actor_over_model"] > 0 and row["syncs_per_chunk"] is None  # CPU
+    assert row["peak_finding"]["compile_failed"] is None and row["peak_finding"]["exact_ms"] > 0
+    assert against["batch 1"]["compile on"] > 0
     assert not (tmp_path / "empty-cache").exists()
     assert "6. InferenceActor on decoded video frames" in done.stdout

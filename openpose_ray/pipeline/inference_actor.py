@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ..config import resolve_precision
 from ..estimator import PoseEstimator
 from ..frame_outputs import FrameFields, FramePeaks
 from ..jobconfig import JobConfig
@@ -50,7 +51,9 @@ class InferenceActor:
                 net_size=model.net_size, resize_mode=model.resize_mode, aspect_buckets=model.aspect_buckets,
                 scales=model.scales,
                 postprocess=self.config.postprocess,
-                weights_sha256=self.weights.file_sha256, precision=self.config.inference.precision,
+                weights_sha256=self.weights.file_sha256,
+                # the runner resolves "auto" before the actors start; an actor built without it (tests, benchmarks) too
+                precision=resolve_precision(self.config.inference.precision, torch.device(self.device).type),
                 backend=self.config.inference.backend if self.device == "cpu" else "torch",
                 compile=self.config.inference.compile,
             )

@@ -50,7 +50,7 @@ from ray.data import ActorPoolStrategy
 
 from .. import __version__
 from ..backends import choose_backend
-from ..config import check_precision
+from ..config import check_precision, resolve_precision
 from ..config_loader import ConfigError, config_fingerprint
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
@@ -217,6 +217,10 @@ def run_job(config: JobConfig, force: bool = False, break_lock: bool = False) ->
     configure_retries(config)
     cluster = ClusterView.current()
     plan = plan_actors(config.inference, cluster)
+    # inference.precision "auto" becomes what it means on the actors' device, before anything uses it
+    # (the fingerprint, the actors, the summary)
+    precision = resolve_precision(config.inference.precision, plan.device)
+    config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, precision=precision))
     try:
         check_precision(config.inference.precision, plan.device)
         if plan.device == "cpu":

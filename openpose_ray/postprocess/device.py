@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..config import PostprocessConfig
 from ..skeleton import Skeleton
 from .limbs import LimbCandidates
-from .peaks import Peaks, earlier_neighbours
+from .peaks import Peaks
 
 _TORCH_MODES = {"cubic": "bicubic", "linear": "bilinear", "nearest": "nearest"}
 
@@ -89,8 +89,11 @@ def peak_mask(smoothed: torch.Tensor, config: PostprocessConfig) -> torch.Tensor
     is_peak = (smoothed == maxed) & (smoothed > config.peak_threshold)
     height, width = smoothed.shape[-2:]
     padded = F.pad(smoothed, (pad, pad, pad, pad), value=float("-inf"))
-    for dy, dx in zip(*np.nonzero(earlier_neighbours(config.nms_window))):
-        is_peak &= smoothed > padded[..., dy : dy + height, dx : dx + width]
+    window = config.nms_window
+    # the pixels before the centre in raster order (peaks.earlier_neighbours), in plain Python so that
+    # torch.compile traces it (postprocess.device_fixed)
+    for dy, dx in ((dy, dx) for dy in range(window) for dx in range(window) if (dy, dx) < (pad, pad)):
+        is_peak = is_peak & (smoothed > padded[..., dy : dy + height, dx : dx + width])
     return is_peak
 
 
