@@ -3,7 +3,8 @@
 # Run scripts/check_latest.sh first (it tells whether the newest versions still pass the tests);
 # then, from anywhere:
 #
-#   bash scripts/lock.sh
+#   bash scripts/lock.sh            # every package at the newest version the inputs allow
+#   bash scripts/lock.sh --keep     # only what the inputs added or changed; every other pin stays
 #
 # and commit requirements/*.lock with the tests passing on them (bash .ci/run). It writes:
 #
@@ -34,7 +35,9 @@ fi
 UV=.venv-lock/bin/uv
 work=.venv-lock/inputs  # a stable path: the locks' "via" comments name these files
 mkdir -p "$work"
-COMMON=(--generate-hashes --upgrade --quiet --custom-compile-command "bash scripts/lock.sh")
+UPGRADE=(--upgrade)
+[ "${1:-}" = --keep ] && UPGRADE=()  # uv keeps the pins of the existing lock files where they still fit
+COMMON=(--generate-hashes "${UPGRADE[@]}" --quiet --custom-compile-command "bash scripts/lock.sh")
 INPUTS=(pyproject.toml requirements/build.in --extra test)
 
 echo "torch==$TORCH_VERSION" > "$work/torch.txt"

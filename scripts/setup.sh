@@ -17,7 +17,6 @@ PYTHON="${PYTHON:-python3}"
 VARIANT="${OPENPOSE_RAY_TORCH:-auto}"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
 if [ "$VARIANT" = auto ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VARIANT=cuda; else VARIANT=cpu; fi
@@ -32,20 +31,8 @@ if [ "$VARIANT" = cpu ] && ! .venv/bin/python -c "import platform, sys; sys.exit
     LOCK=requirements/cuda.lock
 fi
 
-if [ "$LOCK" = requirements/cpu.lock ]; then
-    # torch's CPU build: from pip's find-links folder where it lies there (tried without an index,
-    # so that nothing is asked of an unreachable server), else from PyTorch's CPU wheel index.
-    awk '/^torch==/{keep=1; print; next} keep && /^ /{print; next} {keep=0}' "$LOCK" > .venv/torch-cpu.lock
-    if "${PIP[@]}" install --quiet --require-hashes --no-index --no-deps -r .venv/torch-cpu.lock 2>/dev/null; then
-        "${PIP[@]}" install --quiet --require-hashes -r "$LOCK"
-    else
-        "${PIP[@]}" install --quiet --require-hashes -r "$LOCK" --extra-index-url https://download.pytorch.org/whl/cpu
-    fi
-else
-    "${PIP[@]}" install --quiet --require-hashes -r "$LOCK"
-fi
-# The project itself, editable, built by the locked setuptools: nothing more from the index.
-"${PIP[@]}" install --quiet --no-deps --no-build-isolation -e .
+# The lock, hash-checked, then the project itself (scripts/install_locked.sh: the same steps as the image's).
+bash scripts/install_locked.sh .venv/bin/python "$LOCK"
 
 # Optional: Chromium, with which tests/test_report.py looks at the run report in a real headless
 # browser (the test is skipped without it). Installed only where apt-get runs as root; never fatal.
