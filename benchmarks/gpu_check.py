@@ -9,7 +9,7 @@ on the command line::
     python benchmarks/gpu_check.py --checkpoint mobilenet_thin.pt --photos coco_val2017_mini \\
         --video street_720p_h264.avi [more videos] [--device cuda] [--quick] [--json gpu_check.json]
 
-It prints, for docs/benchmarks.md ("GPU check"):
+It prints, for docs/benchmarks.md (current figures) and docs/benchmarks-history.md (the log):
 
 1. the machine: device, torch / CUDA / cuDNN versions, PyTorch's TF32 defaults;
 2. fields on the device vs on the CPU (fp32, the reference): max abs difference

@@ -10,7 +10,7 @@
 #   .gpu/baseline/                the code before issue 24 (BASELINE below): its actor, measured in the same run
 #   .gpu/run.sh                   the command for the GPU machine: bash .gpu/run.sh RESULTS_DIR
 # Then run, on the GPU machine, in the repository, `bash .gpu/run.sh DIR` (under 9 minutes: the
-# baseline's actor ~1 minute, then gpu_check.py); record its output in docs/benchmarks.md ("GPU check").
+# baseline's actor ~1 minute, then gpu_check.py); record its output in docs/benchmarks.md (current) and docs/benchmarks-history.md (the log).
 #
 #   bash scripts/gpu_check_kit.sh [DATA_DIR] [PYTHON_VERSION]   (defaults ../shared/data, 3.12)
 set -euo pipefail

@@ -2,7 +2,7 @@
 
 The cluster is a head node that `ray start --block` runs in a subprocess of
 its own (not the in-process Ray of the other tests), on loopback, with 2 CPUs.
-The job is submitted the way README and jobs/annotate.py tell a user to
+The job is submitted the way README, docs/clusters.md and jobs/annotate.py tell a user to
 (`--working-dir` the repository, `python jobs/annotate.py --config ...`) on the
 4 labelled photos, and its tables, summary and rendered images are checked.
 

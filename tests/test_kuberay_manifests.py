@@ -155,3 +155,11 @@ def test_no_credentials_in_the_manifests():
         for container in group["template"]["spec"]["containers"]:
             assert "env" not in container  # credentials only through the optional Secret (or the pod's role)
             assert container["envFrom"] == [{"secretRef": {"name": "openpose-ray-s3", "optional": True}}]
+
+
+def test_the_operator_values_turn_on_raycronjob_and_keep_the_charts_other_gates():
+    values = yaml.safe_load((KUBERAY / "helm" / "operator-values.yaml").read_text())
+    gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
+    assert gates["RayCronJob"] is True
+    # kuberay-operator 1.7.0's values.yaml: the gates on by default stay on
+    assert all(gates[name] for name in ("RayClusterStatusConditions", "RayJobDeletionPolicy"))

@@ -3,7 +3,7 @@
 One run over ../shared/data (4 labelled photos, 20 photos, the 16:9 street
 video) with rendering, at the shipped defaults; its tables are checked against
 PoseEstimator.estimate on the same decoded frames, its media decoded back, and
-the README's SQL run on it. Segmenting is checked on the VP9 video.
+the documentation's SQL (docs/analytics.md) run on it. Segmenting is checked on the VP9 video.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import numpy as np
 import pytest
 
 from openpose_ray.config_loader import config_fingerprint, load_config
@@ -195,9 +196,9 @@ def test_rendered_images_and_videos(local_run, data_dir):
             assert sum(1 for _ in container.decode(stream)) == VIDEO_FRAMES[name][0]
 
 
-def _readme_queries() -> dict[str, str]:
-    """The ```sql blocks of the README, by their first-line comment (-- name)."""
-    text = (REPO_ROOT / "README.md").read_text()
+def _documented_queries() -> dict[str, str]:
+    """The ```sql blocks of the documentation's analytics page, by their first-line comment (-- name)."""
+    text = (REPO_ROOT / "docs" / "analytics.md").read_text()
     queries = {}
     for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S):
         name, _, body = block.partition("\n")
@@ -205,9 +206,9 @@ def _readme_queries() -> dict[str, str]:
     return queries
 
 
-def test_readme_sql_runs_on_the_output(local_run):
+def test_documented_sql_runs_on_the_output(local_run):
     _, output, _ = local_run
-    queries = _readme_queries()
+    queries = _documented_queries()
     assert {"people per frame", "people per video", "mean confidence of a joint", "frames with nobody",
             "people, exactly once"} <= set(queries)
 
@@ -233,6 +234,17 @@ def test_readme_sql_runs_on_the_output(local_run):
     assert len(nobody) == sum(1 for f in frames if f["status"] == "ok" and f["num_people"] == 0)
 
     assert len(run("people, exactly once")) == people.num_rows
+
+    (count, wrist_found, _, mean_parts), = run("how often each part is found")
+    assert count == people.num_rows and mean_parts == pytest.approx(np.mean(people.column("num_parts").to_numpy()))
+    assert wrist_found == pytest.approx(float((confidence > 0).mean()))
+    tracks = run("the longest tracks: who stays in view, for how long (seconds of video)")
+    assert 0 < len(tracks) <= 20 and tracks[0][2] >= tracks[-1][2]
+    crops = run("confident whole-body crops for a training set: people with 14+ parts, their boxes grown 10 % a side")
+    assert len(crops) == sum(1 for n, s in zip(people.column("num_parts").to_pylist(), people.column("score").to_pylist())
+                             if n >= 14 and s >= 0.5)
+    for name in queries:  # every block on the page runs
+        run(name)
 
 
 def test_segments_give_the_same_rows_as_one_segment(ray_session, data_dir, tmp_path):

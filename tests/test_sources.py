@@ -762,7 +762,7 @@ def test_image_shards_span_folders_unless_partitioned_by_folder(tmp_path, partit
 
 
 def test_a_multi_page_tiff_gives_its_first_page(tmp_path):
-    """As documented (README, "What it reads"): one image per file, the first page."""
+    """As documented (docs/guide.md, what it reads): one image per file, the first page."""
     pages = [np.full((20, 30, 3), value, np.uint8) for value in (10, 200)]
     assert cv2.imwritemulti(str(tmp_path / "pages.tiff"), pages)
     (frame,) = decode_all(group_images([local_object(tmp_path / "pages.tiff")], 1))

@@ -6,7 +6,7 @@ listing, decoding, resizing and writing. Ray Data sizes each operator's CPU
 budget; the job shapes its stages (decode reserves 0.7 CPU, post-processing
 runs a bounded number of tasks) so that two decode tasks fit beside
 post-processing and the actor. One decode task at a time left a core idle
-(docs/benchmarks.md "Decoding on every core").
+(docs/benchmarks-history.md "Decoding on every core").
 """
 
 from __future__ import annotations

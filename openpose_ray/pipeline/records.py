@@ -24,7 +24,7 @@ shared memory). A 128-frame segment's network inputs (92.7 MB) cost ~65 ms to
 pack into a table and ~3 ms to read back, against ~210 ms and ~185 ms as a
 pickled Ray Data row (the row was pickled, serialized once more by Ray Data to
 estimate its size, copied into an Arrow column and out again, and unpickled):
-~0.5 ms a frame instead of ~3 (docs/benchmarks.md "Frames without extra copies").
+~0.5 ms a frame instead of ~3 (docs/benchmarks-history.md "Frames without extra copies").
 """
 
 from __future__ import annotations

@@ -78,13 +78,13 @@ _PLAN_CPUS = 0.5
 # less than one CPU so that, where the network is fast (a GPU node; the instant network of
 # benchmarks/bench_ceiling.py), two decode tasks fit on 2 CPUs beside post-processing (0.5)
 # and an actor that only feeds its device (0.1): one at a time left a core idle (a replay of 4
-# copies of both videos: 73.7 frames/s with one, 101.8 with two; docs/benchmarks.md "Decoding on
+# copies of both videos: 73.7 frames/s with one, 101.8 with two; docs/benchmarks-history.md "Decoding on
 # every core").
 _DECODE_CPUS = 0.7
 # Decode (0.7) + one CPU inference actor (0.5) + post-process (0.5) fit 2 CPUs. Were the three
 # to need more than the machine has, Ray Data would run post-processing only once decoding
 # is over, and every inferred shard would wait in the object store meanwhile: memory would
-# grow with the input (measured: +60 MiB per video segment, docs/benchmarks.md "Load").
+# grow with the input (measured: +60 MiB per video segment, docs/benchmarks-history.md "Load").
 _POST_CPUS = 0.5
 # Post-processing tasks at once: one per this many of the cluster's CPUs (at least one). Ray
 # Data hands each operator's unused CPU budget to the most downstream operator first: an
@@ -95,7 +95,7 @@ _CPUS_PER_POST_TASK = 4
 # Ray kills a worker process that has been idle for a second once a node has more workers
 # than CPUs; the job's stages (list, plan, decode, infer, post-process) alternate, so workers
 # were killed and started again all through a run, each start ~1 s of a core in imports
-# (9 starts in a 25 s replay, docs/benchmarks.md "Decoding on every core"). An in-process Ray
+# (9 starts in a 25 s replay, docs/benchmarks-history.md "Decoding on every core"). An in-process Ray
 # keeps idle workers for a minute; for clusters, infra/ray-cluster.yaml sets the same.
 LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 _PROGRESS_EVERY_S = 10.0

@@ -51,7 +51,7 @@ def _yield_to_inference() -> None:
     threads preempted by a decode task stalls the others, so on a small machine decoders at
     equal priority made each forward ~1.3x slower and the job 1.84x the plain loop's time;
     at SCHED_IDLE the CPU stages take only the cycles the network leaves, and the actor (or
-    a GPU's feeding thread) never waits on them (docs/benchmarks.md "Ray job vs plain loop").
+    a GPU's feeding thread) never waits on them (docs/benchmarks-history.md "Ray job vs plain loop").
     Where SCHED_IDLE is not available, the lowest nice value does most of it.
     """
     global _yielded

@@ -183,7 +183,7 @@ def segment_bounds(kept: Sequence[int], frames: int, key_positions: Sequence[int
     Why: a segment that starts elsewhere is decoded from the key frame before it, and every
     frame from there to its start is decoded by two tasks; with a key frame every 250
     frames (x264's default) and segments of 128, that is most segments, about as many
-    frames again (docs/benchmarks.md "Segments cut at key frames").
+    frames again (docs/benchmarks-history.md "Segments cut at key frames").
     """
     if segment_cut not in SEGMENT_CUTS:
         raise ValueError(f"segment_cut must be one of {SEGMENT_CUTS}, got {segment_cut!r}")
