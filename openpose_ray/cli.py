@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--render", type=Path, metavar="DIR",
                          help="also write each image (video frame, tar member) with its people drawn into DIR, "
                               "under the input's file name")
+    predict.add_argument("--render-style", choices=("overlay", "pose_map"), default="overlay",
+                         help="with --render: the people on the image (overlay, default) or the skeletons alone on "
+                              "black at the image's size, as OpenPose draws them (pose_map: conditioning images)")
     predict.add_argument("--recursive", action="store_true", help="also scan the subfolders of folders and prefixes")
     predict.set_defaults(run=_predict)
 
@@ -237,7 +240,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot create an output folder: {exc}") from None
     estimator = _estimator(args, entry)
     done_images, done_frames, people, more_failed = predict(
-        objects, sources, estimator, args.out, render_dir=args.render, image_names=dict(zip(images, render_names)), s3=s3)
+        objects, sources, estimator, args.out, render_dir=args.render, image_names=dict(zip(images, render_names)), s3=s3,
+        render_style=args.render_style)
     failed += more_failed
     frames = f", {done_frames} video and tar frames" if done_frames else ""
     print(f"{done_images} images{frames}, {people} people, {len(failed)} failed; wrote {args.out}")

@@ -1,9 +1,16 @@
-"""Drawing detected people onto images, in the OpenPose colours.
+"""Drawing detected people, in the OpenPose colours: onto their image, or as a pose map.
 
 Images are numpy arrays in OpenCV layout: uint8, BGR, ``[H, W, 3]``. Keypoints
 follow the project convention of :mod:`openpose_ray.skeleton` (pixel centres at
 integer coordinates, x right, y down) and are rounded to the nearest pixel for
 drawing.
+
+Two styles (``write.render_style``): :func:`render` draws on a copy of the image
+(anti-aliased, sized by the image's short side: legible for people looking at it);
+:func:`pose_map` draws on a black canvas of the image's size exactly as OpenPose's
+renderer does with ``--disable_blending`` (per person, line and circle sizes from
+the person's extent relative to the image, 8-connected lines): the conditioning
+image of pose-guided generative models (ControlNet's OpenPose input).
 """
 
 from __future__ import annotations
@@ -63,12 +70,7 @@ def render(
     part_colors, limb_colors = skeleton.part_colors_bgr, skeleton.limb_colors_bgr()
     limb_parts = skeleton.limb_part_indices()
     for person_index, person in enumerate(persons):
-        keypoints = np.asarray(person.keypoints)
-        if keypoints.shape != (skeleton.num_parts, 3):
-            raise ValueError(
-                f"person {person_index}: keypoints have shape {keypoints.shape}, expected "
-                f"({skeleton.num_parts}, 3) for skeleton {skeleton.name!r}; render with the model's skeleton"
-            )
+        keypoints = _checked_keypoints(person, person_index, skeleton)
         found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
         pixels = np.rint(np.where(found[:, None], keypoints[:, :2], 0)).astype(np.int64)
 
@@ -78,6 +80,71 @@ def render(
         for part_index in np.flatnonzero(found):
             cv2.circle(canvas, _point(pixels[part_index]), radius, part_colors[part_index], cv2.FILLED, cv2.LINE_AA)
     return canvas
+
+
+# OpenPose's pose renderer (utilities/keypoint.cpp, renderKeypointsCpu with the pose's ratios): circle
+# thickness sqrt(W * H) / 75 at a person as large as the image, lines 3/4 of it; the person's extent
+# counts the parts above 0.1.
+_CIRCLE_PER_SQRT_AREA = 1 / 75
+_LINE_PER_CIRCLE = 0.75
+_EXTENT_THRESHOLD = 0.1
+STYLES = ("overlay", "pose_map")
+
+
+def pose_map(height: int, width: int, persons: Sequence[Person], skeleton: Skeleton = COCO18) -> np.ndarray:
+    """uint8 ``[height, width, 3]`` BGR: black, with each person's skeleton drawn as OpenPose draws it.
+
+    persons: keypoints float32 ``[K, 3]`` in the pixels of a ``width`` x ``height`` image,
+        K = ``skeleton.num_parts``; parts with confidence <= 0 or non-finite coordinates are
+        not drawn (the project's "not found"), nor are limbs with ``drawn`` unset.
+    Per person, as OpenPose: ``r = min(1, max(w / width, h / height))`` of the box of its parts with
+    confidence > 0.1; ``t = max(round(sqrt(width * height) / 75 * r), 2)``; limbs ``round(0.75 t)``
+    pixels wide, then parts as discs of radius ``t // 2`` (filled; an outline of thickness ``t``
+    when r > 0.05, which covers the same disc); a person whose box has no area is not drawn.
+    Coordinates round half up. Colours: ``skeleton.limb_colors_bgr()`` and ``part_colors_bgr``.
+    """
+    canvas = np.zeros((height, width, 3), np.uint8)
+    part_colors, limb_colors = skeleton.part_colors_bgr, skeleton.limb_colors_bgr()
+    limb_parts = skeleton.limb_part_indices()
+    for person_index, person in enumerate(persons):
+        keypoints = _checked_keypoints(person, person_index, skeleton)
+        found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
+        extent = keypoints[found & (keypoints[:, 2] > _EXTENT_THRESHOLD), :2]
+        if len(extent) == 0:
+            continue
+        box_w, box_h = extent.max(0) - extent.min(0)
+        if box_w * box_h <= 0:
+            continue
+        ratio = min(1.0, max(box_w / width, box_h / height))
+        thickness = max(int(np.sqrt(width * height) * _CIRCLE_PER_SQRT_AREA * ratio + 0.5), 2)
+        circle = thickness if ratio > 0.05 else cv2.FILLED
+        line = int(thickness * _LINE_PER_CIRCLE + 0.5)
+        pixels = np.floor(np.where(found[:, None], keypoints[:, :2], 0) + 0.5).astype(np.int64)
+        for limb, color, (a, b) in zip(skeleton.limbs, limb_colors, limb_parts):
+            if limb.drawn and found[a] and found[b]:
+                cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, line, cv2.LINE_8)
+        for part_index in np.flatnonzero(found):
+            cv2.circle(canvas, _point(pixels[part_index]), thickness // 2, part_colors[part_index], circle, cv2.LINE_8)
+    return canvas
+
+
+def draw(image: np.ndarray, persons: Sequence[Person], skeleton: Skeleton = COCO18, style: str = "overlay") -> np.ndarray:
+    """``render(image, ...)`` (style "overlay") or ``pose_map`` of the image's size (style "pose_map")."""
+    if style == "overlay":
+        return render(image, persons, skeleton)
+    if style == "pose_map":
+        return pose_map(image.shape[0], image.shape[1], persons, skeleton)
+    raise ValueError(f"render style must be one of {', '.join(STYLES)}, got {style!r}")
+
+
+def _checked_keypoints(person: Person, person_index: int, skeleton: Skeleton) -> np.ndarray:
+    keypoints = np.asarray(person.keypoints)
+    if keypoints.shape != (skeleton.num_parts, 3):
+        raise ValueError(
+            f"person {person_index}: keypoints have shape {keypoints.shape}, expected "
+            f"({skeleton.num_parts}, 3) for skeleton {skeleton.name!r}; render with the model's skeleton"
+        )
+    return keypoints
 
 
 def _point(xy: np.ndarray) -> tuple[int, int]:

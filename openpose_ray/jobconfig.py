@@ -218,12 +218,17 @@ class WriteConfig:
     compression: Parquet codec ("zstd", "snappy", "gzip", "none").
     render_images: write annotated copies of images under media/images/.
     render_videos: write annotated H.264 MP4s of videos under media/videos/.
+    render_style: what rendered media show: "overlay" (the people drawn on
+        the frame) or "pose_map" (the skeletons alone on black at the
+        source's size, drawn as OpenPose's renderer does: the conditioning
+        image of pose-guided generative models; drawing.pose_map).
     """
 
     partition_by: Literal["source_kind", "source_dir", "run_date"] | None = "source_kind"
     compression: str = "zstd"
     render_images: bool = False
     render_videos: bool = False
+    render_style: Literal["overlay", "pose_map"] = "overlay"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .atomic import atomic_path
 from .estimator import PoseEstimator
 from .jobconfig import S3Config, SourcesConfig
 from .outputs.people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
-from .drawing import render
+from .drawing import draw
 from .sources import Frame, SourceObject, decode_frames, error_kind, group_images, iter_objects, plan_tar, plan_video
 from .storage import redact, text_form
 
@@ -103,10 +103,11 @@ def render_name(frame: Frame, image_names: dict[str, str]) -> str:
 
 def predict(objects: Sequence[SourceObject], sources: SourcesConfig, estimator: PoseEstimator, out: Path, *,
             render_dir: Path | None = None, image_names: dict[str, str] | None = None,
-            s3: S3Config | None = None) -> tuple[int, int, int, list[str]]:
+            s3: S3Config | None = None, render_style: str = "overlay") -> tuple[int, int, int, list[str]]:
     """Annotate every frame of ``objects`` (from :func:`list_inputs`) and write the table to ``out``.
 
     image_names: {image URI: rendered file name} when rendering into ``render_dir``.
+    render_style: "overlay" or "pose_map" (drawing.draw).
     Returns (images done, video and tar frames done, people, what failed).
     """
     s3, names, failed = s3 or S3Config(), image_names or {}, []
@@ -126,7 +127,7 @@ def predict(objects: Sequence[SourceObject], sources: SourcesConfig, estimator: 
                     people = estimator.estimate([frame.image])[0]
                     if render_dir is not None:
                         path = render_dir / render_name(frame, names)
-                        if not cv2.imwrite(str(path), render(frame.image, people, estimator.skeleton)):
+                        if not cv2.imwrite(str(path), draw(frame.image, people, estimator.skeleton, render_style)):
                             raise OSError(f"OpenCV could not write {path}")
                 except Exception as exc:  # one bad input must not end a long run; it is counted and reported
                     log.error("%s: %s: %s; skipped", where, type(exc).__name__, exc,

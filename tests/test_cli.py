@@ -175,3 +175,19 @@ def test_evaluate_prints_the_ap_of_the_accuracy_test(estimator, data_dir, capsys
     want = evaluate_keypoints(mini / "person_keypoints.json", lambda p: estimator.estimate([cv2.imread(p)])[0], mini)
     assert float(lines["AP"]) == pytest.approx(want["AP"], abs=5e-4) and float(lines["AP"]) >= 0.60
     assert main(["evaluate", "--annotations", str(mini / "nothing.json"), "--images", str(mini)]) == 2
+
+
+def test_predict_renders_pose_maps_on_request(tmp_path, estimator, labelled_photos):
+    """--render-style pose_map: each rendered file is the photo's pose map (drawing.pose_map of its people), not
+    the photo: black where no one is (JPEG's ringing aside)."""
+    from openpose_ray.drawing import pose_map
+
+    photo, out, render_dir = labelled_photos[2], tmp_path / "people.parquet", tmp_path / "maps"
+    assert main(["predict", str(photo), "--out", str(out), "--render", str(render_dir),
+                 "--render-style", "pose_map"]) == 0
+    image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+    expected = pose_map(*image.shape[:2], estimator.estimate([image])[0], estimator.skeleton)
+    rendered = cv2.imread(str(render_dir / photo.name), cv2.IMREAD_COLOR)
+    assert rendered.shape == expected.shape and expected.any()
+    assert np.abs(rendered.astype(int) - expected).mean() < 2.0
+    assert np.percentile(rendered[expected.sum(2) == 0], 99) < 40  # the photo itself is nowhere

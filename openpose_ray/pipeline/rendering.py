@@ -22,7 +22,7 @@ from ..models.registry import get_entry
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
 from ..outputs.writer import delete_uris, write_bytes
 from ..person import Person
-from ..drawing import render
+from ..drawing import draw
 from ..skeleton import Skeleton
 from ..sources.decoding import decode_frames
 from ..sources.s3io import read_bytes
@@ -54,7 +54,7 @@ def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: J
             continue
         ext = ".png" if (frame.member or frame.source).lower().endswith(".png") else ".jpg"
         relative = media_path_for(frame.source, frame.member, kind="images", ext=ext)
-        write_bytes(_output_uri(config, relative), encode_image(render(frame.image, persons, skeleton), ext), config.s3)
+        write_bytes(_output_uri(config, relative), encode_image(draw(frame.image, persons, skeleton, config.write.render_style), ext), config.s3)
         written += 1
     return {"images": written}
 
@@ -66,7 +66,7 @@ def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: Jo
         persons = people_by_frame.get((frame.source, frame.member, frame.frame_index))
         if frame.status != "ok" or persons is None:
             continue
-        drawn.append(render(frame.image, persons, skeleton))
+        drawn.append(draw(frame.image, persons, skeleton, config.write.render_style))
         timestamps.append(frame.timestamp)
     if not drawn:
         return {}
