@@ -269,3 +269,27 @@ def test_segments_give_the_same_rows_as_one_segment(ray_session, data_dir, tmp_p
     assert results[23][0]["track_id"].null_count == 0 and results[23][0].num_rows > 0
     assert results[23][0].equals(results[1000][0])  # track ids included: tracking runs on the whole video
     assert results[23][1].equals(results[1000][1])
+
+
+def test_pose_maps_of_a_job_are_the_skeletons_of_its_rows(ray_session, data_dir, tmp_path):
+    """write.render_style: pose_map: each rendered image is drawing.pose_map of its people rows (source pixels),
+    black where nobody is, at the photo's size."""
+    from openpose_ray.drawing import pose_map
+    from openpose_ray.person import Person
+
+    photos = data_dir / "coco_val2017_mini"
+    output = tmp_path / "out"
+    run_job(load_config(REPO_ROOT / "configs" / "local.yaml", [
+        f"input=[{photos}]", f"output={output}", "write.render_images=true", "write.render_videos=false",
+        "write.render_style=pose_map"]))
+    people = _table(output, "people")
+    keypoints = read_keypoints(people)
+    rendered = {p.name.split("-")[0]: p for p in (output / "media" / "images").glob("*")}
+    assert len(rendered) == 4
+    for photo in sorted(photos.glob("*.jpg")):
+        rows = [i for i, s in enumerate(people.column("source").to_pylist()) if s == str(photo)]
+        image = cv2.imread(str(photo))
+        expected = pose_map(*image.shape[:2], [Person(keypoints=keypoints[i], score=1.0) for i in rows], COCO18)
+        drawn = cv2.imread(str(rendered[photo.stem]))
+        assert drawn.shape == image.shape and expected.any()
+        assert np.abs(drawn.astype(int) - expected).mean() < 2.0, photo.name  # JPEG's rounding only

@@ -1,0 +1,38 @@
+"""benchmarks/gpu_node.py, the GPU node's end-to-end benchmark, smoke-run on the CPU so it cannot rot
+between GPU loans: the real job over linked copies of the shared videos, decode-only over the same
+inputs, the actor alone, in one JSON line whose numbers agree with each other."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_node_benchmark_runs_on_the_cpu(data_dir, tmp_path, capsys):
+    from openpose_ray.cli import main
+
+    checkpoint = tmp_path / "mobilenet_thin.pt"
+    assert main(["weights", "export", "--to", str(checkpoint)]) == 0
+    capsys.readouterr()
+    videos = data_dir / "videos"
+    result = tmp_path / "gpu_node.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_node.py"), "--device", "cpu", "--checkpoint", str(checkpoint),
+         "--video", str(videos / "street_720p_h264.avi"), "--video", str(videos / "sports_994p_vp9.mp4"),
+         "--copies", "2", "--set", "sources.frame_step=40", "--set", "model.net_size=[128,96]", "--json", str(result)],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    numbers = json.loads(result.read_text())
+    assert "GPU_NODE " in done.stdout
+    # 205 + 230 frames, every 40th: 6 + 6 per copy, 2 copies of each video
+    assert numbers["inputs"] == 4 and numbers["frames"] == numbers["decode_only"]["frames"] == 24
+    job = numbers["job"]
+    assert job["people"] > 0 and job["precision"] == "fp32" and job["gpu_busy_share"] is None  # no nvidia-smi here
+    assert 0 < job["frames_per_s_with_start"] < job["frames_per_s_steady"]
+    assert set(job["cpu_seconds_per_stage"]) >= {"decode", "infer", "post"} and job["first_result_s"] > 0
+    assert numbers["actor_alone"]["frames_with_peaks"] == 8 and numbers["actor_alone"]["frames_per_s"] > 0
+    assert numbers["job_over_decode_only"] > 0 and numbers["job_over_actor_alone"] > 0
