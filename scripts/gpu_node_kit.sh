@@ -6,7 +6,8 @@
 #                           ~4 minutes of one core the first time; kept while it exists)
 #   .kit/mobilenet_thin.pt  the converted default weights (openpose-ray weights export)
 #   .kit/*.avi, *.mp4       the two shared videos, linked 150 times each by the benchmark
-#   .kit/run.sh             the command for the GPU machine: bash .kit/run.sh RESULTS_DIR (under 10 minutes)
+#   .kit/run.sh             the command for the GPU machine: bash .kit/run.sh RESULTS_DIR (under 10 minutes:
+#                           benchmarks/nvdec_probe.py, then benchmarks/gpu_node.py)
 #
 #   bash scripts/gpu_node_kit.sh [DATA_DIR]     (default ../shared/data)
 set -euo pipefail
@@ -27,7 +28,10 @@ python3 -c "import tarfile; tarfile.open('.kit/site.tar.xz').extractall('/tmp/si
 # Ray and PyAV from the kit, the project from the checkout (Ray's workers inherit the path)
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi -L; nproc
-timeout 560 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
+# first, what the machine offers for decoding on the GPU (PyAV's cuvid decoders, torchcodec, PyNvVideoCodec)
+timeout 60 python3 benchmarks/nvdec_probe.py --video .kit/street_720p_h264.avi --json "$RESULTS/nvdec_probe.json" \
+    > "$RESULTS/nvdec_probe.log" 2>&1; tail -c 2000 "$RESULTS/nvdec_probe.log"
+timeout 500 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
     --video .kit/sports_994p_vp9.mp4 --copies 150 --json "$RESULTS/gpu_node.json" > "$RESULTS/gpu_node.log" 2>&1
 echo "exit $?"; tail -c 3000 "$RESULTS/gpu_node.log"
 EOF

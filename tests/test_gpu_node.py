@@ -36,3 +36,16 @@ def test_gpu_node_benchmark_runs_on_the_cpu(data_dir, tmp_path, capsys):
     assert set(job["cpu_seconds_per_stage"]) >= {"decode", "infer", "post"} and job["first_result_s"] > 0
     assert numbers["actor_alone"]["frames_with_peaks"] == 8 and numbers["actor_alone"]["frames_per_s"] > 0
     assert numbers["job_over_decode_only"] > 0 and numbers["job_over_actor_alone"] > 0
+
+
+def test_the_nvdec_probe_reports_without_failing(data_dir, tmp_path):
+    """On a machine without a GPU the probe still runs to the end and says what it found."""
+    result = tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "nvdec_probe.py"), "--video",
+                           str(data_dir / "videos" / "street_720p_h264.avi"), "--json", str(result)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(result.read_text())
+    assert found["cuda"]["cuda"] is False and found["pyav"]["av"]
+    assert set(found["pyav"]["cuvid_decoders"]) == {"h264_cuvid", "hevc_cuvid", "vp9_cuvid", "av1_cuvid"}
+    assert {"importable"} <= set(found["torchcodec"]) and {"importable"} <= set(found["PyNvVideoCodec"])
