@@ -31,13 +31,15 @@ from .atomic import atomic_path
 from .estimator import PoseEstimator
 from .jobconfig import S3Config, SourcesConfig
 from .outputs.people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
+from .sources.webdataset import sample_key
 from .drawing import draw
 from .sources import Frame, SourceObject, decode_frames, error_kind, group_images, iter_objects, plan_tar, plan_video
 from .storage import redact, text_form
 
 log = logging.getLogger("openpose_ray.cli")
 
-PREDICT_EXTRA_FIELDS = tuple(f for f in PEOPLE_EXTRA_FIELDS if f.name in ("member", "source_kind", "timestamp"))
+PREDICT_EXTRA_FIELDS = tuple(f for f in PEOPLE_EXTRA_FIELDS
+                             if f.name in ("member", "sample_key", "source_kind", "timestamp"))
 _PROGRESS_MIN_FRAMES = 6  # below this a progress bar is noise
 _WHOLE_VIDEO = 1 << 40  # frames per segment: one segment, decoded in order
 
@@ -136,7 +138,8 @@ def predict(objects: Sequence[SourceObject], sources: SourcesConfig, estimator: 
                     continue
                 member = None if frame.member is None else text_form(frame.member)
                 builder.add(text_form(frame.source), frame.frame_index, people,
-                            {"member": member, "source_kind": obj.kind, "timestamp": frame.timestamp})
+                            {"member": member, "sample_key": sample_key(member), "source_kind": obj.kind,
+                             "timestamp": frame.timestamp})
                 if obj.kind == "image":
                     done_images += 1
                 else:

@@ -111,8 +111,10 @@ class CurrentRows:
         filesystem, root = output_filesystem(parse(self.output), self.s3)
         dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
                                partitioning="hive", partition_base_dir=posixpath.join(root, table))
-        if table == "frames":  # files written before a column existed (error_kind) read it as NULL
+        if table == "frames":  # files written before a column existed (error_kind, sample_key) read it as NULL
             dataset = dataset.replace_schema(pa.unify_schemas([dataset.schema, FRAMES_SCHEMA]))
+        elif "sample_key" not in dataset.schema.names:  # people files before it (a dataset's schema is its first file's)
+            dataset = dataset.replace_schema(dataset.schema.append(pa.field("sample_key", pa.string())))
         wanted = list(columns) if columns is not None else None
         read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
         rows = dataset.to_table(columns=read_columns)

@@ -11,6 +11,8 @@ column              type                meaning
 run_id              string              identifier of the run
 source              string              file path or s3:// URI of the input
 member              string, nullable    member name inside a tar; NULL otherwise
+sample_key          string, nullable    the member's WebDataset key (sources.webdataset); NULL
+                                        for loose images and videos
 source_kind         string              "image", "video" or "tar"
 frame_index         int64               frame of a video, counted from 0; 0 for images
 timestamp           float64, nullable   seconds, from the container's pts; NULL for stills
@@ -43,6 +45,7 @@ import pyarrow as pa
 from openpose_ray.person import Person
 from openpose_ray.skeleton import COCO18, Skeleton
 from openpose_ray.sources.errors import ERROR_KINDS
+from openpose_ray.sources.webdataset import sample_key
 from openpose_ray.storage import redact, text_form
 
 from .people_table import PEOPLE_EXTRA_FIELDS, PeopleTableBuilder
@@ -57,6 +60,7 @@ FRAMES_SCHEMA = pa.schema([
     _SHARED["run_id"],
     pa.field("source", pa.string(), nullable=False),
     _SHARED["member"],
+    _SHARED["sample_key"],
     _SHARED["source_kind"],
     pa.field("frame_index", pa.int64(), nullable=False),
     _SHARED["timestamp"],
@@ -125,7 +129,8 @@ class FramesTableBuilder:
                 f"got {frame_index}, {width}, {height}, {num_people}"
             )
         row = {
-            "source": source, "member": member, "source_kind": source_kind, "frame_index": frame_index,
+            "source": source, "member": member, "sample_key": sample_key(member), "source_kind": source_kind,
+            "frame_index": frame_index,
             "timestamp": timestamp, "width": width, "height": height, "num_people": num_people,
             "status": status, "error": text_form(redact(error)) if error is not None else None, "error_kind": error_kind,
         }
@@ -184,7 +189,8 @@ class ShardTablesBuilder:
         self.frames.add(source, frame_index, source_kind=source_kind, width=width, height=height,
                         num_people=len(persons), member=member, timestamp=timestamp)
         self.people.add(source, frame_index, persons, extra={
-            "run_id": self.provenance.run_id, "member": member, "source_kind": source_kind,
+            "run_id": self.provenance.run_id, "member": member, "sample_key": sample_key(member),
+            "source_kind": source_kind,
             "timestamp": timestamp, "shard_id": self.shard_id, "model": self.provenance.model,
             "config_fingerprint": self.provenance.config_fingerprint,
         })

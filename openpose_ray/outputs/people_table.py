@@ -55,6 +55,8 @@ columns as the frames table, so either table can be filtered without a join:
 ==================  ==================  =============================================
 run_id              string              identifier of the run
 member              string, nullable    member name inside a tar; NULL otherwise
+sample_key          string, nullable    the member's WebDataset key (its path up to the first dot of
+                                        its name: ``0001.jpg`` -> ``0001``); NULL for other inputs
 source_kind         string              "image", "video" or "tar"
 timestamp           float64, nullable   seconds, from the container's pts; NULL for stills
 shard_id            string              the shard (and output file) the row belongs to
@@ -101,6 +103,7 @@ _PERSON_FIELDS = (
 PEOPLE_EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("member", pa.string(), nullable=True),
+    pa.field("sample_key", pa.string(), nullable=True),
     pa.field("source_kind", pa.string(), nullable=False),
     pa.field("timestamp", pa.float64(), nullable=True),
     pa.field("shard_id", pa.string(), nullable=False),

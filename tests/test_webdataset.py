@@ -1,0 +1,91 @@
+"""WebDataset shards as input (issue 27, part 1): samples grouped by key, one frame per image member.
+
+A tar built here from the shared photos in WebDataset's layout (``<key>.jpg`` beside ``<key>.txt``
+captions and ``<key>.json`` metadata, one sample's image broken) is annotated by the job: every image
+member is a frame whose rows carry the member and its sample's key, the other members are read past
+(neither frames nor skipped inputs), the broken sample is an error row and its neighbours are
+annotated. Files written before the column existed read it as NULL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from openpose_ray.config_loader import load_config
+from openpose_ray.pipeline.runner import run_job
+from openpose_ray.sources.webdataset import sample_key
+from openpose_ray.tables import read_table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("member, key", [
+    ("0001.jpg", "0001"), ("shard-3/0001.jpg", "shard-3/0001"), ("images/0001.seg.png", "images/0001"),
+    ("a.b/c.d.jpg", "a.b/c"), ("noext", None), (".hidden.jpg", None), (None, None)])
+def test_sample_keys_follow_webdatasets_convention(member, key):
+    assert sample_key(member) == key
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def webdataset_run(ray_session, data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wds")
+    photos = sorted((data_dir / "coco_val2017_mini").glob("*.jpg"))
+    shard = folder / "train-000000.tar"
+    with tarfile.open(shard, "w") as archive:
+        for i, photo in enumerate(photos):
+            key = f"sample{i:04d}"
+            if i == 2:
+                _add(archive, f"{key}.jpg", b"\xff\xd8 not really a jpeg")  # a broken sample among good ones
+            else:
+                _add(archive, f"{key}.jpg", photo.read_bytes())
+            _add(archive, f"{key}.txt", f"a photo of people, number {i}".encode())
+            _add(archive, f"{key}.json", json.dumps({"source": photo.name}).encode())
+    output = folder / "out"
+    summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", [
+        f"input=[{shard}]", f"output={output}", "write.render_images=false", "write.render_videos=false"]))
+    return shard, photos, output, summary
+
+
+def test_each_image_member_is_a_frame_keyed_by_its_sample(webdataset_run, estimator):
+    shard, photos, output, summary = webdataset_run
+    assert summary["frames"] == 4 and summary["inputs"]["skipped"] == 0  # captions and metadata are no inputs
+    frames = read_table(str(output), "frames").sort_by("frame_index").to_pylist()
+    assert [(f["member"], f["sample_key"], f["frame_index"]) for f in frames] == \
+        [(f"sample{i:04d}.jpg", f"sample{i:04d}", i) for i in range(4)]
+    assert [f["status"] for f in frames] == ["ok", "ok", "error", "ok"] and frames[2]["error_kind"] == "corrupt"
+    people = read_table(str(output), "people")
+    keys = people.column("sample_key").to_pylist()
+    for i in (0, 1, 3):
+        expected = estimator.estimate([cv2.imread(str(photos[i]))])[0]
+        assert keys.count(f"sample{i:04d}") == len(expected) > 0
+    assert set(people.column("member").to_pylist()) == {f"sample{i:04d}.jpg" for i in (0, 1, 3)}
+
+
+def test_files_without_sample_key_read_it_as_null(webdataset_run, tmp_path):
+    """An output a version before sample_key wrote: its people and frames files lack the column."""
+    import shutil
+
+    _, _, output, _ = webdataset_run
+    old = tmp_path / "old"
+    shutil.copytree(output, old)
+    for path in list((old / "people").rglob("*.parquet")) + list((old / "frames").rglob("*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["sample_key"]), path)
+    for name in ("people", "frames"):
+        rows = read_table(str(old), name)
+        assert "sample_key" in rows.column_names and rows.column("sample_key").null_count == rows.num_rows > 0
+        assert rows.schema.field("sample_key").type == pa.string()
