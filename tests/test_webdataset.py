@@ -89,3 +89,33 @@ def test_files_without_sample_key_read_it_as_null(webdataset_run, tmp_path):
         rows = read_table(str(old), name)
         assert "sample_key" in rows.column_names and rows.column("sample_key").null_count == rows.num_rows > 0
         assert rows.schema.field("sample_key").type == pa.string()
+
+
+def _python_recipes() -> dict[str, str]:
+    import re
+
+    text = (REPO_ROOT / "docs" / "analytics.md").read_text()
+    return {block.partition("\n")[0].removeprefix("#").strip(): block
+            for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)}
+
+
+def test_the_ml_tool_recipes_load_the_outputs(webdataset_run, tmp_path, monkeypatch):
+    """docs/analytics.md's Python recipes on a job's output: Hugging Face datasets (through the manifest and
+    straight from the files) and webdataset joining each sample to its people by key."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the datasets cache, and no hub: offline
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shard, photos, output, _ = webdataset_run
+    recipes = _python_recipes()
+    assert len(recipes) == 3
+    expected = read_table(str(output), "people")
+    found = {"output": str(output), "shard": str(shard)}
+    for block in recipes.values():
+        exec(compile(block, "docs/analytics.md", "exec"), found)  # noqa: S102 - the documented code, as a user runs it
+    assert len(found["people"]) == expected.num_rows == len(found["files"])
+    assert sorted(found["people"]["sample_key"]) == sorted(expected.column("sample_key").to_pylist())
+    assert all(r["num_parts"] >= 10 and r["score"] >= 0.5 for r in found["confident"])
+    keys = expected.column("sample_key").to_pylist()
+    assert [(key, text, len(people)) for key, text, people in found["samples"]] == \
+        [(f"sample{i:04d}", f"a photo of people, number {i}", keys.count(f"sample{i:04d}")) for i in range(4)]
+    assert len(found["samples"][2][2]) == 0 and all(len(s[2]) > 0 for s in found["samples"][:2])
