@@ -139,11 +139,15 @@ def openpose_json_documents(people: pa.Table, frames: pa.Table,
         by_frame.setdefault((source, member, frame), []).append((person, track, keypoints[row]))
     for key, name in sorted(openpose_json_names(frames).items(), key=lambda item: item[1]):
         persons = sorted(by_frame.get(key, []), key=lambda p: p[0])
-        yield name, {"version": OPENPOSE_JSON_VERSION, "people": [
-            {"person_id": [-1 if track is None else int(track)],
-             "pose_keypoints_2d": [float(v) for v in np.where(k[:, 2:3] > 0, k, 0.0).ravel()],
-             **{array: [] for array in _EMPTY_ARRAYS}}
-            for _, track, k in persons]}
+        yield name, {"version": OPENPOSE_JSON_VERSION, "people": [openpose_person(k, track) for _, track, k in persons]}
+
+
+def openpose_person(keypoints: np.ndarray, track_id: int | None = None) -> dict:
+    """One person as OpenPose's --write_json writes it: keypoints float32[K, 3] (x, y, confidence, source
+    pixels; missing parts 0, 0, 0) flattened in the skeleton's part order; person_id [track id or -1]."""
+    return {"person_id": [-1 if track_id is None else int(track_id)],
+            "pose_keypoints_2d": [float(v) for v in np.where(keypoints[:, 2:3] > 0, keypoints, 0.0).ravel()],
+            **{array: [] for array in _EMPTY_ARRAYS}}
 
 
 def coco_results(people: pa.Table, image_ids: Mapping[str, int] | None = None,

@@ -222,6 +222,13 @@ class WriteConfig:
         the frame) or "pose_map" (the skeletons alone on black at the
         source's size, drawn as OpenPose's renderer does: the conditioning
         image of pose-guided generative models; drawing.pose_map).
+    pose_shards: for each tar annotated (a WebDataset shard), write
+        media/webdataset/<tar name>-<hash>.pose.tar: per image member, in
+        archive order, <key>.pose.json (its people in OpenPose's JSON layout;
+        a failed frame's error), keyed as the input's samples
+        (outputs.pose_shards).
+    pose_shard_maps: with pose_shards, also <key>.pose.png per sample: its
+        pose map (drawing.pose_map), the image pose-conditioned models train on.
     """
 
     partition_by: Literal["source_kind", "source_dir", "run_date"] | None = "source_kind"
@@ -229,6 +236,8 @@ class WriteConfig:
     render_images: bool = False
     render_videos: bool = False
     render_style: Literal["overlay", "pose_map"] = "overlay"
+    pose_shards: bool = False
+    pose_shard_maps: bool = False
 
 
 @dataclass(frozen=True)

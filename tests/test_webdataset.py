@@ -119,3 +119,61 @@ def test_the_ml_tool_recipes_load_the_outputs(webdataset_run, tmp_path, monkeypa
     assert [(key, text, len(people)) for key, text, people in found["samples"]] == \
         [(f"sample{i:04d}", f"a photo of people, number {i}", keys.count(f"sample{i:04d}")) for i in range(4)]
     assert len(found["samples"][2][2]) == 0 and all(len(s[2]) > 0 for s in found["samples"][:2])
+
+
+def test_pose_shards_hold_each_samples_people_and_pose_map_under_its_key(webdataset_run, tmp_path):
+    """write.pose_shards (+ pose_shard_maps): beside the tables, media/webdataset/<tar>-<hash>.pose.tar with the
+    input's keys in its order; each JSON's people are the job's rows, each PNG the pose map of them (PNG: equal
+    to the pixel), the broken sample a JSON with its error and no map; webdataset reads it; a second run writes
+    nothing."""
+    import numpy as np
+    import webdataset as wds
+
+    from openpose_ray.drawing import pose_map
+    from openpose_ray.outputs.people_table import read_keypoints
+    from openpose_ray.person import Person
+    from openpose_ray.skeleton import COCO18
+
+    shard, photos, _, _ = webdataset_run
+    output = tmp_path / "out"
+    config = load_config(REPO_ROOT / "configs" / "local.yaml", [
+        f"input=[{shard}]", f"output={output}", "write.render_images=false", "write.render_videos=false",
+        "write.pose_shards=true", "write.pose_shard_maps=true"])
+    run_job(config)
+    (pose_tar,) = (output / "media" / "webdataset").glob("*.pose.tar")
+    assert pose_tar.name.startswith("train-000000-")
+    with tarfile.open(pose_tar) as archive:
+        names = archive.getnames()
+        contents = {name: archive.extractfile(name).read() for name in names}
+    assert names == ["sample0000.pose.json", "sample0000.pose.png", "sample0001.pose.json", "sample0001.pose.png",
+                     "sample0002.pose.json", "sample0003.pose.json", "sample0003.pose.png"]
+    people = read_table(str(output), "people")
+    keypoints = read_keypoints(people)
+    for i in (0, 1, 3):
+        key = f"sample{i:04d}"
+        rows = sorted((r for r, k in enumerate(people.column("sample_key").to_pylist()) if k == key),
+                      key=lambda r: people.column("person_index")[r].as_py())
+        document = json.loads(contents[f"{key}.pose.json"])
+        assert document["status"] == "ok" and document["member"] == f"{key}.jpg" and len(document["people"]) == len(rows) > 0
+        for person, row in zip(document["people"], rows):
+            np.testing.assert_array_equal(np.float32(person["pose_keypoints_2d"]), keypoints[row].ravel())
+        image = cv2.imread(str(photos[i]))
+        drawn = cv2.imdecode(np.frombuffer(contents[f"{key}.pose.png"], np.uint8), cv2.IMREAD_COLOR)
+        expected = pose_map(*image.shape[:2], [Person(keypoints=keypoints[r], score=1.0) for r in rows], COCO18)
+        assert (document["width"], document["height"]) == (image.shape[1], image.shape[0])
+        assert np.array_equal(drawn, expected) and drawn.any()
+    broken = json.loads(contents["sample0002.pose.json"])
+    assert broken["status"] == "error" and broken["error_kind"] == "corrupt" and broken["people"] == []
+    read_back = [sample["__key__"] for sample in wds.WebDataset(str(pose_tar), shardshuffle=False)]
+    assert read_back == [f"sample{i:04d}" for i in range(4)]  # the input's samples, in its order
+    before = pose_tar.stat().st_mtime_ns, pose_tar.read_bytes()
+    assert run_job(config)["frames"] == 0  # done: not annotated, not written again
+    assert (pose_tar.stat().st_mtime_ns, pose_tar.read_bytes()) == before
+
+
+def test_pose_shard_names_keep_every_member_in_its_sample():
+    from openpose_ray.outputs.pose_shards import _name
+
+    used: set[str] = set()
+    names = [_name(member, i, used) for i, member in enumerate(["0001.jpg", "0001.png", "a/0002.jpg", "README", None])]
+    assert names == ["0001", "0001.png", "a/0002", "README", "000004"]  # "0001.png.pose.json" is still sample 0001

@@ -25,7 +25,7 @@ from .writer import write_bytes
 
 __all__ = ["concat_segments", "encode_image", "encode_segment", "media_path_for", "write_bytes"]
 
-MEDIA_KINDS = ("images", "videos")
+MEDIA_KINDS = ("images", "videos", "webdataset")  # webdataset: pose shards (outputs.pose_shards)
 # 1/90000 s: the MPEG clock; fine enough for any frame rate and for variable-rate sources.
 TIME_BASE = fractions.Fraction(1, 90000)
 _FASTSTART = {"movflags": "+faststart"}  # moov before mdat: browsers start playing before the download ends
@@ -62,8 +62,8 @@ def media_path_for(source: str, member: str | None = None, *, kind: str = "image
     result never starts with "/", never contains "..", and always starts with
     "media/<kind>/".
 
-    kind: "images" or "videos". ext: file extension; default ".jpg" for images,
-        ".mp4" for videos.
+    kind: "images", "videos" or "webdataset" (pose shards). ext: file extension; default ".jpg"
+        for images, ".mp4" for videos.
     """
     if kind not in MEDIA_KINDS:
         raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")

@@ -27,13 +27,13 @@ from ..models.registry import get_entry
 from ..outputs.frames_table import ShardTablesBuilder
 from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
-from ..outputs.writer import ShardWriter, partition_value
+from ..outputs.writer import ShardWriter, partition_value, write_bytes
 from ..person import Person, people_from_fields, people_from_peaks
 from ..preprocess import prepare_image, resolve_input_spec
 from ..sources.decoding import decode_frames
 from ..sources.errors import RETRIED_KINDS, error_kind
 from ..sources.planning import DEFAULT_SEGMENT_CUT, Shard, plan_tar, plan_video
-from ..storage import redact, stable_id, text_form
+from ..storage import parse, redact, stable_id, text_form
 from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageEnds,
                       StageSeconds, ToPlan, WrittenShard, from_row, to_row)
 
@@ -173,6 +173,8 @@ def postprocess_and_write(row: dict, config: JobConfig, provenance: Provenance) 
     partition = partition_value(config.write.partition_by, source, frames.source_kind, provenance)
     writer = ShardWriter(config.output, config.write, config.s3, provenance)
     files = writer.write_shard(frames.shard_id, people_table, frames_table, partition)
+    if config.write.pose_shards and frames.source_kind == "tar" and frames.shard is not None:
+        _write_pose_shard(frames, people, entry.skeleton, config)
     records = shard_records(frames, people, [relative_to_output(config.output, uri) for uri in files], provenance)
     renders = _renders(frames, config)
     if not renders:
@@ -240,6 +242,14 @@ def _inputs_counted(frames: ShardFrames) -> dict[str, int]:
         return {"image_inputs": len(frames.frames)}
     first = frames.shard is None or frames.shard.start_frame in (0, None)
     return {f"{frames.source_kind}_inputs": int(first)}
+
+
+def _write_pose_shard(frames: ShardFrames, people: tuple, skeleton, config: JobConfig) -> None:
+    """The tar's pose shard (outputs.pose_shards), published whole before the shard commits."""
+    from ..outputs.pose_shards import pose_shard_bytes, pose_shard_path
+
+    data = pose_shard_bytes(frames.frames, people, skeleton, with_maps=config.write.pose_shard_maps)
+    write_bytes(parse(config.output).join(pose_shard_path(frames.frames[0].source)).uri, data, config.s3)
 
 
 def _renders(frames: ShardFrames, config: JobConfig) -> bool:
