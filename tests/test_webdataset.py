@@ -167,8 +167,13 @@ def test_pose_shards_hold_each_samples_people_and_pose_map_under_its_key(webdata
     read_back = [sample["__key__"] for sample in wds.WebDataset(str(pose_tar), shardshuffle=False)]
     assert read_back == [f"sample{i:04d}" for i in range(4)]  # the input's samples, in its order
     before = pose_tar.stat().st_mtime_ns, pose_tar.read_bytes()
+    # what a run killed while publishing a pose shard leaves: a hidden temporary beside it, never the shard
+    half = pose_tar.parent / f".{pose_tar.name}.x1y2.tmp"
+    half.write_bytes(before[1][:1000])
+    assert sorted(p.name for p in pose_tar.parent.glob("*.tar")) == [pose_tar.name]
     assert run_job(config)["frames"] == 0  # done: not annotated, not written again
     assert (pose_tar.stat().st_mtime_ns, pose_tar.read_bytes()) == before
+    assert not half.exists()  # the next run's finalize removes it
 
 
 def test_pose_shard_names_keep_every_member_in_its_sample():

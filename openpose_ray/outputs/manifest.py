@@ -423,6 +423,9 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
             temporary = name.startswith(".") and name.endswith(".tmp")  # a local write killed half-way
             if path not in referenced and (temporary or (name.startswith("part-") and name.endswith(".parquet"))):
                 garbage.append(path)
+    if isinstance(filesystem, pafs.LocalFileSystem):  # pose shards half-written by a killed local run (S3: one PUT)
+        garbage += [path for path in _list_files(filesystem, posixpath.join(root, POSE_SHARDS), s3, include_hidden=True)
+                    if posixpath.basename(path).startswith(".") and path.endswith(".tmp")]
     _delete(filesystem, garbage + commit_files, s3)
     current = live.filter(live["current"])
     return live, {"inputs_current": len(pa.compute.unique(current["source"])), "records": current.num_rows,
@@ -430,6 +433,7 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
 
 
 ROW_KEY = ("source", "shard_id", "run_id")
+POSE_SHARDS = "media/webdataset"  # outputs.pose_shards
 
 
 def row_keys(table: pa.Table) -> pa.ChunkedArray:
