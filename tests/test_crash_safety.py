@@ -1,20 +1,23 @@
 """kill -9 in the middle of a job: the driver (then a re-run), or a worker (the job goes on).
 
-Inputs: 4 photos (one shard each) and a 96-frame clip of a real street video in
-segments of 24 frames, so a run commits 8 shards one after the other. Each case is compared with an
+Inputs: 4 photos (one shard each), a 96-frame clip of a real street video in
+segments of 24 frames, and a WebDataset tar of 2 photos with captions (one shard, with its pose
+shard written), so a run commits 9 shards one after the other. Each case is compared with an
 uninterrupted run over the same inputs: the frames and people tables hold the
-same rows, each (source, frame, person) exactly once, and no Parquet file a
-reader can see is partial.
+same rows, each (source, frame, person) exactly once, no Parquet file or pose shard a
+reader can see is partial, and the pose shard equals the uninterrupted run's byte for byte.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -32,10 +35,12 @@ from synthetic_media import video_clip
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NET_SIZE = (216, 184)
 SETTINGS = [f"model.net_size={list(NET_SIZE)}", "model.resize_mode=stretch", "write.render_images=false", "write.render_videos=false",
-            "sources.images_per_shard=1", "sources.frames_per_segment=24"]
+            "sources.images_per_shard=1", "sources.frames_per_segment=24", "write.pose_shards=true",
+            "write.pose_shard_maps=true"]
 CLIP_FRAMES = 96
-TOTAL_FRAMES = 4 + CLIP_FRAMES
-SHARDS = 4 + CLIP_FRAMES // 24
+TAR_PHOTOS = 2
+TOTAL_FRAMES = 4 + CLIP_FRAMES + TAR_PHOTOS
+SHARDS = 4 + CLIP_FRAMES // 24 + 1
 KILL_AFTER_COMMITS = 3
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc")
@@ -62,6 +67,13 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
 def assert_every_visible_file_is_whole(output: Path) -> None:
     for path in output.rglob("*.parquet"):
         pq.read_metadata(path)  # raises on a truncated or partial file
+    for path in output.rglob("*.pose.tar"):
+        with tarfile.open(path) as archive:  # raises on a truncated tar
+            assert len(archive.getnames()) == 2 * TAR_PHOTOS
+
+
+def pose_shards(output: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in output.rglob("*.pose.tar")}
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +82,31 @@ def inputs(tmp_path_factory, data_dir):
     for photo in sorted((data_dir / "coco_val2017_mini").glob("*.jpg")):
         shutil.copy(photo, root / photo.name)
     video_clip(data_dir / "videos" / "street_720p_h264.avi", root / "street.mp4", CLIP_FRAMES, width=640)
+    with tarfile.open(root / "samples.tar", "w") as archive:
+        for i, photo in enumerate(sorted((data_dir / "coco_val2014_samples").glob("*.jpg"))[:TAR_PHOTOS]):
+            archive.add(photo, arcname=f"s{i:03d}.jpg")
+            caption = f"caption {i}".encode()
+            info = tarfile.TarInfo(f"s{i:03d}.txt")
+            info.size = len(caption)
+            archive.addfile(info, io.BytesIO(caption))
     return root
 
 
 @pytest.fixture(scope="module")
-def reference(ray_session, inputs, tmp_path_factory):
+def reference_output(ray_session, inputs, tmp_path_factory):
     output = tmp_path_factory.mktemp("crash_reference")
     summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", overrides(inputs, output)))
     assert summary["frames"] == TOTAL_FRAMES and summary["frames_failed"] == 0
-    return content(output)
+    assert len(pose_shards(output)) == 1
+    return output
 
 
-def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(reference, inputs, tmp_path):
+@pytest.fixture(scope="module")
+def reference(reference_output):
+    return content(reference_output)
+
+
+def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(reference, reference_output, inputs, tmp_path):
     output = tmp_path / "out"
     ray_tmp = Path(tempfile.mkdtemp(prefix="opk", dir="/tmp"))  # short: Ray's socket paths have a length limit
     command = [str(Path(sys.executable).parent / "openpose-ray"), "run", "--config", str(REPO_ROOT / "configs/local.yaml"),
@@ -108,11 +133,14 @@ def test_driver_killed_mid_run_then_rerun_gives_the_uninterrupted_tables(referen
     assert KILL_AFTER_COMMITS <= committed_before < SHARDS
     assert not (output / "summary.json").exists()
     assert_every_visible_file_is_whole(output)
+    for name, data in pose_shards(output).items():  # published before the kill: whole and final
+        assert data == pose_shards(reference_output)[name]
 
     summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", overrides(inputs, output)))
     assert summary["inputs"]["already_done"] + summary["frames_inferred"] > 0
     assert summary["frames_inferred"] < TOTAL_FRAMES  # the committed shards were not done again
     assert content(output) == reference
+    assert pose_shards(output) == pose_shards(reference_output)
     assert_exactly_once(output)
     assert not commits(output)  # folded into the snapshot
     assert_every_visible_file_is_whole(output)
@@ -136,7 +164,8 @@ def _worker_pids(name: str) -> list[int]:
     return pids
 
 
-def test_workers_killed_mid_run_the_job_completes_with_the_uninterrupted_tables(reference, inputs, tmp_path):
+def test_workers_killed_mid_run_the_job_completes_with_the_uninterrupted_tables(reference, reference_output, inputs,
+                                                                                tmp_path):
     output = tmp_path / "out"
     killed: list[tuple[str, int]] = []
     errors: list[BaseException] = []
@@ -159,6 +188,7 @@ def test_workers_killed_mid_run_the_job_completes_with_the_uninterrupted_tables(
     assert [name for name, _ in killed] == ["InferenceActor", "task"]
     assert summary["frames"] == TOTAL_FRAMES and summary["frames_failed"] == 0
     assert content(output) == reference
+    assert pose_shards(output) == pose_shards(reference_output)
     assert_exactly_once(output)
     again = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", overrides(inputs, output)))
-    assert again["frames_inferred"] == 0 and again["inputs"]["already_done"] == 5
+    assert again["frames_inferred"] == 0 and again["inputs"]["already_done"] == 6
