@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -54,6 +55,9 @@ def webdataset_run(ray_session, data_dir, tmp_path_factory):
                 _add(archive, f"{key}.jpg", photo.read_bytes())
             _add(archive, f"{key}.txt", f"a photo of people, number {i}".encode())
             _add(archive, f"{key}.json", json.dumps({"source": photo.name}).encode())
+        ok, blank = cv2.imencode(".jpg", np.full((240, 320, 3), 127, np.uint8))  # a sample with nobody in it
+        _add(archive, "sample0004.jpg", blank.tobytes())
+        _add(archive, "sample0004.txt", b"a photo of people, number 4")
     output = folder / "out"
     summary = run_job(load_config(REPO_ROOT / "configs" / "local.yaml", [
         f"input=[{shard}]", f"output={output}", "write.render_images=false", "write.render_videos=false"]))
@@ -62,11 +66,12 @@ def webdataset_run(ray_session, data_dir, tmp_path_factory):
 
 def test_each_image_member_is_a_frame_keyed_by_its_sample(webdataset_run, estimator):
     shard, photos, output, summary = webdataset_run
-    assert summary["frames"] == 4 and summary["inputs"]["skipped"] == 0  # captions and metadata are no inputs
+    assert summary["frames"] == 5 and summary["inputs"]["skipped"] == 0  # captions and metadata are no inputs
     frames = read_table(str(output), "frames").sort_by("frame_index").to_pylist()
     assert [(f["member"], f["sample_key"], f["frame_index"]) for f in frames] == \
-        [(f"sample{i:04d}.jpg", f"sample{i:04d}", i) for i in range(4)]
-    assert [f["status"] for f in frames] == ["ok", "ok", "error", "ok"] and frames[2]["error_kind"] == "corrupt"
+        [(f"sample{i:04d}.jpg", f"sample{i:04d}", i) for i in range(5)]
+    assert [f["status"] for f in frames] == ["ok", "ok", "error", "ok", "ok"] and frames[2]["error_kind"] == "corrupt"
+    assert frames[4]["num_people"] == 0
     people = read_table(str(output), "people")
     keys = people.column("sample_key").to_pylist()
     for i in (0, 1, 3):
@@ -117,7 +122,7 @@ def test_the_ml_tool_recipes_load_the_outputs(webdataset_run, tmp_path, monkeypa
     assert all(r["num_parts"] >= 10 and r["score"] >= 0.5 for r in found["confident"])
     keys = expected.column("sample_key").to_pylist()
     assert [(key, text, len(people)) for key, text, people in found["samples"]] == \
-        [(f"sample{i:04d}", f"a photo of people, number {i}", keys.count(f"sample{i:04d}")) for i in range(4)]
+        [(f"sample{i:04d}", f"a photo of people, number {i}", keys.count(f"sample{i:04d}")) for i in range(5)]
     assert len(found["samples"][2][2]) == 0 and all(len(s[2]) > 0 for s in found["samples"][:2])
 
 
@@ -126,7 +131,6 @@ def test_pose_shards_hold_each_samples_people_and_pose_map_under_its_key(webdata
     input's keys in its order; each JSON's people are the job's rows, each PNG the pose map of them (PNG: equal
     to the pixel), the broken sample a JSON with its error and no map; webdataset reads it; a second run writes
     nothing."""
-    import numpy as np
     import webdataset as wds
 
     from openpose_ray.drawing import pose_map
@@ -146,7 +150,8 @@ def test_pose_shards_hold_each_samples_people_and_pose_map_under_its_key(webdata
         names = archive.getnames()
         contents = {name: archive.extractfile(name).read() for name in names}
     assert names == ["sample0000.pose.json", "sample0000.pose.png", "sample0001.pose.json", "sample0001.pose.png",
-                     "sample0002.pose.json", "sample0003.pose.json", "sample0003.pose.png"]
+                     "sample0002.pose.json", "sample0003.pose.json", "sample0003.pose.png", "sample0004.pose.json",
+                     "sample0004.pose.png"]
     people = read_table(str(output), "people")
     keypoints = read_keypoints(people)
     for i in (0, 1, 3):
@@ -162,10 +167,13 @@ def test_pose_shards_hold_each_samples_people_and_pose_map_under_its_key(webdata
         expected = pose_map(*image.shape[:2], [Person(keypoints=keypoints[r], score=1.0) for r in rows], COCO18)
         assert (document["width"], document["height"]) == (image.shape[1], image.shape[0])
         assert np.array_equal(drawn, expected) and drawn.any()
+    nobody = cv2.imdecode(np.frombuffer(contents["sample0004.pose.png"], np.uint8), cv2.IMREAD_COLOR)
+    assert nobody.shape == (240, 320, 3) and not nobody.any()  # all black where no one was found
+    assert json.loads(contents["sample0004.pose.json"])["people"] == []
     broken = json.loads(contents["sample0002.pose.json"])
     assert broken["status"] == "error" and broken["error_kind"] == "corrupt" and broken["people"] == []
     read_back = [sample["__key__"] for sample in wds.WebDataset(str(pose_tar), shardshuffle=False)]
-    assert read_back == [f"sample{i:04d}" for i in range(4)]  # the input's samples, in its order
+    assert read_back == [f"sample{i:04d}" for i in range(5)]  # the input's samples, in its order
     before = pose_tar.stat().st_mtime_ns, pose_tar.read_bytes()
     # what a run killed while publishing a pose shard leaves: a hidden temporary beside it, never the shard
     half = pose_tar.parent / f".{pose_tar.name}.x1y2.tmp"
