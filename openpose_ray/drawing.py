@@ -67,18 +67,13 @@ def render(
     if thickness < 1 or radius < 1:
         raise ValueError(f"thickness and radius must be >= 1 pixel, got thickness={thickness}, radius={radius}")
 
-    part_colors, limb_colors = skeleton.part_colors_bgr, skeleton.limb_colors_bgr()
-    limb_parts = skeleton.limb_part_indices()
+    limbs = _limbs_to_draw(skeleton)
     for person_index, person in enumerate(persons):
         keypoints = _checked_keypoints(person, person_index, skeleton)
-        found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
+        found = _found(keypoints)
         pixels = np.rint(np.where(found[:, None], keypoints[:, :2], 0)).astype(np.int64)
-
-        for limb, color, (a, b) in zip(skeleton.limbs, limb_colors, limb_parts):
-            if limb.drawn and found[a] and found[b]:
-                cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, thickness, cv2.LINE_AA)
-        for part_index in np.flatnonzero(found):
-            cv2.circle(canvas, _point(pixels[part_index]), radius, part_colors[part_index], cv2.FILLED, cv2.LINE_AA)
+        _draw_skeleton(canvas, pixels, found, limbs, skeleton, line=thickness, radius=radius, circle=cv2.FILLED,
+                       line_type=cv2.LINE_AA)
     return canvas
 
 
@@ -104,11 +99,10 @@ def pose_map(height: int, width: int, persons: Sequence[Person], skeleton: Skele
     Coordinates round half up. Colours: ``skeleton.limb_colors_bgr()`` and ``part_colors_bgr``.
     """
     canvas = np.zeros((height, width, 3), np.uint8)
-    part_colors, limb_colors = skeleton.part_colors_bgr, skeleton.limb_colors_bgr()
-    limb_parts = skeleton.limb_part_indices()
+    limbs = _limbs_to_draw(skeleton)
     for person_index, person in enumerate(persons):
         keypoints = _checked_keypoints(person, person_index, skeleton)
-        found = (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
+        found = _found(keypoints)
         extent = keypoints[found & (keypoints[:, 2] > _EXTENT_THRESHOLD), :2]
         if len(extent) == 0:
             continue
@@ -117,24 +111,43 @@ def pose_map(height: int, width: int, persons: Sequence[Person], skeleton: Skele
             continue
         ratio = min(1.0, max(box_w / width, box_h / height))
         thickness = max(int(np.sqrt(width * height) * _CIRCLE_PER_SQRT_AREA * ratio + 0.5), 2)
-        circle = thickness if ratio > 0.05 else cv2.FILLED
-        line = int(thickness * _LINE_PER_CIRCLE + 0.5)
         pixels = np.floor(np.where(found[:, None], keypoints[:, :2], 0) + 0.5).astype(np.int64)
-        for limb, color, (a, b) in zip(skeleton.limbs, limb_colors, limb_parts):
-            if limb.drawn and found[a] and found[b]:
-                cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, line, cv2.LINE_8)
-        for part_index in np.flatnonzero(found):
-            cv2.circle(canvas, _point(pixels[part_index]), thickness // 2, part_colors[part_index], circle, cv2.LINE_8)
+        _draw_skeleton(canvas, pixels, found, limbs, skeleton, line=int(thickness * _LINE_PER_CIRCLE + 0.5),
+                       radius=thickness // 2, circle=thickness if ratio > 0.05 else cv2.FILLED, line_type=cv2.LINE_8)
     return canvas
 
 
-def draw(image: np.ndarray, persons: Sequence[Person], skeleton: Skeleton = COCO18, style: str = "overlay") -> np.ndarray:
+def draw(image: np.ndarray, persons: Sequence[Person], skeleton: Skeleton = COCO18,
+         style: str = "overlay") -> np.ndarray:
     """``render(image, ...)`` (style "overlay") or ``pose_map`` of the image's size (style "pose_map")."""
     if style == "overlay":
         return render(image, persons, skeleton)
     if style == "pose_map":
         return pose_map(image.shape[0], image.shape[1], persons, skeleton)
     raise ValueError(f"render style must be one of {', '.join(STYLES)}, got {style!r}")
+
+
+def _found(keypoints: np.ndarray) -> np.ndarray:
+    """bool[K]: the parts drawn: confidence > 0 (the "not found" convention) and finite coordinates."""
+    return (keypoints[:, 2] > 0) & np.isfinite(keypoints[:, :2]).all(axis=1)
+
+
+def _limbs_to_draw(skeleton: Skeleton) -> list[tuple[tuple[int, int, int], int, int]]:
+    """(colour, part a, part b) of each limb with ``drawn`` set, in the skeleton's order."""
+    return [(color, int(a), int(b)) for limb, color, (a, b)
+            in zip(skeleton.limbs, skeleton.limb_colors_bgr(), skeleton.limb_part_indices()) if limb.drawn]
+
+
+def _draw_skeleton(canvas: np.ndarray, pixels: np.ndarray, found: np.ndarray, limbs: list, skeleton: Skeleton, *,
+                   line: int, radius: int, circle: int, line_type: int) -> None:
+    """One person onto ``canvas`` (in place): the ``limbs`` (:func:`_limbs_to_draw`) whose parts were both found,
+    ``line`` pixels wide, then the found parts as circles of ``radius`` and thickness ``circle`` (cv2.FILLED:
+    discs) in their part's colour. pixels: int64[K, 2] (x, y)."""
+    for color, a, b in limbs:
+        if found[a] and found[b]:
+            cv2.line(canvas, _point(pixels[a]), _point(pixels[b]), color, line, line_type)
+    for part_index in np.flatnonzero(found):
+        cv2.circle(canvas, _point(pixels[part_index]), radius, skeleton.part_colors_bgr[part_index], circle, line_type)
 
 
 def _checked_keypoints(person: Person, person_index: int, skeleton: Skeleton) -> np.ndarray:

@@ -135,8 +135,8 @@ class CandidateTensors:
 
 
 @functools.lru_cache(maxsize=16)
-def _limb_tables(skeleton: Skeleton, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ends int64[L, 2] part indices, channels int64[L, 2] PAF channels) on the device, made once."""
+def limb_tables(skeleton: Skeleton, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ends int64[L, 2] part indices, channels int64[L, 2] PAF channels of x and y) on the device, made once."""
     return (torch.as_tensor(skeleton.limb_part_indices(), device=device),
             torch.as_tensor(skeleton.limb_paf_channels(), device=device))
 
@@ -150,7 +150,7 @@ def score_limbs_torch(peaks: PeakTensors, pafs_up: torch.Tensor, skeleton: Skele
     """
     device = pafs_up.device
     num_parts = skeleton.num_parts
-    ends, channels = _limb_tables(skeleton, device)
+    ends, channels = limb_tables(skeleton, device)
     # Peaks are sorted by (image, part): the peaks of one (image, part) are a contiguous run.
     run_key = peaks.image * num_parts + peaks.part
     run_length = torch.bincount(run_key, minlength=peaks.num_images * num_parts)

@@ -36,7 +36,7 @@ import torch
 
 from ..config import PostprocessConfig
 from ..skeleton import Skeleton
-from .device import peak_mask
+from .device import limb_tables, peak_mask
 from .limbs import LimbCandidates
 from .peaks import Peaks
 from .upsampled import _dense, _smooth_upsample_operators, resize_taps
@@ -58,13 +58,6 @@ def _operators(height: int, width: int, factor: int, interpolation: str, sigma: 
     row_index, row_weight = resize_taps(height, factor, interpolation)
     return tuple(torch.as_tensor(np.ascontiguousarray(a), device=device)
                  for a in (left, right, along_x, row_index, row_weight.astype(np.float32)))
-
-
-@functools.lru_cache(maxsize=16)
-def _limb_tables(skeleton: Skeleton, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ends int64[L, 2] part indices, channels int64[L, 2] PAF channels of x and y) on the device."""
-    return (torch.as_tensor(skeleton.limb_part_indices(), device=device),
-            torch.as_tensor(skeleton.limb_paf_channels(), device=device))
 
 
 @functools.lru_cache(maxsize=16)
@@ -91,7 +84,7 @@ def peak_tables(height: int, width: int, skeleton: Skeleton, config: Postprocess
                 device: torch.device) -> tuple[torch.Tensor, ...]:
     """The constant tensors :func:`packed_peaks` needs for fields of h x w on ``device`` (made once each)."""
     return (*_operators(height, width, config.upsample, config.upsample_interpolation, config.heatmap_sigma, device),
-            *_limb_tables(skeleton, device), _sample_positions(config.paf_samples, device))
+            *limb_tables(skeleton, device), _sample_positions(config.paf_samples, device))
 
 
 def fixed_peaks_and_candidates(heatmaps: torch.Tensor, pafs: torch.Tensor, skeleton: Skeleton,
