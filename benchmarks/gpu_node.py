@@ -3,28 +3,31 @@
 In one in-process Ray session on every CPU (and the GPU) of the machine, over ``--copies`` links to
 each input video (enough for a minute or more of steady state; the job follows the links):
 
-1. the job: ``run_job`` with the real InferenceActor (configs/gpu-cluster.yaml's settings unless
-   ``--set`` says otherwise, input and output local): frames/s over the pipeline's span (first to
-   last row: the steady state) and over the whole run (Ray started, weights shipped, actors placed,
-   compile, manifest, report), seconds to the first result, shards at once per stage, CPU seconds
-   per stage (task time summed), and the GPU's busy share sampled every 0.5 s through the run
-   (``nvidia-smi``; None without it);
-2. decode only: the job's listing, planning and decoding alone on the same inputs (what the CPUs can
-   decode at most; bench_ceiling.decode_only);
+1. the job, once per ``--decoder`` (sources.decoder cpu, then yuv): ``run_job`` with the real
+   InferenceActor (configs/gpu-cluster.yaml's settings unless ``--set`` says otherwise, input and
+   output local): frames/s over the pipeline's span (first to last row: the steady state) and over
+   the whole run (weights shipped, actors placed, compile, manifest, report; Ray is started once,
+   before), seconds to the first result, shards at once per stage, CPU seconds per stage (task time
+   summed), the GPU's busy share sampled every 0.5 s through the run (``nvidia-smi``; None without
+   it), and the summary's decoding counts;
+2. decode only, per decoder: the job's listing, planning and decoding alone on the same inputs (what
+   the CPUs can decode at most: BGR for cpu, YUV planes for yuv; bench_ceiling.decode_only);
 3. the actor alone: InferenceActor called directly (no Ray) on the first video's frames, decoded and
    resized beforehand, in the job's shards: what the device can take.
 
-Prints one JSON line starting ``GPU_NODE`` (and writes it to ``--json``). On a GPU machine without
+Prints one JSON line starting ``GPU_NODE`` (and writes it to ``--json``, also after each part). On a GPU machine without
 network, Ray or PyAV, unpack the kit first (scripts/gpu_node_kit.sh writes .kit/run.sh, which does
 all of it); ``--device cpu --copies 1 --set sources.frame_step=20 ...`` is the CPU smoke run of the tests.
 
     python benchmarks/gpu_node.py --checkpoint mobilenet_thin.pt --video street_720p_h264.avi \\
-        [--video sports_994p_vp9.mp4] --copies 150 [--device cuda] [--set KEY=VALUE ...] [--json out.json]
+        [--video sports_994p_vp9.mp4] --copies 150 [--device cuda] [--decoder cpu --decoder yuv]
+        [--set KEY=VALUE ...] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -111,15 +114,39 @@ def actor_alone(config, weights_path: Path, video: Path, device: str) -> dict:
                          config.inference.compile)}
 
 
+def job_run(config, sampler: GpuSampler) -> dict:
+    """One run of the job: its rates, start-up, stages, and the GPU's busy share over the steady state."""
+    started = time.time()
+    summary = runner.run_job(config)
+    ended = time.time()
+    walls = summary["wall_seconds"]
+    span = walls["first_result"] + walls["pipeline"]
+    pipeline_start = ended - sum(walls.values()) + walls["start"]
+    frames = summary["frames"]
+    return {"frames": frames, "frames_per_s_steady": round(frames / span, 1),
+            "frames_per_s_with_start": round(frames / (ended - started), 1),
+            "seconds": round(ended - started, 1), "first_result_s": round(walls["start"] + walls["first_result"], 1),
+            "wall_seconds": walls, "tasks_at_once": summary["tasks_at_once"],
+            "cpu_seconds_per_stage": summary["stage_seconds"],
+            "gpu_busy_share": sampler.busy_share(pipeline_start + walls["first_result"], pipeline_start + span),
+            "gpu_busy_share_whole_run": sampler.busy_share(started, ended),
+            "people": summary["people"], "precision": summary["inference"]["precision"],
+            "decoding": summary["decoding"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="converted weights (openpose-ray weights export)")
     parser.add_argument("--video", required=True, type=Path, action="append", help="a video to annotate (repeatable)")
     parser.add_argument("--copies", type=int, default=150, help="links to each video (default 150: ~65,000 frames)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--decoder", action="append", choices=("cpu", "yuv"),
+                        help="sources.decoder of a job run and a decode-only run (repeatable; default: cpu, then yuv)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="job config override")
-    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--json", type=Path, help="also write the result here (after each part, so a timeout keeps "
+                                                  "what was measured)")
     args = parser.parse_args()
+    decoders = args.decoder or ["cpu", "yuv"]
     scratch = Path(tempfile.mkdtemp(prefix="gpu-node-"))
     inputs = linked_inputs(args.video, args.copies, scratch / "inputs")
     overrides = [f"input=[{inputs}]", f"output={scratch / 'out'}", "sources.follow_symlinks=true",
@@ -129,39 +156,34 @@ def main() -> None:
     if args.device == "cpu":
         overrides += ["inference.precision=fp32"]
     config = load_config(REPO / "configs" / "gpu-cluster.yaml", overrides)
-    started = time.time()
     runner.init_ray(config)
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 0)
+    def with_decoder(decoder: str):
+        return dataclasses.replace(config, output=str(scratch / f"out-{decoder}"),
+                                   sources=dataclasses.replace(config.sources, decoder=decoder))
+
+    result = {"device": args.device, "cpus": ray.cluster_resources().get("CPU", 0),
+              "inputs": len(args.video) * args.copies, "jobs": {}, "decode_only": {}}
+
+    def report(part: str) -> None:
+        print(f"GPU_NODE_PART {part} " + json.dumps(result), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
     with GpuSampler() as sampler:
-        summary = runner.run_job(config)
-        ended = time.time()
-    walls = summary["wall_seconds"]
-    span = walls["first_result"] + walls["pipeline"]
-    pipeline_start = ended - sum(walls.values()) + walls["start"]
-    frames = summary["frames"]
-    decoded = decode_only(config)
-    alone = actor_alone(config, args.checkpoint, args.video[0], args.device)
-    result = {
-        "device": args.device, "cpus": cpus, "inputs": len(args.video) * args.copies, "frames": frames,
-        "job": {"frames_per_s_steady": round(frames / span, 1),
-                "frames_per_s_with_start": round(frames / (ended - started), 1),
-                "seconds": round(ended - started, 1), "first_result_s": round(walls["start"] + walls["first_result"], 1),
-                "wall_seconds": walls, "tasks_at_once": summary["tasks_at_once"],
-                "cpu_seconds_per_stage": summary["stage_seconds"],
-                "gpu_busy_share": sampler.busy_share(pipeline_start + walls["first_result"], pipeline_start + span),
-                "gpu_busy_share_whole_run": sampler.busy_share(started, ended),
-                "people": summary["people"], "precision": summary["inference"]["precision"]},
-        "decode_only": decoded,
-        "actor_alone": alone,
-        "job_over_decode_only": round(frames / span / decoded["frames_per_s"], 3),
-        "job_over_actor_alone": round(frames / span / alone["frames_per_s"], 3),
-    }
-    line = "GPU_NODE " + json.dumps(result)
-    print(line)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        for decoder in decoders:
+            result["jobs"][decoder] = job_run(with_decoder(decoder), sampler)
+            report(f"job {decoder}")
+    for decoder in decoders:
+        result["decode_only"][decoder] = decode_only(with_decoder(decoder))
+        report(f"decode-only {decoder}")
+    result["actor_alone"] = actor_alone(config, args.checkpoint, args.video[0], args.device)
+    for decoder, job in result["jobs"].items():
+        job["over_decode_only"] = round(job["frames_per_s_steady"] / result["decode_only"][decoder]["frames_per_s"], 3)
+        job["over_actor_alone"] = round(job["frames_per_s_steady"] / result["actor_alone"]["frames_per_s"], 3)
+    report("actor alone")
+    print("GPU_NODE " + json.dumps(result))
     if os.environ.get("GPU_NODE_KEEP") is None:
         shutil.rmtree(scratch, ignore_errors=True)
 

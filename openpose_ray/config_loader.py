@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from .config import resolve_precision
-from .jobconfig import JobConfig
+from .jobconfig import JobConfig, resolve_decoder
 from .storage import redact
 
 __all__ = ["ConfigError", "load_config", "config_to_dict", "redacted_dict", "config_fingerprint", "dotted_keys"]
@@ -107,7 +107,9 @@ def config_fingerprint(config: JobConfig, device: str = "cpu") -> str:
     keypoints; "auto" as it resolves on ``device``, the actors' "cpu" or "cuda"),
     ``sources.max_image_pixels`` (which images get an error
     row instead of people) and ``sources.frame_step`` / ``target_fps`` (which
-    frames have rows; absent when every frame is annotated). Excluded, as they change where or how fast
+    frames have rows; absent when every frame is annotated) and ``sources.decoder`` as it
+    resolves on ``device`` (yuv converts pixels on the device, rounding differently from
+    swscale; absent for cpu). Excluded, as they change where or how fast
     results come, not what they are: input, output, the rest of sources
     (listing, sharding), the rest of inference (device, batch size and where
     peaks are found move floats in the last bits only), write, s3, ray. Canonical sorted JSON, so key order
@@ -130,6 +132,8 @@ def config_fingerprint(config: JobConfig, device: str = "cpu") -> str:
     precision = resolve_precision(config.inference.precision, device)
     if precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
         settings["inference.precision"] = precision
+    if resolve_decoder(config.sources.decoder, device) != "cpu":  # likewise: absent for swscale's pixels
+        settings["sources.decoder"] = resolve_decoder(config.sources.decoder, device)
     if config.sources.frame_step != 1 or config.sources.target_fps is not None:  # likewise: absent unsampled
         settings["sources.sampling"] = [config.sources.frame_step, config.sources.target_fps]
     canonical = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -48,10 +48,12 @@ import torch
 from .backends import OpenVINONetwork, choose_backend, openvino_network
 from .compiled import StaticCompiled, compile_wanted
 from .config import Backend, Compile, Precision, PostprocessConfig, check_precision
+from .device_pixels import network_inputs
 from .frame_outputs import FrameFields, FramePeaks
 from .models.registry import InputSpec, ModelEntry, resolve
 from .postprocess.device import peaks_and_candidates, resize_torch
 from .postprocess.device_fixed import PEAKS_PER_PART, packed_peaks, peak_tables, unpack
+from .preprocess import PlanarImage
 from .transfers import Landing, Transfers
 
 if TYPE_CHECKING:
@@ -175,7 +177,7 @@ class InferenceEngine:
             return OPENVINO_BATCH_SIZE
         return DEFAULT_BATCH_SIZE.get(self.device.type, 2)
 
-    def fields(self, prepared: Sequence["PreparedImage"], batch_size: int | None = None) -> list[FrameFields]:
+    def fields(self, prepared: Sequence["PreparedImage | PlanarImage"], batch_size: int | None = None) -> list[FrameFields]:
         """Each frame's fields on the host (float32), averaged over its scales."""
 
         def on_device(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[torch.Tensor]:
@@ -187,7 +189,7 @@ class InferenceEngine:
 
         return self._run(prepared, batch_size, on_device, on_host)
 
-    def peaks(self, prepared: Sequence["PreparedImage"], postprocess: PostprocessConfig,
+    def peaks(self, prepared: Sequence["PreparedImage | PlanarImage"], postprocess: PostprocessConfig,
               batch_size: int | None = None) -> list[FramePeaks]:
         """Each frame's peaks and limb candidates, found on the device with ``postprocess``'s thresholds.
 
@@ -223,7 +225,7 @@ class InferenceEngine:
         return self._peak_finders[key]
 
     @torch.inference_mode()
-    def _run(self, prepared: Sequence["PreparedImage"], batch_size: int | None, on_device: Callable,
+    def _run(self, prepared: Sequence["PreparedImage | PlanarImage"], batch_size: int | None, on_device: Callable,
              on_host: Callable) -> list:
         """Chunks through the device, pipelined: chunk k+1 is stacked and queued (copy, network, field work,
         ``on_device``, copies of its results to the host) before the host waits for chunk k's results and
@@ -241,7 +243,7 @@ class InferenceEngine:
         stride = self.entry.input_spec.stride
         by_shape: dict[tuple, list[int]] = {}
         for i, item in enumerate(prepared):
-            by_shape.setdefault(tuple(x.shape for x in item.inputs), []).append(i)
+            by_shape.setdefault(item.batch_key, []).append(i)
         chunks = []
         for indices in by_shape.values():
             indices = sorted(indices, key=lambda i: _geometry(prepared[i], stride))
@@ -257,16 +259,20 @@ class InferenceEngine:
             self._land(landing, on_host, results)
         return results
 
-    def _queue(self, prepared: Sequence["PreparedImage"], chunk: list[int], batch_size: int,
+    def _queue(self, prepared: Sequence["PreparedImage | PlanarImage"], chunk: list[int], batch_size: int,
                on_device: Callable) -> Landing:
         """Stack a chunk into the ring, and queue everything the device does with it (no waiting)."""
         stride = self.entry.input_spec.stride
-        outputs = []
-        for scale in range(len(prepared[chunk[0]].inputs)):
-            shape = prepared[chunk[0]].inputs[scale].shape
-            slot = self.transfers.inputs.take((batch_size, *shape))
-            np.stack([prepared[i].inputs[scale] for i in chunk], out=slot.buffer[: len(chunk)].numpy())
-            outputs.append(self.network_fields(self.transfers.to_device(slot, len(chunk))))
+        first = prepared[chunk[0]]
+        if isinstance(first, PlanarImage):
+            inputs = self._planar_inputs([prepared[i] for i in chunk], batch_size)
+        else:
+            inputs = []
+            for scale, example in enumerate(first.inputs):
+                slot = self.transfers.inputs.take((batch_size, *example.shape))
+                np.stack([prepared[i].inputs[scale] for i in chunk], out=slot.buffer[: len(chunk)].numpy())
+                inputs.append(self.transfers.to_device(slot, len(chunk)))
+        outputs = [self.network_fields(batch) for batch in inputs]
         runs, tensors, kept, start = [], [], [], 0
         for _, run in itertools.groupby(chunk, key=lambda i: _geometry(prepared[i], stride)):
             run = list(run)
@@ -279,6 +285,18 @@ class InferenceEngine:
             kept.append((heatmaps, pafs))
             start = rows.stop
         return self.transfers.to_host(tensors, kept=(runs, kept))
+
+    def _planar_inputs(self, frames: Sequence["PlanarImage"], batch_size: int) -> list[torch.Tensor]:
+        """Frames of one batch_key as YUV planes on the device, made into uint8 network inputs there (one per scale)."""
+        rows, planes = len(frames), frames[0].planes
+        luma = self.transfers.inputs.take((batch_size, *planes.y.shape))
+        chroma = self.transfers.inputs.take((batch_size, 2, *planes.u.shape))
+        np.stack([f.planes.y for f in frames], out=luma.buffer[:rows].numpy())
+        chroma_host = chroma.buffer[:rows].numpy()
+        np.stack([f.planes.u for f in frames], out=chroma_host[:, 0])
+        np.stack([f.planes.v for f in frames], out=chroma_host[:, 1])
+        return network_inputs(self.transfers.to_device(luma, rows), self.transfers.to_device(chroma, rows),
+                              planes.matrix, planes.full_range, frames[0].transforms, self.entry.input_spec)
 
     @staticmethod
     def _land(landing: Landing, on_host: Callable, results: list) -> None:

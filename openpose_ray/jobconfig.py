@@ -66,6 +66,17 @@ class SourcesConfig:
         of the archive is refused with an error row (a tar bomb of empty
         entries otherwise costs unbounded time).
     max_tar_bytes: total member bytes read from one tar; past it likewise.
+    decoder: how video frames become network inputs. "cpu": decoded, converted
+        to BGR (swscale) and resized by the decode tasks, as 3-byte pixels at the
+        network's size. "yuv": decoded by the decode tasks, shipped as their
+        YUV 4:2:0 planes at the source size (1.5 bytes a pixel), converted to
+        RGB and resized by the inference actor on its device (on a GPU: no
+        colour conversion or resize on the CPU; openpose_ray.device_pixels).
+        Pixels differ from "cpu" by swscale's rounding (at most 3 levels, ~1
+        on average; docs/benchmarks.md), so it is part of the config
+        fingerprint. Videos whose frames are not 8-bit 4:2:0 and all images
+        go the "cpu" way (counted in the summary's ``decoding``). "auto": yuv
+        when the actors run on CUDA, else cpu.
     """
 
     recursive: bool = True
@@ -80,6 +91,7 @@ class SourcesConfig:
     max_image_pixels: int = 100_000_000
     max_tar_members: int = 1_000_000
     max_tar_bytes: int = 1 << 40
+    decoder: Literal["cpu", "yuv", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
         _require(self.images_per_shard >= 1, "sources.images_per_shard must be >= 1")
@@ -89,6 +101,14 @@ class SourcesConfig:
         _require(self.max_image_pixels >= 64, "sources.max_image_pixels must be >= 64")
         _require(self.max_tar_members >= 1, "sources.max_tar_members must be >= 1")
         _require(self.max_tar_bytes >= 1, "sources.max_tar_bytes must be >= 1")
+
+
+def resolve_decoder(setting: str, device_type: str) -> str:
+    """What ``sources.decoder`` ``setting`` means with inference actors on ``device_type``: auto is yuv on cuda,
+    else cpu; cpu and yuv are themselves."""
+    if setting == "auto":
+        return "yuv" if device_type == "cuda" else "cpu"
+    return setting
 
 
 @dataclass(frozen=True)

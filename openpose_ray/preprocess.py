@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .models.registry import InputSpec
+from .sources.yuv import Yuv420
 
 _INTERPOLATION = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 
@@ -188,6 +189,31 @@ class PreparedImage:
     transforms: tuple[ResizeTransform, ...]
     base_transform: ResizeTransform
 
+    @property
+    def batch_key(self) -> tuple:
+        """Frames of equal keys stack into one network batch: their inputs' shapes."""
+        return tuple(x.shape for x in self.inputs)
+
+
+@dataclass(frozen=True, eq=False)
+class PlanarImage:
+    """One video frame still in its decoded YUV 4:2:0 planes (``sources.decoder: yuv``).
+
+    The inference actor converts and resizes it on its device (openpose_ray.device_pixels)
+    to the inputs :func:`prepare_image` would make of its BGR pixels, at each transform.
+    planes: source size, displayed orientation. transforms, base_transform: as PreparedImage's.
+    """
+
+    planes: Yuv420
+    transforms: tuple[ResizeTransform, ...]
+    base_transform: ResizeTransform
+
+    @property
+    def batch_key(self) -> tuple:
+        """Frames of equal keys stack into one batch: equal planes, colour matrix and range, and input sizes."""
+        return ("yuv420", self.planes.y.shape, self.planes.matrix, self.planes.full_range,
+                tuple(t.input_size for t in self.transforms))
+
 
 def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int], scales: Sequence[float]) -> PreparedImage:
     """Resize one image (BGR, grayscale or BGRA uint8) to the network input at each scale."""
@@ -195,6 +221,12 @@ def prepare_image(image: np.ndarray, spec: InputSpec, net_size: tuple[int, int],
     resized = [resize_to_input(image, spec, net_size, scale) for scale in scales]
     base = transform_for((image.shape[1], image.shape[0]), spec, net_size)
     return PreparedImage(tuple(net_input for net_input, _ in resized), tuple(t for _, t in resized), base)
+
+
+def prepare_planar(planes: Yuv420, spec: InputSpec, net_size: tuple[int, int], scales: Sequence[float]) -> PlanarImage:
+    """A frame's YUV 4:2:0 planes with the transforms :func:`prepare_image` would use for it (nothing resized here)."""
+    transforms = tuple(transform_for(planes.size, spec, net_size, scale) for scale in scales)
+    return PlanarImage(planes, transforms, transform_for(planes.size, spec, net_size))
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:

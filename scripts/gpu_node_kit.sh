@@ -29,9 +29,9 @@ python3 -c "import tarfile; tarfile.open('.kit/site.tar.xz').extractall('/tmp/si
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi -L; nproc
 # first, what the machine offers for decoding on the GPU (PyAV's cuvid decoders, torchcodec, PyNvVideoCodec)
-timeout 60 python3 benchmarks/nvdec_probe.py --video .kit/street_720p_h264.avi --json "$RESULTS/nvdec_probe.json" \
+timeout 45 python3 benchmarks/nvdec_probe.py --video .kit/street_720p_h264.avi --json "$RESULTS/nvdec_probe.json" \
     > "$RESULTS/nvdec_probe.log" 2>&1; tail -c 2000 "$RESULTS/nvdec_probe.log"
-timeout 500 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
+timeout 520 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
     --video .kit/sports_994p_vp9.mp4 --copies 150 --json "$RESULTS/gpu_node.json" > "$RESULTS/gpu_node.log" 2>&1
 echo "exit $?"; tail -c 3000 "$RESULTS/gpu_node.log"
 EOF

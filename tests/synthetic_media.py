@@ -63,17 +63,18 @@ def video_clip(source: Path, target: Path, frames: int, width: int, fps: int = 2
 
 
 
-def rotated_clip(source: Path, target: Path) -> Path:
+def rotated_clip(source: Path, target: Path, pix_fmt: str = "yuv444p") -> Path:
     """``source`` (an H.264 MP4) as a phone stores portrait video: the pixels turned 90 degrees
     counter-clockwise, and a display matrix in the track header that turns them back, so players
-    (and the job) show ``source``'s frames. Near-lossless (H.264 at qp 0, 4:4:4; PyAV cannot set a
-    display matrix, so the identity matrix of the written file's tkhd box is replaced).
+    (and the job) show ``source``'s frames. Near-lossless (H.264 at qp 0, 4:4:4 unless ``pix_fmt``
+    says otherwise; PyAV cannot set a display matrix, so the identity matrix of the written file's
+    tkhd box is replaced).
     """
     import av
 
     with av.open(str(source)) as container, av.open(str(target), "w") as out:
         stream = out.add_stream("libx264", rate=25, options={"qp": "0"})
-        stream.pix_fmt = "yuv444p"
+        stream.pix_fmt = pix_fmt
         for index, frame in enumerate(container.decode(video=0)):
             image = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24")))  # counter-clockwise
             if index == 0:

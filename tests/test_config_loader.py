@@ -17,7 +17,7 @@ from openpose_ray.config_loader import (
     load_config,
     redacted_dict,
 )
-from openpose_ray.jobconfig import JobConfig
+from openpose_ray.jobconfig import JobConfig, resolve_decoder
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = ("local.yaml", "s3.yaml", "gpu-cluster.yaml")
@@ -213,6 +213,23 @@ def test_fingerprint_ignores_key_order_and_where_results_go(tmp_path):
     assert config_fingerprint(load_config(forward, ["output=s3://elsewhere/", "inference.batch_size=64"])) == base
     assert config_fingerprint(load_config(forward, ["postprocess.peak_threshold=0.2"])) != base
     assert re.fullmatch(r"[0-9a-f]{16}", base)
+
+
+def test_decoder_yuv_is_a_generation_of_its_own_and_auto_follows_the_actors():
+    """yuv pixels are converted on the device (other rounding than swscale): another fingerprint; cpu keeps
+    the one runs had before the key existed; auto is yuv on CUDA actors and cpu on CPU ones."""
+    base = load_config(None, MINIMAL)
+    assert config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=cpu"])) == config_fingerprint(base)
+    yuv = config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=yuv"]))
+    assert yuv != config_fingerprint(base)
+    auto = load_config(None, [*MINIMAL, "sources.decoder=auto"])
+    assert config_fingerprint(auto, "cpu") == config_fingerprint(base)
+    assert config_fingerprint(auto, "cuda") == config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=yuv"]),
+                                                                  "cuda")
+    assert resolve_decoder("auto", "cuda") == "yuv" and resolve_decoder("auto", "cpu") == "cpu"
+    assert resolve_decoder("yuv", "cpu") == "yuv"  # on a CPU actor too: the conversion runs in its threads
+    with pytest.raises(ConfigError, match="decoder"):
+        load_config(None, [*MINIMAL, "sources.decoder=nvdec"])
 
 
 def test_fingerprint_treats_an_int_like_its_float():

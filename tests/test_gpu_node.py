@@ -28,14 +28,17 @@ def test_gpu_node_benchmark_runs_on_the_cpu(data_dir, tmp_path, capsys):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     numbers = json.loads(result.read_text())
     assert "GPU_NODE " in done.stdout
-    # 205 + 230 frames, every 40th: 6 + 6 per copy, 2 copies of each video
-    assert numbers["inputs"] == 4 and numbers["frames"] == numbers["decode_only"]["frames"] == 24
-    job = numbers["job"]
-    assert job["people"] > 0 and job["precision"] == "fp32" and job["gpu_busy_share"] is None  # no nvidia-smi here
-    assert 0 < job["frames_per_s_with_start"] < job["frames_per_s_steady"]
-    assert set(job["cpu_seconds_per_stage"]) >= {"decode", "infer", "post"} and job["first_result_s"] > 0
+    # 205 + 230 frames, every 40th: 6 + 6 per copy, 2 copies of each video; a job and decode-only per decoder
+    assert numbers["inputs"] == 4 and set(numbers["jobs"]) == set(numbers["decode_only"]) == {"cpu", "yuv"}
+    for decoder, job in numbers["jobs"].items():
+        assert job["frames"] == numbers["decode_only"][decoder]["frames"] == 24
+        assert job["decoding"] == {"decoder": decoder, "video_frames_yuv": 24 if decoder == "yuv" else 0,
+                                   "video_frames_bgr": 0 if decoder == "yuv" else 24}
+        assert job["people"] > 0 and job["precision"] == "fp32" and job["gpu_busy_share"] is None  # no nvidia-smi
+        assert 0 < job["frames_per_s_with_start"] < job["frames_per_s_steady"]
+        assert set(job["cpu_seconds_per_stage"]) >= {"decode", "infer", "post"} and job["first_result_s"] > 0
+        assert job["over_decode_only"] > 0 and job["over_actor_alone"] > 0
     assert numbers["actor_alone"]["frames_with_peaks"] == 8 and numbers["actor_alone"]["frames_per_s"] > 0
-    assert numbers["job_over_decode_only"] > 0 and numbers["job_over_actor_alone"] > 0
 
 
 def test_the_nvdec_probe_reports_without_failing(data_dir, tmp_path):

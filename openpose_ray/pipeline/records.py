@@ -8,7 +8,7 @@ is mutated or changes meaning on the way.
 
     listing     Shard (images) | ToPlan (video, tar) | Skipped | AlreadyDone
     plan        Shard | FailedInput | Skipped | AlreadyDone
-    prepare     PreparedShard    (decoded frames resized to uint8 network inputs)
+    prepare     PreparedShard    (decoded frames resized to uint8 network inputs, or a video's YUV planes)
     infer       InferredShard    (per frame: fields, or device peaks + limb candidates)
     write       WrittenShard     (people -> Parquet; people kept only for rendering)
     render      WrittenShard     (media written, people dropped)
@@ -41,7 +41,7 @@ import pyarrow as pa
 from ..frame_outputs import FrameFields, FramePeaks
 from ..outputs.manifest import Todo
 from ..person import Person
-from ..preprocess import PreparedImage, ResizeTransform
+from ..preprocess import PlanarImage, PreparedImage, ResizeTransform
 from ..sources.listing import SourceObject
 from ..sources.planning import Shard
 
@@ -220,6 +220,8 @@ class ShardFrames:
     frames: one FrameMeta per decoded frame or failed input.
     transforms: per frame, the scale-1 ResizeTransform from network input to source pixels
         (None for failed frames).
+    yuv_frames: frames that left decoding as YUV 4:2:0 planes (``sources.decoder: yuv``), made
+        into network inputs by the inference actor; the other ok frames were converted on the CPU.
     """
 
     shard_id: str
@@ -228,6 +230,7 @@ class ShardFrames:
     frames: tuple[FrameMeta, ...]
     transforms: tuple[ResizeTransform | None, ...]
     failed: FailedInput | None = None
+    yuv_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,10 +275,11 @@ class StageEnds:
 
 @dataclass(frozen=True)
 class PreparedShard:
-    """A shard's frames decoded and resized. inputs: per frame the network inputs, None for failed frames."""
+    """A shard's frames decoded and resized. inputs: per frame the network inputs (or, ``sources.decoder: yuv``,
+    the planes the actor makes them from), None for failed frames."""
 
     frames: ShardFrames
-    inputs: tuple[PreparedImage | None, ...]
+    inputs: tuple[PreparedImage | PlanarImage | None, ...]
     seconds: StageSeconds
     ended: StageEnds = StageEnds()
 

@@ -52,7 +52,7 @@ from .. import __version__
 from ..backends import choose_backend
 from ..config import check_precision, resolve_precision
 from ..config_loader import ConfigError, config_fingerprint
-from ..jobconfig import JobConfig
+from ..jobconfig import JobConfig, resolve_decoder
 from ..models.registry import get_entry
 from ..models.weights import resolve_weights
 from ..outputs.provenance import Provenance
@@ -217,10 +217,12 @@ def run_job(config: JobConfig, force: bool = False, break_lock: bool = False) ->
     configure_retries(config)
     cluster = ClusterView.current()
     plan = plan_actors(config.inference, cluster)
-    # inference.precision "auto" becomes what it means on the actors' device, before anything uses it
+    # inference.precision and sources.decoder "auto" become what they mean on the actors' device, before anything uses them
     # (the fingerprint, the actors, the summary)
     precision = resolve_precision(config.inference.precision, plan.device)
-    config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, precision=precision))
+    config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, precision=precision),
+                                 sources=dataclasses.replace(config.sources,
+                                                             decoder=resolve_decoder(config.sources.decoder, plan.device)))
     try:
         check_precision(config.inference.precision, plan.device)
         if plan.device == "cpu":
@@ -281,6 +283,9 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
         if not isinstance(record, WrittenShard):
             raise TypeError(f"the pipeline returned a {type(record).__name__}, not a WrittenShard")
         stats = record.stats
+        if record.frames.source_kind == "video":
+            totals["video_frames_decoded"] += stats.frames - stats.failed
+            totals["video_frames_yuv"] += record.frames.yuv_frames
         totals["frames"] += stats.frames
         totals["failed"] += stats.failed
         totals["people"] += stats.people
@@ -336,6 +341,10 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
                       "peaks_on": "device" if plan.peaks_on_device else "cpu", "actor": plan.bundle,
                       "min_actors": plan.min_actors, "max_actors": plan.max_actors,
                       "waited_for_actors_s": round(waited, 1)},
+        # sources.decoder as resolved; video frames shipped as YUV planes (made into network inputs by the actors)
+        # and those converted to BGR on the CPU (decoder cpu, or a video that is not 8-bit 4:2:0)
+        "decoding": {"decoder": config.sources.decoder, "video_frames_yuv": int(totals["video_frames_yuv"]),
+                     "video_frames_bgr": int(totals["video_frames_decoded"] - totals["video_frames_yuv"])},
         "rendered_images": int(totals["images_rendered"]),
         "rendered_videos": videos_written,
         "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},

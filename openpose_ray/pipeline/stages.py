@@ -7,7 +7,8 @@ its float fields (``peaks_on: cpu``) or, found on the actor's device, its
 peaks and scored limb candidates (``peaks_on: device``, a few kB).
 
     plan_shards            ToPlan (video/tar) -> Shard per segment / tar, or FailedInput
-    prepare_shard          Shard -> PreparedShard: decode + resize to uint8 inputs   (CPU)
+    prepare_shard          Shard -> PreparedShard: decode + resize to uint8 inputs   (CPU; sources.decoder
+                           yuv: a video's YUV 4:2:0 planes, converted + resized by the actor)
     InferenceActor         PreparedShard -> InferredShard: fields, or peaks + limbs  (GPU or CPU actor;
                            pipeline.inference_actor: the one stage that imports torch)
     postprocess_and_write  InferredShard -> WrittenShard: people -> Parquet          (CPU)
@@ -29,7 +30,7 @@ from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
 from ..outputs.writer import ShardWriter, partition_value, write_bytes
 from ..person import Person, people_from_fields, people_from_peaks
-from ..preprocess import prepare_image, resolve_input_spec
+from ..preprocess import prepare_image, prepare_planar, resolve_input_spec
 from ..sources.decoding import decode_frames
 from ..sources.errors import RETRIED_KINDS, error_kind
 from ..sources.planning import DEFAULT_SEGMENT_CUT, Shard, plan_tar, plan_video
@@ -102,7 +103,8 @@ def model_input_spec(config: JobConfig):
 
 
 def prepare_shard(row: dict, config: JobConfig) -> dict:
-    """Decode a shard's frames and resize them to the network's uint8 inputs (a PreparedShard)."""
+    """Decode a shard's frames and resize them to the network's uint8 inputs (a PreparedShard); under
+    ``sources.decoder: yuv`` a video's frames stay YUV 4:2:0 planes (PlanarImage) for the actor to convert."""
     _yield_to_inference()
     record = from_row(row)
     if isinstance(record, FailedInput):
@@ -114,6 +116,7 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     shard, spec = record, model_input_spec(config)
     start = time.perf_counter()
     resize_seconds = 0.0
+    yuv_frames = 0
     metas, transforms, inputs = [], [], []
     for frame in decode_frames(shard, config.sources, config.s3):
         item = None
@@ -121,7 +124,11 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
         if status == "ok":
             resize_start = time.perf_counter()
             try:
-                item = prepare_image(frame.image, spec, spec.net_size, config.model.scales)
+                if frame.planes is not None:  # sources.decoder yuv: converted and resized by the actor
+                    item = prepare_planar(frame.planes, spec, spec.net_size, config.model.scales)
+                    yuv_frames += 1
+                else:
+                    item = prepare_image(frame.image, spec, spec.net_size, config.model.scales)
             except Exception as exc:
                 status, error, kind = "error", redact(f"cannot pre-process frame: {exc}"), "internal"
             resize_seconds += time.perf_counter() - resize_start
@@ -129,7 +136,8 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
                                frame.width, frame.height, status, error, kind))
         inputs.append(item)
         transforms.append(item.base_transform if item is not None else None)
-    frames = ShardFrames(shard.shard_id, _SOURCE_KIND[shard.kind], shard, tuple(metas), tuple(transforms))
+    frames = ShardFrames(shard.shard_id, _SOURCE_KIND[shard.kind], shard, tuple(metas), tuple(transforms),
+                         yuv_frames=yuv_frames)
     seconds = StageSeconds(decode=time.perf_counter() - start - resize_seconds, resize=resize_seconds)
     return to_row(PreparedShard(frames, tuple(inputs), seconds, StageEnds(decode=time.time())), shard.shard_id)
 

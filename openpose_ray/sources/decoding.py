@@ -1,4 +1,4 @@
-"""Decoding shards into frames: BGR uint8 pixels with where they came from.
+"""Decoding shards into frames: BGR uint8 pixels (or a video's YUV 4:2:0 planes) with where they came from.
 
 :func:`decode_frames` never raises for bad input: an unreadable object, a corrupt image,
 a broken tar member or an undecodable video frame each become a :class:`Frame` with
@@ -19,6 +19,10 @@ What each kind yields:
   a damaged video gives the same rows however it is cut into segments. Only damage the
   decoder detects is reported: VP9, for one, has no checksums, and noise inside a frame's
   data can decode to wrong pixels without an error;
+* pixels: BGR, except video frames under ``sources.decoder: yuv``, which come as their
+  decoded YUV 4:2:0 planes (:class:`~.yuv.Yuv420`, no colour conversion on the CPU), turned
+  to the displayed orientation like BGR frames; a video whose frames are not 8-bit 4:2:0
+  (or are of odd size and turned) is converted to BGR as before;
 * tar: one Frame per image member (by extension, regular files only), in archive order
   (the archive is read as a stream, one pass, so members cannot be sorted);
   frame_index = index among the image members. A corrupt member gives an error Frame
@@ -43,6 +47,7 @@ from .images import ImageDecodeError, decode_image
 from .listing import classify
 from .planning import Shard
 from .s3io import open_stream, open_uri, read_bytes
+from .yuv import Yuv420, rotated, yuv420_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,9 @@ class Frame:
     frame_index: video frame in presentation order / index of the image among a tar's
         image members / 0 for a loose image.
     timestamp: seconds (pts * time_base) for video frames, None for still images.
-    image: uint8[H, W, 3] BGR, None when status is "error". width, height: pixels (0 when unknown).
+    image: uint8[H, W, 3] BGR, None when status is "error" or the frame comes as ``planes``.
+    planes: the frame's YUV 4:2:0 planes (video under ``sources.decoder: yuv``), else None.
+    width, height: pixels (0 when unknown).
     status: "ok" or "error". error: what went wrong, None when ok.
     error_kind: which kind of failure (:data:`~.errors.ERROR_KINDS`), None when ok.
     """
@@ -72,10 +79,13 @@ class Frame:
     status: str
     error: str | None
     error_kind: str | None = None
+    planes: Yuv420 | None = None
 
 
-def _ok(source: str, member: str | None, index: int, timestamp: float | None, image: np.ndarray) -> Frame:
-    return Frame(source, member, index, timestamp, image, image.shape[1], image.shape[0], "ok", None)
+def _ok(source: str, member: str | None, index: int, timestamp: float | None, pixels: np.ndarray | Yuv420) -> Frame:
+    if isinstance(pixels, Yuv420):
+        return Frame(source, member, index, timestamp, None, *pixels.size, "ok", None, planes=pixels)
+    return Frame(source, member, index, timestamp, pixels, pixels.shape[1], pixels.shape[0], "ok", None)
 
 
 def _error(source, member, index, timestamp, message: str, kind: str, width: int = 0, height: int = 0) -> Frame:
@@ -203,10 +213,10 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
     while True:
         try:
             target = seek_targets.pop(0) if seek_targets else None
-            for rank, image in _segment_images(shard, s3, target, emitted, notes):
+            for rank, pixels in _segment_images(shard, s3, target, emitted, notes, sources.decoder == "yuv"):
                 emitted.add(rank)
                 timestamp = float(shard.frame_pts[rank] * time_base)
-                yield _ok(uri, None, shard.start_frame + rank, timestamp, image)
+                yield _ok(uri, None, shard.start_frame + rank, timestamp, pixels)
         except _MissedSeek:
             continue
         except Exception as error:
@@ -240,12 +250,26 @@ def displayed(image: np.ndarray, rotation: float) -> np.ndarray:
     by a multiple of 90 degrees (the only turns containers use). Like EXIF on
     images, so keypoints, width and height are those of the displayed frame.
     """
-    turn = int(round(-rotation / 90.0)) % 4
+    turn = _quarter_turns(rotation)
     if turn == 0:
         return image
     import cv2
 
     return cv2.rotate(image, (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turn - 1])
+
+
+def _quarter_turns(rotation: float) -> int:
+    """Clockwise quarter turns that show a frame of display-matrix ``rotation`` upright (see :func:`displayed`)."""
+    return int(round(-rotation / 90.0)) % 4
+
+
+def _pixels(frame, yuv: bool) -> np.ndarray | Yuv420:
+    """A decoded PyAV frame as displayed: its YUV 4:2:0 planes where ``yuv`` and the frame has them, else BGR."""
+    turns = _quarter_turns(frame.rotation)
+    planes = yuv420_of(frame) if yuv else None
+    if planes is not None and not (turns and (frame.width % 2 or frame.height % 2)):
+        return rotated(planes, turns)
+    return displayed(frame.to_ndarray(format="bgr24"), frame.rotation)
 
 
 def _landed_at_or_before(packet, shard: Shard) -> bool:
@@ -261,8 +285,9 @@ def _landed_at_or_before(packet, shard: Shard) -> bool:
     return packet.dts is not None and packet.dts <= min(shard.seek_targets())
 
 
-def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str]):
-    """(rank, uint8[H, W, 3] BGR) of the segment's frames as the decoder outputs them.
+def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str], yuv: bool = False):
+    """(rank, pixels) of the segment's frames as the decoder outputs them: uint8[H, W, 3] BGR, or
+    :class:`Yuv420` planes where ``yuv`` and the video has them (:func:`_pixels`).
 
     seek_ts: one of ``shard.seek_targets()``, or None to decode from the start. Raises
     _MissedSeek when the seek fails or lands after the key frame ``shard.seek_ts``.
@@ -323,11 +348,11 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
                 if rank is None or rank not in output or rank in emitted:
                     continue
                 try:
-                    image = displayed(frame.to_ndarray(format="bgr24"), frame.rotation)
+                    pixels = _pixels(frame, yuv)
                 except (av.FFmpegError, ValueError) as error:
                     notes.append(str(error))
                     continue
-                yield rank, image
+                yield rank, pixels
                 if len(emitted) == wanted:
                     return
             if past_end:
