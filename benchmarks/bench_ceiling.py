@@ -87,9 +87,13 @@ class ReplayActor:
 
 
 def count_frames(row: dict, config) -> dict:
-    """Decode a planned shard's frames and count them (the decode-only pipeline's one stage)."""
+    """Decode a planned shard's frames as the job's decode tasks do (BGR, or planes under sources.decoder yuv)
+    and count them (the decode-only pipeline's one stage)."""
     record = from_row(row)
-    frames = sum(1 for _ in decode_frames(record, config.sources, config.s3)) if isinstance(record, Shard) else 0
+    if not isinstance(record, Shard):
+        return {"frames": 0}
+    return {"frames": sum(1 for _ in decode_frames(record, config.sources, config.s3,
+                                                   planes=config.sources.decoder == "yuv"))}
     return {"frames": frames}
 
 

@@ -47,7 +47,7 @@ def decode_task(video: Path, decoder: str, spec) -> tuple[list, dict]:
     (shard,) = plan_video(obj, 100_000, LOCAL)
     wall, cpu = time.perf_counter(), time.process_time()
     items = []
-    for frame in decode_frames(shard, sources, LOCAL):
+    for frame in decode_frames(shard, sources, LOCAL, planes=decoder == "yuv"):
         if frame.planes is not None:
             items.append(prepare_planar(frame.planes, spec, spec.net_size, (1.0,)))
         else:

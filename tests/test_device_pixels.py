@@ -154,15 +154,15 @@ def test_the_engine_runs_planar_frames_as_their_inputs(data_dir, estimator):
 
 
 def test_decoding_yields_planes_where_it_can_and_bgr_otherwise(data_dir, tmp_path):
-    """decoder yuv: the H.264 video's frames come as planes (the same pictures as BGR decoding, within
+    """Asked for planes (the decode tasks under decoder yuv): the H.264 video's frames come as planes (the same pictures as BGR decoding, within
     swscale's rounding); of a turned video (display matrix), 4:2:0 comes as turned planes, 4:4:4 as BGR."""
     from synthetic_media import rotated_clip, video_clip
 
-    yuv = SourcesConfig(decoder="yuv")
-    (obj,) = iter_objects(str(data_dir / VIDEOS[0]), yuv, LOCAL)
+    sources = SourcesConfig()
+    (obj,) = iter_objects(str(data_dir / VIDEOS[0]), sources, LOCAL)
     shard = plan_video(obj, 16, LOCAL)[0]
-    as_planes = list(decode_frames(shard, yuv, LOCAL))
-    as_bgr = list(decode_frames(shard, SourcesConfig(), LOCAL))
+    as_planes = list(decode_frames(shard, sources, LOCAL, planes=True))
+    as_bgr = list(decode_frames(shard, sources, LOCAL))
     assert len(as_planes) == len(as_bgr) == 16
     for a, b in zip(as_planes, as_bgr):
         assert a.image is None and a.planes is not None and b.planes is None
@@ -172,9 +172,9 @@ def test_decoding_yields_planes_where_it_can_and_bgr_otherwise(data_dir, tmp_pat
     upright = video_clip(data_dir / VIDEOS[0], tmp_path / "upright.mp4", 3, width=160)
     for pix_fmt, as_yuv in (("yuv420p", True), ("yuv444p", False)):
         turned = rotated_clip(upright, tmp_path / f"turned-{pix_fmt}.mp4", pix_fmt=pix_fmt)
-        (obj,) = iter_objects(str(turned), yuv, LOCAL)
-        frames = list(decode_frames(plan_video(obj, 16, LOCAL)[0], yuv, LOCAL))
-        reference = list(decode_frames(plan_video(obj, 16, LOCAL)[0], SourcesConfig(), LOCAL))
+        (obj,) = iter_objects(str(turned), sources, LOCAL)
+        frames = list(decode_frames(plan_video(obj, 16, LOCAL)[0], sources, LOCAL, planes=True))
+        reference = list(decode_frames(plan_video(obj, 16, LOCAL)[0], sources, LOCAL))
         assert [(f.width, f.height) for f in frames] == [(160, 90)] * 3
         for a, b in zip(frames, reference):
             assert (a.planes is not None) == as_yuv and (a.image is None) == as_yuv

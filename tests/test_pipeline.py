@@ -250,7 +250,7 @@ def test_documented_sql_runs_on_the_output(local_run):
 
 def test_yuv_decoding_finds_the_people_of_cpu_decoding(local_run, tmp_path):
     """sources.decoder=yuv on every fifth street frame: the frames shipped as YUV planes and made into network
-    inputs by the actor; the frames rows equal, the people the full run's within the bounds of pixels a few levels
+    inputs by the actor, rendered from BGR decoded again; the frames rows equal, the people the full run's within the bounds of pixels a few levels
     apart (docs/benchmarks.md: on all frames of both shared videos, 1813 people against 1823, the count
     differing in 31 of 435 frames)."""
     config, output, _ = local_run
@@ -258,9 +258,12 @@ def test_yuv_decoding_finds_the_people_of_cpu_decoding(local_run, tmp_path):
     sources = dataclasses.replace(config.sources, frame_step=5)
     sampled = dataclasses.replace(config, input=street, output=str(tmp_path / "out"),
                                   sources=dataclasses.replace(sources, decoder="yuv"),
-                                  write=dataclasses.replace(config.write, render_images=False, render_videos=False))
+                                  write=dataclasses.replace(config.write, render_images=False, render_videos=True))
     summary = run_job(sampled)
     assert summary["decoding"] == {"decoder": "yuv", "video_frames_yuv": 41, "video_frames_bgr": 0}
+    (video,) = summary["rendered_videos"]  # rendering decodes the frames again, as BGR
+    with av.open(video) as rendered:
+        assert rendered.streams.video[0].frames == 41
     fingerprint = summary["provenance"]["config_fingerprint"]
     assert fingerprint == config_fingerprint(sampled)
     assert fingerprint != config_fingerprint(dataclasses.replace(sampled, sources=sources))  # other pixels

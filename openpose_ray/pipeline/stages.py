@@ -118,7 +118,7 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     resize_seconds = 0.0
     yuv_frames = 0
     metas, transforms, inputs = [], [], []
-    for frame in decode_frames(shard, config.sources, config.s3):
+    for frame in decode_frames(shard, config.sources, config.s3, planes=config.sources.decoder == "yuv"):
         item = None
         status, error, kind = frame.status, frame.error, frame.error_kind
         if status == "ok":

@@ -19,10 +19,11 @@ What each kind yields:
   a damaged video gives the same rows however it is cut into segments. Only damage the
   decoder detects is reported: VP9, for one, has no checksums, and noise inside a frame's
   data can decode to wrong pixels without an error;
-* pixels: BGR, except video frames under ``sources.decoder: yuv``, which come as their
-  decoded YUV 4:2:0 planes (:class:`~.yuv.Yuv420`, no colour conversion on the CPU), turned
-  to the displayed orientation like BGR frames; a video whose frames are not 8-bit 4:2:0
-  (or are of odd size and turned) is converted to BGR as before;
+* pixels: BGR, except video frames asked for as ``planes`` (the job's decode tasks under
+  ``sources.decoder: yuv``), which come as their decoded YUV 4:2:0 planes
+  (:class:`~.yuv.Yuv420`, no colour conversion on the CPU), turned to the displayed
+  orientation like BGR frames; a video whose frames are not 8-bit 4:2:0 (or are of odd size
+  and turned) is converted to BGR as before;
 * tar: one Frame per image member (by extension, regular files only), in archive order
   (the archive is read as a stream, one pass, so members cannot be sorted);
   frame_index = index among the image members. A corrupt member gives an error Frame
@@ -32,6 +33,7 @@ What each kind yields:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -63,7 +65,7 @@ class Frame:
         image members / 0 for a loose image.
     timestamp: seconds (pts * time_base) for video frames, None for still images.
     image: uint8[H, W, 3] BGR, None when status is "error" or the frame comes as ``planes``.
-    planes: the frame's YUV 4:2:0 planes (video under ``sources.decoder: yuv``), else None.
+    planes: the frame's YUV 4:2:0 planes (video frames asked for as planes), else None.
     width, height: pixels (0 when unknown).
     status: "ok" or "error". error: what went wrong, None when ok.
     error_kind: which kind of failure (:data:`~.errors.ERROR_KINDS`), None when ok.
@@ -96,9 +98,13 @@ def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, (SourceError, ImageDecodeError)) else f"{type(error).__name__}: {error}"
 
 
-def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
-    """Frames of a shard (see module docstring); never raises for bad input."""
-    decoders = {"images": _decode_images, "video": _decode_video, "tar": _decode_tar}
+def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config, *, planes: bool = False) -> Iterator[Frame]:
+    """Frames of a shard (see module docstring); never raises for bad input.
+
+    planes: yield video frames as their YUV 4:2:0 planes where they have them (``Frame.planes``), for the
+    inference actor to convert; False: BGR ``Frame.image`` always (rendering, reports, predict).
+    """
+    decoders = {"images": _decode_images, "video": functools.partial(_decode_video, planes=planes), "tar": _decode_tar}
     source = shard.uris[0] if shard.uris else shard.shard_id
     decoder = decoders.get(shard.kind)
     if decoder is None:
@@ -203,7 +209,7 @@ class _MissedSeek(Exception):
     """Seeking failed or landed after the key frame the segment needs; decode from the start instead."""
 
 
-def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterator[Frame]:
+def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config, planes: bool = False) -> Iterator[Frame]:
     uri = shard.uris[0]
     time_base = Fraction(*shard.time_base)
     emitted: set[int] = set()  # ranks within the segment already yielded
@@ -213,7 +219,7 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config) -> Iterato
     while True:
         try:
             target = seek_targets.pop(0) if seek_targets else None
-            for rank, pixels in _segment_images(shard, s3, target, emitted, notes, sources.decoder == "yuv"):
+            for rank, pixels in _segment_images(shard, s3, target, emitted, notes, planes):
                 emitted.add(rank)
                 timestamp = float(shard.frame_pts[rank] * time_base)
                 yield _ok(uri, None, shard.start_frame + rank, timestamp, pixels)
