@@ -87,14 +87,14 @@ class ReplayActor:
 
 
 def count_frames(row: dict, config) -> dict:
-    """Decode a planned shard's frames as the job's decode tasks do (BGR, or planes under sources.decoder yuv)
-    and count them (the decode-only pipeline's one stage)."""
+    """Decode a planned shard's frames as the job's decode tasks do (BGR, or planes under sources.decoder yuv,
+    by NVDEC where it can under gpu) and count them (the decode-only pipeline's one stage)."""
     record = from_row(row)
     if not isinstance(record, Shard):
         return {"frames": 0}
-    return {"frames": sum(1 for _ in decode_frames(record, config.sources, config.s3,
-                                                   planes=config.sources.decoder == "yuv"))}
-    return {"frames": frames}
+    decoder = config.sources.decoder
+    frames = decode_frames(record, config.sources, config.s3, planes=decoder in ("yuv", "gpu"), nvdec=decoder == "gpu")
+    return {"frames": sum(1 for _ in frames)}
 
 
 def decode_only(config) -> dict:

@@ -103,7 +103,8 @@ def people_difference(cpu_items, yuv_items) -> dict:
     return {"people_cpu": sum(map(len, found["cpu"])), "people_yuv": sum(map(len, found["yuv"])),
             "frames_with_other_count": differ, "parts_compared": int(d.size),
             "share_same_pixel": round(float((d == 0).mean()), 4),
-            "share_within_2_5_px": round(float((d <= 2.5).mean()), 4), "share_within_4_px": round(float((d <= 4).mean()), 4)}
+            "share_within_2_5_px": round(float((d <= 2.5).mean()), 4),
+            "share_within_4_px": round(float((d <= 4).mean()), 4)}
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 In one in-process Ray session on every CPU (and the GPU) of the machine, over ``--copies`` links to
 each input video (enough for a minute or more of steady state; the job follows the links):
 
-1. the job, once per ``--decoder`` (sources.decoder cpu, then yuv): ``run_job`` with the real
+1. the job, once per ``--decoder`` (sources.decoder cpu, gpu, then yuv): ``run_job`` with the real
    InferenceActor (configs/gpu-cluster.yaml's settings unless ``--set`` says otherwise, input and
    output local): frames/s over the pipeline's span (first to last row: the steady state) and over
    the whole run (weights shipped, actors placed, compile, manifest, report; Ray is started once,
@@ -11,7 +11,7 @@ each input video (enough for a minute or more of steady state; the job follows t
    summed), the GPU's busy share sampled every 0.5 s through the run (``nvidia-smi``; None without
    it), and the summary's decoding counts;
 2. decode only, per decoder: the job's listing, planning and decoding alone on the same inputs (what
-   the CPUs can decode at most: BGR for cpu, YUV planes for yuv; bench_ceiling.decode_only);
+   the CPUs can decode at most: BGR for cpu, YUV planes for yuv, NVDEC's for gpu; bench_ceiling.decode_only);
 3. the actor alone: InferenceActor called directly (no Ray) on the first video's frames, decoded and
    resized beforehand, in the job's shards: what the device can take.
 
@@ -20,7 +20,7 @@ network, Ray or PyAV, unpack the kit first (scripts/gpu_node_kit.sh writes .kit/
 all of it); ``--device cpu --copies 1 --set sources.frame_step=20 ...`` is the CPU smoke run of the tests.
 
     python benchmarks/gpu_node.py --checkpoint mobilenet_thin.pt --video street_720p_h264.avi \\
-        [--video sports_994p_vp9.mp4] --copies 150 [--device cuda] [--decoder cpu --decoder yuv]
+        [--video sports_994p_vp9.mp4] --copies 150 [--device cuda] [--decoder cpu --decoder gpu ...]
         [--set KEY=VALUE ...] [--json out.json]
 """
 
@@ -140,13 +140,13 @@ def main() -> None:
     parser.add_argument("--video", required=True, type=Path, action="append", help="a video to annotate (repeatable)")
     parser.add_argument("--copies", type=int, default=150, help="links to each video (default 150: ~65,000 frames)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--decoder", action="append", choices=("cpu", "yuv"),
-                        help="sources.decoder of a job run and a decode-only run (repeatable; default: cpu, then yuv)")
+    parser.add_argument("--decoder", action="append", choices=("cpu", "yuv", "gpu"),
+                        help="sources.decoder of a job run and a decode-only run (repeatable; default: cpu, gpu, yuv)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="job config override")
     parser.add_argument("--json", type=Path, help="also write the result here (after each part, so a timeout keeps "
                                                   "what was measured)")
     args = parser.parse_args()
-    decoders = args.decoder or ["cpu", "yuv"]
+    decoders = args.decoder or ["cpu", "gpu", "yuv"]
     scratch = Path(tempfile.mkdtemp(prefix="gpu-node-"))
     inputs = linked_inputs(args.video, args.copies, scratch / "inputs")
     overrides = [f"input=[{inputs}]", f"output={scratch / 'out'}", "sources.follow_symlinks=true",

@@ -17,7 +17,6 @@ At each size, in fp16 (fp32 on a CPU), at the actor's batch size:
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 from gpu_speed import frames_per_s, synchronize
 from openpose_ray.estimator import PoseEstimator
 from openpose_ray.postprocess.device import peaks_and_candidates
-from openpose_ray.postprocess.device_fixed import PEAKS_PER_PART, packed_peaks, peak_tables
+from openpose_ray.postprocess.device_fixed import PEAKS_PER_PART, peak_tables
 
 
 def _ms_per_call(work: Callable, device: str, repeat: int) -> float:
@@ -44,7 +43,7 @@ def _ms_per_call(work: Callable, device: str, repeat: int) -> float:
 def peak_finding(estimator: PoseEstimator, frames: list[np.ndarray], device: str, batch_size: int,
                  repeat: int) -> dict:
     """ms per chunk of ``batch_size`` real frames: fixed buffers eager / compiled, the exact path."""
-    from openpose_ray.compiled import StaticCompiled
+    from openpose_ray.inference import peak_finder
 
     engine, config, skeleton = estimator.engine, estimator.postprocess, estimator.entry.skeleton
     prepared = [estimator.prepare(frames[i % len(frames)]) for i in range(batch_size)]
@@ -54,9 +53,8 @@ def peak_finding(estimator: PoseEstimator, frames: list[np.ndarray], device: str
         valid_w, valid_h = prepared[0].base_transform.valid_field_size(estimator.input_spec.stride)
         heatmaps, pafs = heatmaps[..., :valid_h, :valid_w], pafs[..., :valid_h, :valid_w]
         tables = peak_tables(*heatmaps.shape[-2:], skeleton, config, heatmaps.device)
-        function = functools.partial(packed_peaks, num_parts=skeleton.num_parts, config=config,
-                                     capacity=PEAKS_PER_PART)
-        compiled = StaticCompiled(function, torch.device(device), batched=2, name="peak finder")
+        function = peak_finder(skeleton.num_parts, config, PEAKS_PER_PART, torch.device(device), compiled=False)
+        compiled = peak_finder(skeleton.num_parts, config, PEAKS_PER_PART, torch.device(device), compiled=True)
         compiled(heatmaps, pafs, *tables)  # compiles
         out = {"fixed_eager_ms": _ms_per_call(lambda: function(heatmaps, pafs, *tables), device, repeat),
                "fixed_compiled_ms": _ms_per_call(lambda: compiled(heatmaps, pafs, *tables), device, repeat),

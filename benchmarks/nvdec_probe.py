@@ -7,6 +7,9 @@ starting ``NVDEC_PROBE``:
 - PyAV's FFmpeg: its version and which NVIDIA decoders it was built with (h264_cuvid, hevc_cuvid,
   vp9_cuvid, av1_cuvid) and whether CUDA is among its hardware device types; for each found, a
   decode of the first frames of ``--video`` through it;
+- the job's own way (``sources.decoder: gpu``, openpose_ray.sources.nvdec): the whole of ``--video``
+  through PyAV's CUDA hwaccel, frames/s, the frames NVDEC decoded, whether the frames kept their
+  colour matrix, range and key-frame flags, and their planes against CPU decoding (equal or not);
 - torchcodec and PyNvVideoCodec (NVIDIA's Python bindings): importable or not (with the error), their
   versions, and, where importable, a decode of the first frames of ``--video`` on the GPU with the
   time per frame.
@@ -94,6 +97,44 @@ def _time_pyav_cuvid(av, video: Path) -> dict:
         return {"error": _error(exc)}
 
 
+def probe_job_nvdec(video: Path) -> dict:
+    """The video decoded as the job's decode tasks do under sources.decoder gpu, against CPU decoding."""
+    try:
+        import sys
+
+        import av
+        import numpy as np
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from openpose_ray.sources.nvdec import frame_decoded_by_nvdec, nvdec_accel, open_video
+        from openpose_ray.sources.yuv import yuv420_of
+
+        accel, why = nvdec_accel("probe")
+        if accel is None:
+            return {"nvdec": False, "why": why}
+        start = time.perf_counter()
+        file, container, why = open_video(lambda: open(video, "rb"), accel)
+        with file, container:
+            stream = container.streams.video[0]
+            out = {"opened": why or "with NVDEC", "is_hwaccel": bool(stream.codec_context.is_hwaccel)}
+            codec = stream.codec_context
+            frames = [(frame, frame_decoded_by_nvdec(codec, frame)) for frame in container.decode(stream)]
+        seconds = time.perf_counter() - start
+        with av.open(str(video)) as container:
+            software = list(container.decode(video=0))
+        same = [all(np.array_equal(getattr(yuv420_of(a), p), getattr(yuv420_of(b), p)) for p in "yuv")
+                for (a, _), b in zip(frames, software) if yuv420_of(a) is not None]
+        out.update({"frames": len(frames), "by_nvdec": sum(hw for _, hw in frames),
+                    "frames_per_s_with_open": round(len(frames) / seconds, 1),
+                    "formats": sorted({f.format.name for f, _ in frames}),
+                    "colorspace_kept": [f.colorspace for f, _ in frames[:1]] == [software[0].colorspace],
+                    "key_frames": [sum(f.key_frame for f, _ in frames), sum(f.key_frame for f in software)],
+                    "planes_equal_to_cpu": f"{sum(same)} of {len(software)}"})
+        return out
+    except Exception as exc:  # noqa: BLE001
+        return {"error": _error(exc), "trace": traceback.format_exc().splitlines()[-3:]}
+
+
 def probe_module(name: str, video: Path) -> dict:
     try:
         module = importlib.import_module(name)
@@ -127,7 +168,7 @@ def main() -> None:
     parser.add_argument("--video", required=True, type=Path, help="an H.264 video to decode")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    result = {"cuda": probe_cuda(), "pyav": probe_pyav(args.video),
+    result = {"cuda": probe_cuda(), "pyav": probe_pyav(args.video), "job_nvdec": probe_job_nvdec(args.video),
               "torchcodec": probe_module("torchcodec", args.video),
               "PyNvVideoCodec": probe_module("PyNvVideoCodec", args.video)}
     print("NVDEC_PROBE " + json.dumps(result))

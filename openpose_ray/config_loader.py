@@ -108,8 +108,8 @@ def config_fingerprint(config: JobConfig, device: str = "cpu") -> str:
     ``sources.max_image_pixels`` (which images get an error
     row instead of people) and ``sources.frame_step`` / ``target_fps`` (which
     frames have rows; absent when every frame is annotated) and ``sources.decoder`` as it
-    resolves on ``device`` (yuv converts pixels on the device, rounding differently from
-    swscale; absent for cpu). Excluded, as they change where or how fast
+    resolves on ``device`` (yuv and gpu convert pixels on the device, rounding differently from
+    swscale, into the same pixels: one value; absent for cpu). Excluded, as they change where or how fast
     results come, not what they are: input, output, the rest of sources
     (listing, sharding), the rest of inference (device, batch size and where
     peaks are found move floats in the last bits only), write, s3, ray. Canonical sorted JSON, so key order
@@ -132,8 +132,8 @@ def config_fingerprint(config: JobConfig, device: str = "cpu") -> str:
     precision = resolve_precision(config.inference.precision, device)
     if precision != "fp32":  # absent at fp32, so fingerprints of earlier runs stay valid
         settings["inference.precision"] = precision
-    if resolve_decoder(config.sources.decoder, device) != "cpu":  # likewise: absent for swscale's pixels
-        settings["sources.decoder"] = resolve_decoder(config.sources.decoder, device)
+    if resolve_decoder(config.sources.decoder, device) != "cpu":  # likewise: absent for swscale's pixels; yuv and
+        settings["sources.decoder"] = "yuv"  # gpu make the same planes (NVDEC decodes exactly), converted alike
     if config.sources.frame_step != 1 or config.sources.target_fps is not None:  # likewise: absent unsampled
         settings["sources.sampling"] = [config.sources.frame_step, config.sources.target_fps]
     canonical = json.dumps(_plain(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -31,7 +31,8 @@ _INTERPOLATION = {"cubic": "bicubic", "linear": "bilinear", "area": "area"}
 
 
 def rgb_from_yuv420(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: bool) -> torch.Tensor:
-    """y uint8[N, H, W], uv uint8[N, 2, ceil(H/2), ceil(W/2)] (U then V) -> RGB float32[N, 3, H, W], whole levels 0-255."""
+    """y uint8[N, H, W], uv uint8[N, 2, ceil(H/2), ceil(W/2)] (U then V) -> RGB float32[N, 3, H, W], whole
+    levels 0-255."""
     height, width = y.shape[-2:]
     kr, kb = MATRICES[matrix]
     kg = 1.0 - kr - kb
@@ -48,19 +49,36 @@ def rgb_from_yuv420(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: 
     return torch.stack([red, green, blue], dim=1).round_().clamp_(0.0, 255.0)
 
 
+# Source pixels converted at once: the float32 RGB frames and the upsampled chroma of a pass take ~20 bytes
+# a pixel, so a pass stays near 1.3 GB whatever the batch (64 frames of 4K video would take ~11 GB at once).
+PIXELS_PER_PASS = 1 << 26
+
+
 def network_inputs(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: bool,
                    transforms: Sequence[ResizeTransform], spec: InputSpec) -> list[torch.Tensor]:
     """The network input at each of ``transforms`` (frames of one size): uint8[N, h, w, 3] on y's device.
 
     y, uv: as :func:`rgb_from_yuv420`. Each transform's ``source_size`` must be the planes' (width, height).
+    Converted in passes of at most PIXELS_PER_PASS source pixels (at least one frame).
     """
+    source = (y.shape[-1], y.shape[-2])
+    for transform in transforms:
+        if tuple(transform.source_size) != source:
+            raise ValueError(f"transform for a {transform.source_size} source, planes of {source}")
+    per_pass = max(1, PIXELS_PER_PASS // (source[0] * source[1]))
+    passes = [_inputs_of(y[start:start + per_pass], uv[start:start + per_pass], matrix, full_range, transforms, spec)
+              for start in range(0, y.shape[0], per_pass)]
+    return [torch.cat(scale) if len(scale) > 1 else scale[0] for scale in zip(*passes)]
+
+
+def _inputs_of(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: bool,
+               transforms: Sequence[ResizeTransform], spec: InputSpec) -> list[torch.Tensor]:
+    """:func:`network_inputs` of one pass."""
     rgb = rgb_from_yuv420(y, uv, matrix, full_range)
     source = (rgb.shape[-1], rgb.shape[-2])
     order = [0, 1, 2] if spec.color_order == "RGB" else [2, 1, 0]
     inputs = []
     for transform in transforms:
-        if tuple(transform.source_size) != source:
-            raise ValueError(f"transform for a {transform.source_size} source, planes of {source}")
         resized = rgb
         if tuple(transform.valid_size) != source:
             resized = _resized(rgb, transform.valid_size, spec.interpolation)

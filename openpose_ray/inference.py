@@ -109,6 +109,14 @@ def _geometry(item: "PreparedImage", stride: int) -> tuple:
     return (tuple(t.valid_field_size(stride) for t in item.transforms), item.base_transform.valid_field_size(stride))
 
 
+def peak_finder(num_parts: int, postprocess: PostprocessConfig, capacity: int, device: torch.device,
+                compiled: bool) -> Callable:
+    """postprocess.device_fixed.packed_peaks with ``postprocess``'s thresholds and ``capacity`` peaks a part:
+    (heatmaps, pafs, *peak_tables) -> packed tensor; through torch.compile (StaticCompiled) where ``compiled``."""
+    function = functools.partial(packed_peaks, num_parts=num_parts, config=postprocess, capacity=capacity)
+    return StaticCompiled(function, device, batched=2, name="peak finder") if compiled else function
+
+
 class InferenceEngine:
     """A network on its device, run in bounded chunks (see the module docstring).
 
@@ -177,7 +185,8 @@ class InferenceEngine:
             return OPENVINO_BATCH_SIZE
         return DEFAULT_BATCH_SIZE.get(self.device.type, 2)
 
-    def fields(self, prepared: Sequence["PreparedImage | PlanarImage"], batch_size: int | None = None) -> list[FrameFields]:
+    def fields(self, prepared: Sequence["PreparedImage | PlanarImage"],
+               batch_size: int | None = None) -> list[FrameFields]:
         """Each frame's fields on the host (float32), averaged over its scales."""
 
         def on_device(heatmaps: torch.Tensor, pafs: torch.Tensor) -> list[torch.Tensor]:
@@ -218,10 +227,8 @@ class InferenceEngine:
         """packed_peaks for ``postprocess``'s thresholds, compiled where the network is (one per config)."""
         key = (postprocess, self.peak_capacity)
         if key not in self._peak_finders:
-            function = functools.partial(packed_peaks, num_parts=self.entry.skeleton.num_parts, config=postprocess,
-                                         capacity=self.peak_capacity)
-            self._peak_finders[key] = (function if self.compiled_network is None else
-                                               StaticCompiled(function, self.device, batched=2, name="peak finder"))
+            self._peak_finders[key] = peak_finder(self.entry.skeleton.num_parts, postprocess, self.peak_capacity,
+                                                  self.device, compiled=self.compiled_network is not None)
         return self._peak_finders[key]
 
     @torch.inference_mode()

@@ -72,11 +72,15 @@ class SourcesConfig:
         YUV 4:2:0 planes at the source size (1.5 bytes a pixel), converted to
         RGB and resized by the inference actor on its device (on a GPU: no
         colour conversion or resize on the CPU; openpose_ray.device_pixels).
-        Pixels differ from "cpu" by swscale's rounding (at most 3 levels, ~1
-        on average; docs/benchmarks.md), so it is part of the config
-        fingerprint. Videos whose frames are not 8-bit 4:2:0 and all images
-        go the "cpu" way (counted in the summary's ``decoding``). "auto": yuv
-        when the actors run on CUDA, else cpu.
+        "gpu": as yuv, but the decode tasks hand the packets to the node's
+        NVIDIA video decoder (NVDEC, PyAV >= 18; sources.nvdec); a video NVDEC
+        cannot decode (no GPU on the node, a codec or profile it lacks) is
+        decoded on the CPU as yuv, and the summary's ``decoding`` says why.
+        yuv and gpu give the same pixels, which differ from "cpu" by swscale's
+        rounding (at most 3 levels, ~1 on average; docs/benchmarks.md), so they
+        are part of the config fingerprint. Videos whose frames are not 8-bit
+        4:2:0 and all images go the "cpu" way (counted in ``decoding``).
+        "auto": gpu when the actors run on CUDA, else cpu.
     """
 
     recursive: bool = True
@@ -91,7 +95,7 @@ class SourcesConfig:
     max_image_pixels: int = 100_000_000
     max_tar_members: int = 1_000_000
     max_tar_bytes: int = 1 << 40
-    decoder: Literal["cpu", "yuv", "auto"] = "cpu"
+    decoder: Literal["cpu", "yuv", "gpu", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
         _require(self.images_per_shard >= 1, "sources.images_per_shard must be >= 1")
@@ -104,10 +108,10 @@ class SourcesConfig:
 
 
 def resolve_decoder(setting: str, device_type: str) -> str:
-    """What ``sources.decoder`` ``setting`` means with inference actors on ``device_type``: auto is yuv on cuda,
-    else cpu; cpu and yuv are themselves."""
+    """What ``sources.decoder`` ``setting`` means with inference actors on ``device_type``: auto is gpu on cuda,
+    else cpu; the others are themselves."""
     if setting == "auto":
-        return "yuv" if device_type == "cuda" else "cpu"
+        return "gpu" if device_type == "cuda" else "cpu"
     return setting
 
 

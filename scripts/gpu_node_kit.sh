@@ -3,11 +3,12 @@
 # machine that has Python 3.12 with torch, OpenCV, numpy, pyarrow, but no network, Ray or PyAV,
 # into .kit/ of the repository (git-ignored), to carry with the checkout (~60 MiB in all):
 #   .kit/site.tar.xz        Ray (slimmed) and PyAV for CPython 3.12 (../shared/gpu-node/make_kit.sh,
-#                           ~4 minutes of one core the first time; kept while it exists)
+#                           ~4 minutes of one core the first time; kept while it exists), with PyAV
+#                           replaced by cuda.lock's (NVDEC needs >= 18; ~4 more minutes, once)
 #   .kit/mobilenet_thin.pt  the converted default weights (openpose-ray weights export)
 #   .kit/*.avi, *.mp4       the two shared videos, linked 150 times each by the benchmark
 #   .kit/run.sh             the command for the GPU machine: bash .kit/run.sh RESULTS_DIR (under 10 minutes:
-#                           benchmarks/nvdec_probe.py, then benchmarks/gpu_node.py)
+#                           benchmarks/nvdec_probe.py, then benchmarks/gpu_node.py with decoders cpu, gpu, yuv)
 #
 #   bash scripts/gpu_node_kit.sh [DATA_DIR]     (default ../shared/data)
 set -euo pipefail
@@ -16,6 +17,23 @@ DATA="${1:-../shared/data}"
 KIT=.kit
 mkdir -p "$KIT"
 [ -f "$KIT/site.tar.xz" ] || bash ../shared/gpu-node/make_kit.sh "$KIT" 3.12
+# sources.decoder gpu needs PyAV >= 18 (openpose_ray/sources/nvdec.py: older ones drop a GPU frame's colour
+# matrix, rotation and key-frame flag); make_kit packs av<17, so the kit gets the CUDA lock's PyAV for 3.12
+# in its place (the same size; repacking takes ~4 minutes of one core, once)
+AV_PIN=$(grep -oE "^av==[0-9.]+ ; python_full_version >= '3.12'" requirements/cuda.lock | sed -E 's/ ;.*//')
+if [ -n "$AV_PIN" ] && ! grep -q "^av-${AV_PIN#av==}-" "$KIT/wheels.txt"; then
+  WORK=$(mktemp -d)
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --abi cp312 --abi abi3 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    -d "$WORK/wheel" "$AV_PIN" 2>&1 | grep -v "^WARNING: Location" || true
+  mkdir "$WORK/site" && tar -C "$WORK/site" -xJf "$KIT/site.tar.xz"
+  rm -rf "$WORK"/site/av "$WORK"/site/av-*.dist-info "$WORK"/site/av.libs
+  (cd "$WORK/site" && python3 -m zipfile -e "$WORK"/wheel/av-*.whl .)
+  tar -C "$WORK/site" -cf - . | xz -9e -T1 > "$KIT/site.tar.xz"
+  { grep -v "^av-" "$KIT/wheels.txt"; basename "$WORK"/wheel/av-*.whl; } > "$WORK/wheels.txt"
+  mv "$WORK/wheels.txt" "$KIT/wheels.txt"
+  rm -rf "$WORK"
+fi
 .venv/bin/openpose-ray weights export --to "$KIT/mobilenet_thin.pt" >/dev/null
 cp --no-preserve=mode "$DATA/videos/street_720p_h264.avi" "$DATA/videos/sports_994p_vp9.mp4" "$KIT/"
 cat > "$KIT/run.sh" <<'EOF'
@@ -29,10 +47,10 @@ python3 -c "import tarfile; tarfile.open('.kit/site.tar.xz').extractall('/tmp/si
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi -L; nproc
 # first, what the machine offers for decoding on the GPU (PyAV's cuvid decoders, torchcodec, PyNvVideoCodec)
-timeout 45 python3 benchmarks/nvdec_probe.py --video .kit/street_720p_h264.avi --json "$RESULTS/nvdec_probe.json" \
+timeout 40 python3 benchmarks/nvdec_probe.py --video .kit/street_720p_h264.avi --json "$RESULTS/nvdec_probe.json" \
     > "$RESULTS/nvdec_probe.log" 2>&1; tail -c 2000 "$RESULTS/nvdec_probe.log"
-timeout 520 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
-    --video .kit/sports_994p_vp9.mp4 --copies 150 --json "$RESULTS/gpu_node.json" > "$RESULTS/gpu_node.log" 2>&1
+timeout 500 python3 benchmarks/gpu_node.py --checkpoint .kit/mobilenet_thin.pt --video .kit/street_720p_h264.avi \
+    --video .kit/sports_994p_vp9.mp4 --copies 120 --json "$RESULTS/gpu_node.json" > "$RESULTS/gpu_node.log" 2>&1
 echo "exit $?"; tail -c 3000 "$RESULTS/gpu_node.log"
 EOF
 du -sh "$KIT"

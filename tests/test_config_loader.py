@@ -216,17 +216,18 @@ def test_fingerprint_ignores_key_order_and_where_results_go(tmp_path):
 
 
 def test_decoder_yuv_is_a_generation_of_its_own_and_auto_follows_the_actors():
-    """yuv pixels are converted on the device (other rounding than swscale): another fingerprint; cpu keeps
-    the one runs had before the key existed; auto is yuv on CUDA actors and cpu on CPU ones."""
+    """yuv and gpu pixels are converted on the device (other rounding than swscale): another fingerprint, one
+    for both; cpu keeps the one runs had before the key existed; auto is gpu on CUDA actors and cpu on CPU ones."""
     base = load_config(None, MINIMAL)
     assert config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=cpu"])) == config_fingerprint(base)
     yuv = config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=yuv"]))
     assert yuv != config_fingerprint(base)
     auto = load_config(None, [*MINIMAL, "sources.decoder=auto"])
     assert config_fingerprint(auto, "cpu") == config_fingerprint(base)
-    assert config_fingerprint(auto, "cuda") == config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=yuv"]),
+    assert config_fingerprint(auto, "cuda") == config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=gpu"]),
                                                                   "cuda")
-    assert resolve_decoder("auto", "cuda") == "yuv" and resolve_decoder("auto", "cpu") == "cpu"
+    assert config_fingerprint(load_config(None, [*MINIMAL, "sources.decoder=gpu"])) == yuv  # NVDEC: the same planes
+    assert resolve_decoder("auto", "cuda") == "gpu" and resolve_decoder("auto", "cpu") == "cpu"
     assert resolve_decoder("yuv", "cpu") == "yuv"  # on a CPU actor too: the conversion runs in its threads
     with pytest.raises(ConfigError, match="decoder"):
         load_config(None, [*MINIMAL, "sources.decoder=nvdec"])

@@ -36,7 +36,8 @@ def _rgb(planes: Yuv420) -> np.ndarray:
     """uint8[H, W, 3] BGR of planes, converted by device_pixels on the CPU."""
     y = torch.from_numpy(planes.y)[None]
     uv = torch.from_numpy(np.stack([planes.u, planes.v]))[None]
-    return rgb_from_yuv420(y, uv, planes.matrix, planes.full_range)[0].permute(1, 2, 0).numpy()[..., ::-1].astype(np.uint8)
+    rgb = rgb_from_yuv420(y, uv, planes.matrix, planes.full_range)[0].permute(1, 2, 0).numpy()
+    return rgb[..., ::-1].astype(np.uint8)
 
 
 def _inputs(planes: Yuv420, item) -> list[np.ndarray]:
@@ -143,7 +144,8 @@ def test_the_engine_runs_planar_frames_as_their_inputs(data_dir, estimator):
     photo = prepare_image(frames[2].to_ndarray(format="bgr24")[:400, :300].copy(), spec, net_size, scales)
     mixed = [planar[0], photo, planar[2], planar[1]]
     got = estimator.engine.peaks(mixed, estimator.postprocess, batch_size=2)
-    want = estimator.engine.peaks([as_host[0], photo, as_host[2], as_host[1]], estimator.postprocess, batch_size=2)
+    want = estimator.engine.peaks([as_host[0], photo, as_host[2], as_host[1]], estimator.postprocess,
+                                  batch_size=2)
     assert estimator.engine.transfers.inputs.allocated > 0
     for a, b in zip(got, want):
         for field in ("part", "xy", "score"):
@@ -154,8 +156,9 @@ def test_the_engine_runs_planar_frames_as_their_inputs(data_dir, estimator):
 
 
 def test_decoding_yields_planes_where_it_can_and_bgr_otherwise(data_dir, tmp_path):
-    """Asked for planes (the decode tasks under decoder yuv): the H.264 video's frames come as planes (the same pictures as BGR decoding, within
-    swscale's rounding); of a turned video (display matrix), 4:2:0 comes as turned planes, 4:4:4 as BGR."""
+    """Asked for planes (the decode tasks under decoder yuv): the H.264 video's frames come as planes (the
+    same pictures as BGR decoding, within swscale's rounding); of a turned video (display matrix), 4:2:0
+    comes as turned planes, 4:4:4 as BGR."""
     from synthetic_media import rotated_clip, video_clip
 
     sources = SourcesConfig()
@@ -180,3 +183,49 @@ def test_decoding_yields_planes_where_it_can_and_bgr_otherwise(data_dir, tmp_pat
             assert (a.planes is not None) == as_yuv and (a.image is None) == as_yuv
             pixels = _rgb(a.planes) if as_yuv else a.image
             assert np.abs(pixels.astype(int) - b.image.astype(int)).max() <= 3, pix_fmt
+
+
+def test_nvdec_where_it_cannot_be_used_decodes_on_the_cpu_saying_why(data_dir, monkeypatch):
+    """decoder gpu on a node without a GPU, with a GPU CUDA cannot open, and with too old a PyAV: the planes of
+    CPU decoding, bit for bit, every frame saying why NVDEC did not decode it."""
+    import openpose_ray.sources.nvdec as nvdec
+
+    sources = SourcesConfig()
+    (obj,) = iter_objects(str(data_dir / VIDEOS[0]), sources, LOCAL)
+    shard = plan_video(obj, 8, LOCAL)[1]
+    want = list(decode_frames(shard, sources, LOCAL, planes=True))
+    assert all(f.decoded_by == "cpu" and f.not_nvdec is None for f in want)
+
+    def decoded_with_nvdec() -> list:
+        frames = list(decode_frames(shard, sources, LOCAL, planes=True, nvdec=True))
+        assert [f.frame_index for f in frames] == [f.frame_index for f in want]
+        for a, b in zip(frames, want):
+            assert a.decoded_by == "cpu"
+            assert all(np.array_equal(getattr(a.planes, p), getattr(b.planes, p)) for p in "yuv")
+        assert len({f.not_nvdec for f in frames}) == 1
+        return frames
+
+    monkeypatch.setattr(nvdec, "_NVIDIA_GPUS", "/nonexistent")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert decoded_with_nvdec()[0].not_nvdec == "no NVIDIA GPU on this node"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU named, but no driver here: opening it fails
+    assert decoded_with_nvdec()[0].not_nvdec.startswith("NVDEC could not be opened")
+    monkeypatch.setattr(av, "__version__", "16.1.0")
+    assert decoded_with_nvdec()[0].not_nvdec.startswith("PyAV 16.1.0 loses frame properties")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert nvdec.gpus_on_node() == 0
+
+
+def test_a_batch_is_converted_in_passes_with_the_same_result(data_dir, monkeypatch):
+    """Frames converted a few at a time (memory bounded by PIXELS_PER_PASS) equal those converted at once."""
+    import openpose_ray.device_pixels as device_pixels
+
+    frames = [yuv420_of(_frame(data_dir / VIDEOS[0], i)) for i in (0, 7, 30)]
+    item = prepare_planar(frames[0], SPEC, SPEC.net_size, (1.0, 0.5))
+    y = torch.from_numpy(np.stack([f.y for f in frames]))
+    uv = torch.from_numpy(np.stack([np.stack([f.u, f.v]) for f in frames]))
+    at_once = network_inputs(y, uv, "bt709", False, item.transforms, SPEC)
+    monkeypatch.setattr(device_pixels, "PIXELS_PER_PASS", 2 * 1280 * 720)  # passes of 2 frames, then 1
+    in_passes = network_inputs(y, uv, "bt709", False, item.transforms, SPEC)
+    assert [x.shape for x in in_passes] == [(3, 368, 656, 3), (3, 184, 328, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(at_once, in_passes))

@@ -29,11 +29,13 @@ def test_gpu_node_benchmark_runs_on_the_cpu(data_dir, tmp_path, capsys):
     numbers = json.loads(result.read_text())
     assert "GPU_NODE " in done.stdout
     # 205 + 230 frames, every 40th: 6 + 6 per copy, 2 copies of each video; a job and decode-only per decoder
-    assert numbers["inputs"] == 4 and set(numbers["jobs"]) == set(numbers["decode_only"]) == {"cpu", "yuv"}
+    assert numbers["inputs"] == 4 and set(numbers["jobs"]) == set(numbers["decode_only"]) == {"cpu", "yuv", "gpu"}
     for decoder, job in numbers["jobs"].items():
         assert job["frames"] == numbers["decode_only"][decoder]["frames"] == 24
-        assert job["decoding"] == {"decoder": decoder, "video_frames_yuv": 24 if decoder == "yuv" else 0,
-                                   "video_frames_bgr": 0 if decoder == "yuv" else 24}
+        planes = decoder != "cpu"  # gpu: no GPU here, so the decode tasks decode on the CPU, saying why (4 shards)
+        assert job["decoding"] == {"decoder": decoder, "video_frames_nvdec": 0, "video_frames_yuv": 24 * planes,
+                                   "video_frames_bgr": 24 * (not planes),
+                                   "not_nvdec": {"no NVIDIA GPU on this node": 4} if decoder == "gpu" else {}}
         assert job["people"] > 0 and job["precision"] == "fp32" and job["gpu_busy_share"] is None  # no nvidia-smi
         assert 0 < job["frames_per_s_with_start"] < job["frames_per_s_steady"]
         assert set(job["cpu_seconds_per_stage"]) >= {"decode", "infer", "post"} and job["first_result_s"] > 0

@@ -65,7 +65,8 @@ def test_summary_counts_every_input(local_run):
     assert summary["frames"] == FRAMES and summary["frames_failed"] == 0
     assert json.loads((output / "summary.json").read_text()) == summary
     assert summary["frames_per_s"] > 0 and summary["people"] > 0
-    assert summary["decoding"] == {"decoder": "cpu", "video_frames_yuv": 0, "video_frames_bgr": 205}
+    assert summary["decoding"] == {"decoder": "cpu", "video_frames_nvdec": 0, "video_frames_yuv": 0,
+                                   "video_frames_bgr": 205, "not_nvdec": {}}
 
 
 def test_frames_table_has_every_frame_with_container_timestamps(local_run):
@@ -260,7 +261,8 @@ def test_yuv_decoding_finds_the_people_of_cpu_decoding(local_run, tmp_path):
                                   sources=dataclasses.replace(sources, decoder="yuv"),
                                   write=dataclasses.replace(config.write, render_images=False, render_videos=True))
     summary = run_job(sampled)
-    assert summary["decoding"] == {"decoder": "yuv", "video_frames_yuv": 41, "video_frames_bgr": 0}
+    assert summary["decoding"] == {"decoder": "yuv", "video_frames_nvdec": 0, "video_frames_yuv": 41,
+                                   "video_frames_bgr": 0, "not_nvdec": {}}
     (video,) = summary["rendered_videos"]  # rendering decodes the frames again, as BGR
     with av.open(video) as rendered:
         assert rendered.streams.video[0].frames == 41

@@ -56,6 +56,7 @@ from openpose_ray.jobconfig import S3Config
 from openpose_ray.retry import call_with_retries
 from openpose_ray.storage import parse, redact
 
+from .media import media_folder
 from .writer import TABLES, delete_uris, output_filesystem, parquet_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -433,7 +434,7 @@ def finalize(output: str, s3: S3Config, compression: str = "zstd") -> tuple[pa.T
 
 
 ROW_KEY = ("source", "shard_id", "run_id")
-POSE_SHARDS = "media/webdataset"  # outputs.pose_shards
+POSE_SHARDS = media_folder("webdataset")  # outputs.pose_shards
 
 
 def row_keys(table: pa.Table) -> pa.ChunkedArray:

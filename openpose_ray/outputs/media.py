@@ -17,7 +17,6 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from ..storage import text_form
@@ -40,12 +39,21 @@ def encode_image(image_bgr: np.ndarray, ext: str = ".jpg", *, jpeg_quality: int 
     if not isinstance(image_bgr, np.ndarray) or image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 \
             or image_bgr.shape[2] != 3:
         raise ValueError(f"encode_image expects a uint8 [H, W, 3] BGR array, got {_describe(image_bgr)}")
+    import cv2  # here, not at import: the manifest imports this module's paths on workers that never encode
+
     ext = ext if ext.startswith(".") else f".{ext}"
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext.lower() in (".jpg", ".jpeg") else []
     ok, encoded = cv2.imencode(ext, image_bgr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode an image as {ext!r}; use .jpg or .png")
     return encoded.tobytes()
+
+
+def media_folder(kind: str) -> str:
+    """The folder, relative to the output root, of one kind of media: ``media/<kind>``."""
+    if kind not in MEDIA_KINDS:
+        raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")
+    return f"media/{kind}"
 
 
 def media_path_for(source: str, member: str | None = None, *, kind: str = "images",
@@ -65,8 +73,7 @@ def media_path_for(source: str, member: str | None = None, *, kind: str = "image
     kind: "images", "videos" or "webdataset" (pose shards). ext: file extension; default ".jpg"
         for images, ".mp4" for videos.
     """
-    if kind not in MEDIA_KINDS:
-        raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")
+    folder = media_folder(kind)
     ext = ext or (".jpg" if kind == "images" else ".mp4")
     ext = "." + (_safe_component(ext.lstrip(".")) or "bin")
     source, member = text_form(source), None if member is None else text_form(member)
@@ -79,7 +86,7 @@ def media_path_for(source: str, member: str | None = None, *, kind: str = "image
     else:
         member_parts = _components(member)[-_MAX_MEMBER_DEPTH:] or ["_"]
         folders, name = [_stem(source_name), *member_parts[:-1]], member_parts[-1]
-    return "/".join(["media", kind, *folders, f"{_stem(name)}-{digest}{ext}"])
+    return "/".join([folder, *folders, f"{_stem(name)}-{digest}{ext}"])
 
 
 def encode_segment(frames: Iterable[np.ndarray], timestamps: Sequence[float], fps: float, *,
@@ -213,6 +220,8 @@ def _even_sized(image: np.ndarray) -> np.ndarray:
     pad_bottom, pad_right = image.shape[0] % 2, image.shape[1] % 2
     if not (pad_bottom or pad_right):
         return image
+    import cv2
+
     return cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)
 
 

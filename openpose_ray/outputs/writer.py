@@ -180,6 +180,11 @@ def encode_path_segment(value: str) -> str:
     return encoded
 
 
+def output_uri(output: str, relative: str) -> str:
+    """URI of ``relative`` (a path like ``media/videos/x.mp4``) under the job's output folder or S3 prefix."""
+    return parse(output).join(relative).uri
+
+
 def write_summary(output_uri: str, s3: S3Config, summary: dict) -> str:
     """Write ``summary`` as ``<output>/summary.json`` (credentials redacted); returns its uri."""
     uri = parse(output_uri).join("summary.json").uri

@@ -220,8 +220,10 @@ class ShardFrames:
     frames: one FrameMeta per decoded frame or failed input.
     transforms: per frame, the scale-1 ResizeTransform from network input to source pixels
         (None for failed frames).
-    yuv_frames: frames that left decoding as YUV 4:2:0 planes (``sources.decoder: yuv``), made
-        into network inputs by the inference actor; the other ok frames were converted on the CPU.
+    yuv_frames: frames that left decoding as YUV 4:2:0 planes (``sources.decoder: yuv`` or ``gpu``),
+        made into network inputs by the inference actor; the other ok frames were converted on the CPU.
+    nvdec_frames: of those, the frames the GPU's decoder decoded (``sources.decoder: gpu``).
+    not_nvdec: under ``sources.decoder: gpu``, why NVDEC did not decode (some of) the shard's frames.
     """
 
     shard_id: str
@@ -231,6 +233,8 @@ class ShardFrames:
     transforms: tuple[ResizeTransform | None, ...]
     failed: FailedInput | None = None
     yuv_frames: int = 0
+    nvdec_frames: int = 0
+    not_nvdec: str | None = None
 
 
 @dataclass(frozen=True)

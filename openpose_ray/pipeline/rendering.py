@@ -20,7 +20,7 @@ import ray
 from ..jobconfig import JobConfig
 from ..models.registry import get_entry
 from ..outputs.media import concat_segments, encode_image, encode_segment, media_path_for
-from ..outputs.writer import delete_uris, write_bytes
+from ..outputs.writer import delete_uris, output_uri, write_bytes
 from ..person import Person
 from ..drawing import draw
 from ..skeleton import Skeleton
@@ -32,11 +32,6 @@ from .records import ShardFrames
 log = logging.getLogger(__name__)
 
 _DEFAULT_FPS = 30.0
-
-
-def _output_uri(config: JobConfig, relative: str) -> str:
-    """URI of a path relative to the job's output root (media_path_for paths start with media/)."""
-    return parse(config.output).join(relative).uri
 
 
 def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: JobConfig) -> dict:
@@ -54,7 +49,7 @@ def render_people(frames: ShardFrames, people: Sequence[list[Person]], config: J
             continue
         ext = ".png" if (frame.member or frame.source).lower().endswith(".png") else ".jpg"
         relative = media_path_for(frame.source, frame.member, kind="images", ext=ext)
-        write_bytes(_output_uri(config, relative), encode_image(draw(frame.image, persons, skeleton, config.write.render_style), ext), config.s3)
+        write_bytes(output_uri(config.output, relative), encode_image(draw(frame.image, persons, skeleton, config.write.render_style), ext), config.s3)
         written += 1
     return {"images": written}
 
@@ -75,7 +70,7 @@ def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: Jo
     fps = float(1.0 / np.median(steps)) if len(steps) and np.median(steps) > 0 else _DEFAULT_FPS
     video_path = media_path_for(source, None, kind="videos", ext=".mp4")
     # media/videos/x.mp4 -> media/.segments/videos/x.mp4/<first frame>.mp4, joined at the end of the job.
-    segment = _output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{frames.shard.start_frame:010d}.mp4")
+    segment = output_uri(config.output, f"media/.segments/{video_path.split('/', 1)[1]}/{frames.shard.start_frame:010d}.mp4")
     write_bytes(segment, encode_segment(drawn, timestamps, fps), config.s3)
     return {"video": source, "start_frame": frames.shard.start_frame, "segment": segment, "frames": len(drawn)}
 
@@ -83,7 +78,7 @@ def _render_video_segment(frames: ShardFrames, people_by_frame: dict, config: Jo
 @ray.remote(num_cpus=1)
 def _assemble_video(source: str, segments: list[str], config: JobConfig) -> str:
     data = concat_segments([read_bytes(uri, config.s3) for uri in segments])
-    target = _output_uri(config, media_path_for(source, None, kind="videos", ext=".mp4"))
+    target = output_uri(config.output, media_path_for(source, None, kind="videos", ext=".mp4"))
     write_bytes(target, data, config.s3)
     _delete_segments(segments, config)
     return target
@@ -99,7 +94,7 @@ def _delete_segments(segments: list[str], config: JobConfig) -> None:
 
 def _remove_empty_folders(folder: str, config: JobConfig) -> None:
     """rmdir ``folder`` and its parents while empty, up to and including <output>/media/.segments."""
-    last = os.path.normpath(parse(_output_uri(config, "media/.segments")).key)
+    last = os.path.normpath(parse(output_uri(config.output, "media/.segments")).key)
     folder = os.path.normpath(folder)
     while folder == last or folder.startswith(last + os.sep):
         try:
@@ -131,7 +126,7 @@ def assemble_pending_videos(complete_sources: list[str], config: JobConfig) -> l
         video_path = media_path_for(source, None, kind="videos", ext=".mp4")
         folder = f"{base}/{video_path.split('/', 1)[1]}"
         if folder in waiting:
-            segments = [_output_uri(config, f"media/.segments/{video_path.split('/', 1)[1]}/{name}")
+            segments = [output_uri(config.output, f"media/.segments/{video_path.split('/', 1)[1]}/{name}")
                         for name in sorted(waiting[folder])]  # names are zero-padded first frames
             refs.append(_assemble_video.remote(source, segments, config))
     return ray.get(refs)

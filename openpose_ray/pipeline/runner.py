@@ -42,7 +42,7 @@ import logging
 import os
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import ray
@@ -266,6 +266,7 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
     totals: dict[str, float] = defaultdict(float)
     seconds: dict[str, float] = defaultdict(float)
     skipped: list[dict] = []
+    not_nvdec: Counter[str] = Counter()  # why NVDEC did not decode a video shard (sources.decoder gpu): shards
     timeline = StageTimeline(started)  # when each shard went through each stage, for report.html
     last_log = time.time()
     marks = {"start": time.time()}  # when each part of the run ended, for summary["wall_seconds"]
@@ -286,6 +287,9 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
         if record.frames.source_kind == "video":
             totals["video_frames_decoded"] += stats.frames - stats.failed
             totals["video_frames_yuv"] += record.frames.yuv_frames
+            totals["video_frames_nvdec"] += record.frames.nvdec_frames
+            if record.frames.not_nvdec is not None:
+                not_nvdec[record.frames.not_nvdec] += 1
         totals["frames"] += stats.frames
         totals["failed"] += stats.failed
         totals["people"] += stats.people
@@ -341,10 +345,13 @@ def _annotate(config: JobConfig, force: bool, started: float, plan: ActorPlan, w
                       "peaks_on": "device" if plan.peaks_on_device else "cpu", "actor": plan.bundle,
                       "min_actors": plan.min_actors, "max_actors": plan.max_actors,
                       "waited_for_actors_s": round(waited, 1)},
-        # sources.decoder as resolved; video frames shipped as YUV planes (made into network inputs by the actors)
-        # and those converted to BGR on the CPU (decoder cpu, or a video that is not 8-bit 4:2:0)
-        "decoding": {"decoder": config.sources.decoder, "video_frames_yuv": int(totals["video_frames_yuv"]),
-                     "video_frames_bgr": int(totals["video_frames_decoded"] - totals["video_frames_yuv"])},
+        # sources.decoder as resolved; video frames decoded by NVDEC (decoder gpu), shipped as YUV planes (made
+        # into network inputs by the actors; NVDEC's included) and converted to BGR on the CPU (decoder cpu, or a
+        # video that is not 8-bit 4:2:0); why NVDEC did not decode video shards, with how many (at most 10 reasons)
+        "decoding": {"decoder": config.sources.decoder, "video_frames_nvdec": int(totals["video_frames_nvdec"]),
+                     "video_frames_yuv": int(totals["video_frames_yuv"]),
+                     "video_frames_bgr": int(totals["video_frames_decoded"] - totals["video_frames_yuv"]),
+                     "not_nvdec": {text_form(redact(why)): shards for why, shards in not_nvdec.most_common(10)}},
         "rendered_images": int(totals["images_rendered"]),
         "rendered_videos": videos_written,
         "provenance": provenance.__dict__ | {"net_size": list(provenance.net_size), "scales": list(provenance.scales)},

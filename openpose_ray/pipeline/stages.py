@@ -8,7 +8,8 @@ peaks and scored limb candidates (``peaks_on: device``, a few kB).
 
     plan_shards            ToPlan (video/tar) -> Shard per segment / tar, or FailedInput
     prepare_shard          Shard -> PreparedShard: decode + resize to uint8 inputs   (CPU; sources.decoder
-                           yuv: a video's YUV 4:2:0 planes, converted + resized by the actor)
+                           yuv / gpu: a video's YUV 4:2:0 planes, decoded on the CPU / by NVDEC,
+                           converted + resized by the actor)
     InferenceActor         PreparedShard -> InferredShard: fields, or peaks + limbs  (GPU or CPU actor;
                            pipeline.inference_actor: the one stage that imports torch)
     postprocess_and_write  InferredShard -> WrittenShard: people -> Parquet          (CPU)
@@ -28,13 +29,13 @@ from ..models.registry import get_entry
 from ..outputs.frames_table import ShardTablesBuilder
 from ..outputs.manifest import relative_to_output, write_commit
 from ..outputs.provenance import Provenance
-from ..outputs.writer import ShardWriter, partition_value, write_bytes
+from ..outputs.writer import ShardWriter, output_uri, partition_value, write_bytes
 from ..person import Person, people_from_fields, people_from_peaks
 from ..preprocess import prepare_image, prepare_planar, resolve_input_spec
 from ..sources.decoding import decode_frames
 from ..sources.errors import RETRIED_KINDS, error_kind
 from ..sources.planning import DEFAULT_SEGMENT_CUT, Shard, plan_tar, plan_video
-from ..storage import parse, redact, stable_id, text_form
+from ..storage import redact, stable_id, text_form
 from .records import (FailedInput, FrameMeta, InferredShard, PreparedShard, ShardFrames, ShardStats, StageEnds,
                       StageSeconds, ToPlan, WrittenShard, from_row, to_row)
 
@@ -104,7 +105,8 @@ def model_input_spec(config: JobConfig):
 
 def prepare_shard(row: dict, config: JobConfig) -> dict:
     """Decode a shard's frames and resize them to the network's uint8 inputs (a PreparedShard); under
-    ``sources.decoder: yuv`` a video's frames stay YUV 4:2:0 planes (PlanarImage) for the actor to convert."""
+    ``sources.decoder: yuv`` or ``gpu`` (decoded by NVDEC where it can) a video's frames stay YUV 4:2:0
+    planes (PlanarImage) for the actor to convert."""
     _yield_to_inference()
     record = from_row(row)
     if isinstance(record, FailedInput):
@@ -118,13 +120,18 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
     resize_seconds = 0.0
     yuv_frames = 0
     metas, transforms, inputs = [], [], []
-    for frame in decode_frames(shard, config.sources, config.s3, planes=config.sources.decoder == "yuv"):
+    decoder = config.sources.decoder
+    nvdec_frames, not_nvdec = 0, None
+    for frame in decode_frames(shard, config.sources, config.s3, planes=decoder in ("yuv", "gpu"),
+                               nvdec=decoder == "gpu"):
         item = None
+        nvdec_frames += frame.decoded_by == "nvdec"
+        not_nvdec = not_nvdec or frame.not_nvdec
         status, error, kind = frame.status, frame.error, frame.error_kind
         if status == "ok":
             resize_start = time.perf_counter()
             try:
-                if frame.planes is not None:  # sources.decoder yuv: converted and resized by the actor
+                if frame.planes is not None:  # sources.decoder yuv or gpu: converted and resized by the actor
                     item = prepare_planar(frame.planes, spec, spec.net_size, config.model.scales)
                     yuv_frames += 1
                 else:
@@ -137,7 +144,7 @@ def prepare_shard(row: dict, config: JobConfig) -> dict:
         inputs.append(item)
         transforms.append(item.base_transform if item is not None else None)
     frames = ShardFrames(shard.shard_id, _SOURCE_KIND[shard.kind], shard, tuple(metas), tuple(transforms),
-                         yuv_frames=yuv_frames)
+                         yuv_frames=yuv_frames, nvdec_frames=nvdec_frames, not_nvdec=not_nvdec)
     seconds = StageSeconds(decode=time.perf_counter() - start - resize_seconds, resize=resize_seconds)
     return to_row(PreparedShard(frames, tuple(inputs), seconds, StageEnds(decode=time.time())), shard.shard_id)
 
@@ -257,7 +264,7 @@ def _write_pose_shard(frames: ShardFrames, people: tuple, skeleton, config: JobC
     from ..outputs.pose_shards import pose_shard_bytes, pose_shard_path
 
     data = pose_shard_bytes(frames.frames, people, skeleton, with_maps=config.write.pose_shard_maps)
-    write_bytes(parse(config.output).join(pose_shard_path(frames.frames[0].source)).uri, data, config.s3)
+    write_bytes(output_uri(config.output, pose_shard_path(frames.frames[0].source)), data, config.s3)
 
 
 def _renders(frames: ShardFrames, config: JobConfig) -> bool:

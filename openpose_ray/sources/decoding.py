@@ -49,6 +49,7 @@ from .images import ImageDecodeError, decode_image
 from .listing import classify
 from .planning import Shard
 from .s3io import open_stream, open_uri, read_bytes
+from .nvdec import frame_decoded_by_nvdec, nvdec_accel, open_video
 from .yuv import Yuv420, rotated, yuv420_of
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Frame:
     timestamp: seconds (pts * time_base) for video frames, None for still images.
     image: uint8[H, W, 3] BGR, None when status is "error" or the frame comes as ``planes``.
     planes: the frame's YUV 4:2:0 planes (video frames asked for as planes), else None.
+    decoded_by: "nvdec" for a video frame the GPU decoded (``nvdec=True``), else "cpu".
+    not_nvdec: why a video asked to decode with NVDEC was decoded on the CPU, else None.
     width, height: pixels (0 when unknown).
     status: "ok" or "error". error: what went wrong, None when ok.
     error_kind: which kind of failure (:data:`~.errors.ERROR_KINDS`), None when ok.
@@ -82,12 +85,17 @@ class Frame:
     error: str | None
     error_kind: str | None = None
     planes: Yuv420 | None = None
+    decoded_by: str = "cpu"
+    not_nvdec: str | None = None
 
 
-def _ok(source: str, member: str | None, index: int, timestamp: float | None, pixels: np.ndarray | Yuv420) -> Frame:
+def _ok(source: str, member: str | None, index: int, timestamp: float | None, pixels: np.ndarray | Yuv420,
+        decoded_by: str = "cpu", not_nvdec: str | None = None) -> Frame:
     if isinstance(pixels, Yuv420):
-        return Frame(source, member, index, timestamp, None, *pixels.size, "ok", None, planes=pixels)
-    return Frame(source, member, index, timestamp, pixels, pixels.shape[1], pixels.shape[0], "ok", None)
+        return Frame(source, member, index, timestamp, None, *pixels.size, "ok", None, planes=pixels,
+                     decoded_by=decoded_by, not_nvdec=not_nvdec)
+    return Frame(source, member, index, timestamp, pixels, pixels.shape[1], pixels.shape[0], "ok", None,
+                 decoded_by=decoded_by, not_nvdec=not_nvdec)
 
 
 def _error(source, member, index, timestamp, message: str, kind: str, width: int = 0, height: int = 0) -> Frame:
@@ -98,13 +106,17 @@ def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, (SourceError, ImageDecodeError)) else f"{type(error).__name__}: {error}"
 
 
-def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config, *, planes: bool = False) -> Iterator[Frame]:
+def decode_frames(shard: Shard, sources: SourcesConfig, s3: S3Config, *, planes: bool = False,
+                  nvdec: bool = False) -> Iterator[Frame]:
     """Frames of a shard (see module docstring); never raises for bad input.
 
     planes: yield video frames as their YUV 4:2:0 planes where they have them (``Frame.planes``), for the
     inference actor to convert; False: BGR ``Frame.image`` always (rendering, reports, predict).
+    nvdec: decode video on the node's NVIDIA GPU where it can (sources.nvdec), else on the CPU, saying why
+    (``Frame.not_nvdec``); the pixels are the same.
     """
-    decoders = {"images": _decode_images, "video": functools.partial(_decode_video, planes=planes), "tar": _decode_tar}
+    video = functools.partial(_decode_video, planes=planes, nvdec=nvdec)
+    decoders = {"images": _decode_images, "video": video, "tar": _decode_tar}
     source = shard.uris[0] if shard.uris else shard.shard_id
     decoder = decoders.get(shard.kind)
     if decoder is None:
@@ -209,7 +221,8 @@ class _MissedSeek(Exception):
     """Seeking failed or landed after the key frame the segment needs; decode from the start instead."""
 
 
-def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config, planes: bool = False) -> Iterator[Frame]:
+def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config, planes: bool = False,
+                  nvdec: bool = False) -> Iterator[Frame]:
     uri = shard.uris[0]
     time_base = Fraction(*shard.time_base)
     emitted: set[int] = set()  # ranks within the segment already yielded
@@ -219,10 +232,11 @@ def _decode_video(shard: Shard, sources: SourcesConfig, s3: S3Config, planes: bo
     while True:
         try:
             target = seek_targets.pop(0) if seek_targets else None
-            for rank, pixels in _segment_images(shard, s3, target, emitted, notes, planes):
+            for rank, pixels, decoded_by, not_nvdec in _segment_images(shard, s3, target, emitted, notes, planes,
+                                                                       nvdec):
                 emitted.add(rank)
                 timestamp = float(shard.frame_pts[rank] * time_base)
-                yield _ok(uri, None, shard.start_frame + rank, timestamp, pixels)
+                yield _ok(uri, None, shard.start_frame + rank, timestamp, pixels, decoded_by, not_nvdec)
         except _MissedSeek:
             continue
         except Exception as error:
@@ -264,6 +278,16 @@ def displayed(image: np.ndarray, rotation: float) -> np.ndarray:
     return cv2.rotate(image, (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)[turn - 1])
 
 
+_logged: set[str] = set()  # reasons for not using NVDEC already logged by this process
+
+
+def _log_once(message: str, reason: str) -> None:
+    """Log why a video is not decoded by NVDEC, once per reason and process (every shard of a CPU node would)."""
+    if reason not in _logged:
+        _logged.add(reason)
+        logger.warning(message)
+
+
 def _quarter_turns(rotation: float) -> int:
     """Clockwise quarter turns that show a frame of display-matrix ``rotation`` upright (see :func:`displayed`)."""
     return int(round(-rotation / 90.0)) % 4
@@ -291,9 +315,11 @@ def _landed_at_or_before(packet, shard: Shard) -> bool:
     return packet.dts is not None and packet.dts <= min(shard.seek_targets())
 
 
-def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str], yuv: bool = False):
-    """(rank, pixels) of the segment's frames as the decoder outputs them: uint8[H, W, 3] BGR, or
-    :class:`Yuv420` planes where ``yuv`` and the video has them (:func:`_pixels`).
+def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], notes: list[str], yuv: bool = False,
+                    nvdec: bool = False):
+    """(rank, pixels, decoded_by, not_nvdec) of the segment's frames as the decoder outputs them: pixels
+    uint8[H, W, 3] BGR, or :class:`Yuv420` planes where ``yuv`` and the video has them (:func:`_pixels`);
+    decoded_by "nvdec" or "cpu"; not_nvdec why NVDEC (asked for by ``nvdec``) did not decode the frame.
 
     seek_ts: one of ``shard.seek_targets()``, or None to decode from the start. Raises
     _MissedSeek when the seek fails or lands after the key frame ``shard.seek_ts``.
@@ -307,11 +333,19 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
     wanted = len(output)                 # them) but never converted to pixels
     rank_of = {pts: rank for rank, pts in enumerate(shard.frame_pts)}
     last_pts = shard.frame_pts[max(output)]
-    file = open_uri(shard.uris[0], s3, expected_version=shard.versions[0] or None)
-    with file, av.open(file, "r") as container:
+    accel, not_nvdec = nvdec_accel(shard.shard_id) if nvdec else (None, None)
+    file, container, why = open_video(lambda: open_uri(shard.uris[0], s3, expected_version=shard.versions[0] or None),
+                                      accel)
+    not_nvdec = not_nvdec or why
+    with file, container:
         if shard.stream_index >= len(container.streams) or container.streams[shard.stream_index].type != "video":
             raise _NoVideoStream(f"video has no video stream at index {shard.stream_index}")
         stream = container.streams[shard.stream_index]
+        codec = stream.codec_context
+        if accel is not None and not_nvdec is None and not codec.is_hwaccel:
+            not_nvdec = f"NVDEC has no decoder for {codec.name}"
+        if not_nvdec is not None and nvdec:
+            _log_once(f"{redact(shard.uris[0])}: {not_nvdec}; decoding it on the CPU", not_nvdec)
         # PyAV's default slice threading: frame threading ("AUTO") is barely faster here and,
         # after a corrupt packet, leaves frames stuck in the decoder (EAGAIN on every later packet).
         if seek_ts is not None:
@@ -358,7 +392,11 @@ def _segment_images(shard: Shard, s3: S3Config, seek_ts, emitted: set[int], note
                 except (av.FFmpegError, ValueError) as error:
                     notes.append(str(error))
                     continue
-                yield rank, pixels
+                if accel is not None and frame_decoded_by_nvdec(codec, frame):
+                    yield rank, pixels, "nvdec", None
+                else:  # FFmpeg decodes a profile NVDEC lacks (4:4:4, 4:2:2) in software, within the same open
+                    yield rank, pixels, "cpu", not_nvdec or (f"NVDEC does not decode this {codec.name} stream"
+                                                             if accel is not None else None)
                 if len(emitted) == wanted:
                     return
             if past_end:

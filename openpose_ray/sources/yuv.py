@@ -96,5 +96,5 @@ def rotated(planes: Yuv420, turns: int) -> Yuv420:
         raise ValueError(f"cannot turn 4:2:0 planes of odd size {planes.size}")
     if turns == 0:
         return planes
-    turn = (lambda a: np.ascontiguousarray(np.rot90(a, -turns)))
-    return Yuv420(turn(planes.y), turn(planes.u), turn(planes.v), planes.matrix, planes.full_range)
+    y, u, v = (np.ascontiguousarray(np.rot90(plane, -turns)) for plane in (planes.y, planes.u, planes.v))
+    return Yuv420(y, u, v, planes.matrix, planes.full_range)
