@@ -42,6 +42,28 @@ def test_gpu_node_benchmark_runs_on_the_cpu(data_dir, tmp_path, capsys):
         assert job["over_decode_only"] > 0 and job["over_actor_alone"] > 0
     assert numbers["actor_alone"]["frames_with_peaks"] == 8 and numbers["actor_alone"]["frames_per_s"] > 0
 
+    # the projection from these numbers (benchmarks/project_node.py): each side, the smaller one, per dollar
+    projected = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "project_node.py"), str(result),
+                                "--price", "g6.xlarge=1.0", "--json", str(tmp_path / "rows.json")],
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert projected.returncode == 0, projected.stderr[-2000:]
+    assert "| p5.48xlarge (8 H100) | gpu |" in projected.stdout
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {(r["node"], r["decoder"]) for r in rows} == {(n, d) for n in ("g6.xlarge", "g5.2xlarge", "p5.48xlarge")
+                                                          for d in ("cpu", "gpu", "yuv")}
+    vcpus = {"g6.xlarge": 4, "g5.2xlarge": 8, "p5.48xlarge": 192}
+    for row in rows:
+        job = numbers["jobs"][row["decoder"]]
+        cpu_seconds = sum(job["cpu_seconds_per_stage"][s] for s in ("decode", "resize", "post", "write"))
+        assert row["cpu_side"] == round((vcpus[row["node"]] - 1) * job["frames"] / cpu_seconds)
+        if row["node"] == "p5.48xlarge":  # the measured GPU counts as an H100 (here: the CPU actor's rate)
+            assert row["gpu_side"] == round(8 * numbers["actor_alone"]["frames_per_s"])
+            assert row["frames_per_s"] == min(row["cpu_side"], row["gpu_side"])
+        else:  # A10G, L4: not measured, the CPU side is an upper bound
+            assert row["gpu_side"] is None and row["at_most"] and row["frames_per_s"] == row["cpu_side"]
+        price = 1.0 if row["node"] == "g6.xlarge" else row["dollars_per_hour"]
+        assert row["frames_per_dollar"] == round(row["frames_per_s"] * 3600 / price)
+
 
 def test_the_nvdec_probe_reports_without_failing(data_dir, tmp_path):
     """On a machine without a GPU the probe still runs to the end and says what it found."""
