@@ -37,9 +37,21 @@ import pyarrow.parquet as pq
 from .jobconfig import S3Config
 from .outputs.frames_table import FRAMES_SCHEMA
 from .outputs.manifest import ROW_KEY, SNAPSHOT, SNAPSHOT_SCHEMA, row_keys
+from .outputs.people_table import PEOPLE_EXTRA_FIELDS, people_schema, table_skeleton
 from .outputs.writer import TABLES, output_filesystem
 from .retry import call_with_retries
 from .storage import parse, redact
+
+def _current_schema(table: str, schema: pa.Schema) -> pa.Schema:
+    """What ``table``'s files hold today: the frames schema, or the people schema of the skeleton the files name."""
+    if table == "frames":
+        return FRAMES_SCHEMA
+    try:
+        skeleton = table_skeleton(schema)
+    except KeyError:  # not written by openpose_ray: only the columns the job adds beside the parts
+        return pa.schema(PEOPLE_EXTRA_FIELDS)
+    return people_schema(skeleton, PEOPLE_EXTRA_FIELDS)
+
 
 def current_records(output: str, s3: S3Config | None = None) -> pa.Table:
     """The manifest's current records (one per image, tar or video segment); empty before the first run ends."""
@@ -111,10 +123,12 @@ class CurrentRows:
         filesystem, root = output_filesystem(parse(self.output), self.s3)
         dataset = pads.dataset([posixpath.join(root, f) for f in files], format="parquet", filesystem=filesystem,
                                partitioning="hive", partition_base_dir=posixpath.join(root, table))
-        if table == "frames":  # files written before a column existed (error_kind, sample_key) read it as NULL
-            dataset = dataset.replace_schema(pa.unify_schemas([dataset.schema, FRAMES_SCHEMA]))
-        elif "sample_key" not in dataset.schema.names:  # people files before it (a dataset's schema is its first file's)
-            dataset = dataset.replace_schema(dataset.schema.append(pa.field("sample_key", pa.string())))
+        # Files written before a column existed (frames: error_kind, sample_key; people: track_id, bbox,
+        # sample_key) read it as NULL: the dataset's schema is its first file's, plus today's columns it lacks.
+        missing = [field.with_nullable(True) for field in _current_schema(table, dataset.schema)
+                   if field.name not in dataset.schema.names]
+        if missing:
+            dataset = dataset.replace_schema(pa.schema([*dataset.schema, *missing], metadata=dataset.schema.metadata))
         wanted = list(columns) if columns is not None else None
         read_columns = None if wanted is None else list(dict.fromkeys(wanted + list(ROW_KEY)))
         rows = dataset.to_table(columns=read_columns)

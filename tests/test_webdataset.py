@@ -4,7 +4,7 @@ A tar built here from the shared photos in WebDataset's layout (``<key>.jpg`` be
 captions and ``<key>.json`` metadata, one sample's image broken) is annotated by the job: every image
 member is a frame whose rows carry the member and its sample's key, the other members are read past
 (neither frames nor skipped inputs), the broken sample is an error row and its neighbours are
-annotated. Files written before the column existed read it as NULL.
+annotated. Files written before a column existed read it as NULL.
 """
 
 from __future__ import annotations
@@ -80,20 +80,28 @@ def test_each_image_member_is_a_frame_keyed_by_its_sample(webdataset_run, estima
     assert set(people.column("member").to_pylist()) == {f"sample{i:04d}.jpg" for i in (0, 1, 3)}
 
 
-def test_files_without_sample_key_read_it_as_null(webdataset_run, tmp_path):
-    """An output a version before sample_key wrote: its people and frames files lack the column."""
+def test_files_without_newer_columns_read_them_as_null(webdataset_run, tmp_path):
+    """An output older versions wrote: its people files lack sample_key, track_id and bbox, its frames files
+    sample_key; each reads back as NULL of today's type, the other columns as written."""
     import shutil
 
     _, _, output, _ = webdataset_run
     old = tmp_path / "old"
     shutil.copytree(output, old)
-    for path in list((old / "people").rglob("*.parquet")) + list((old / "frames").rglob("*.parquet")):
-        table = pq.read_table(path)
-        pq.write_table(table.drop_columns(["sample_key"]), path)
-    for name in ("people", "frames"):
-        rows = read_table(str(old), name)
-        assert "sample_key" in rows.column_names and rows.column("sample_key").null_count == rows.num_rows > 0
-        assert rows.schema.field("sample_key").type == pa.string()
+    dropped = {"people": ["sample_key", "track_id", "bbox"], "frames": ["sample_key"]}
+    for name, columns in dropped.items():
+        for path in (old / name).rglob("*.parquet"):
+            pq.write_table(pq.read_table(path).drop_columns(columns), path)
+    for name, columns in dropped.items():
+        rows, today = read_table(str(old), name), read_table(str(output), name)
+        assert set(rows.column_names) == set(today.column_names) and rows.num_rows == today.num_rows > 0
+        for column in columns:
+            assert rows.column(column).null_count == rows.num_rows
+            assert rows.schema.field(column).type == today.schema.field(column).type
+        kept = [c for c in today.column_names if c not in columns]
+        order = [("source", "ascending"), ("member", "ascending"), ("frame_index", "ascending")]
+        order += [("person_index", "ascending")] if name == "people" else []
+        assert rows.select(kept).sort_by(order).equals(today.select(kept).sort_by(order))
 
 
 def _python_recipes() -> dict[str, str]:
