@@ -20,7 +20,7 @@ What each kind yields:
   decoder detects is reported: VP9, for one, has no checksums, and noise inside a frame's
   data can decode to wrong pixels without an error;
 * pixels: BGR, except video frames asked for as ``planes`` (the job's decode tasks under
-  ``sources.decoder: yuv``), which come as their decoded YUV 4:2:0 planes
+  ``sources.decoder: yuv`` or ``gpu``, whose NVDEC decodes with ``nvdec``), which come as their decoded YUV 4:2:0 planes
   (:class:`~.yuv.Yuv420`, no colour conversion on the CPU), turned to the displayed
   orientation like BGR frames; a video whose frames are not 8-bit 4:2:0 (or are of odd size
   and turned) is converted to BGR as before;
