@@ -125,6 +125,25 @@ def test_every_plot_and_sample_is_an_image_that_is_not_blank(run):
         assert 100 <= frame.shape[1] <= 480 and frame.std() > 20
 
 
+def test_the_facts_say_how_the_video_was_decoded(run):
+    _, summary, _, page = run
+    facts = dict(page.tables["facts"])
+    assert facts["video decoding"] == (f"sources.decoder cpu: 0 frames as YUV planes (0 decoded by NVDEC), "
+                                       f"{summary['decoding']['video_frames_bgr']} converted on the CPU")
+    assert summary["decoding"]["video_frames_bgr"] == CLIP_FRAMES
+
+
+def test_the_decoding_fact_names_why_nvdec_did_not_decode():
+    from openpose_ray.outputs.report import _decoding_fact
+
+    decoding = {"decoder": "gpu", "video_frames_nvdec": 300, "video_frames_yuv": 428, "video_frames_bgr": 0,
+                "not_nvdec": {"no NVIDIA GPU on this node": 1, "NVDEC has no decoder for mpeg4": 3}}
+    assert _decoding_fact(decoding) == [("video decoding", (
+        "sources.decoder gpu: 428 frames as YUV planes (300 decoded by NVDEC), 0 converted on the CPU; not decoded "
+        "by NVDEC: no NVIDIA GPU on this node (1 shard); NVDEC has no decoder for mpeg4 (3 shards)"))]
+    assert _decoding_fact(None) == [] and _decoding_fact({**decoding, "video_frames_yuv": 0}) == []  # no video
+
+
 def test_the_failure_table_names_the_broken_file(run):
     _, summary, _, page = run
     failures = page.body_rows("failures")

@@ -333,6 +333,7 @@ def _page(summary: dict, plots: dict[str, bytes], stage_frames: dict[str, int], 
                    f"{inputs['skipped']} skipped, {inputs['already_done']} already done"),
         ("frames", f"{summary['frames']} ({summary['frames_failed']} failed)"), ("people", summary["people"]),
         ("wall time", f"{summary['wall_time_s']} s, {summary['frames_per_s']} frames/s"),
+        *_decoding_fact(summary.get("decoding")),
     ]
     parts = [f"<h1>Run report: {_escape(summary['run_id'])}</h1>", "<table id='facts'>",
              *(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in facts), "</table>",
@@ -350,6 +351,18 @@ def _page(summary: dict, plots: dict[str, bytes], stage_frames: dict[str, int], 
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>openpose_ray run {_escape(summary['run_id'])}</title><style>{_STYLE}</style></head>"
             f"<body>\n" + "\n".join(parts) + f"\n<script>{_SORT_JS}</script></body></html>\n")
+
+
+def _decoding_fact(decoding: dict | None) -> list[tuple[str, str]]:
+    """How the run's video frames were decoded (summary["decoding"]), when it had any."""
+    if not decoding or not (decoding["video_frames_yuv"] or decoding["video_frames_bgr"]):
+        return []
+    text = (f"sources.decoder {decoding['decoder']}: {decoding['video_frames_yuv']} frames as YUV planes "
+            f"({decoding['video_frames_nvdec']} decoded by NVDEC), {decoding['video_frames_bgr']} converted on the CPU")
+    if decoding["not_nvdec"]:
+        text += "; not decoded by NVDEC: " + "; ".join(f"{why} ({shards} shard{'' if shards == 1 else 's'})"
+                                                       for why, shards in decoding["not_nvdec"].items())
+    return [("video decoding", text)]
 
 
 def _failures_section(failures: FailureGroups) -> list[str]:
