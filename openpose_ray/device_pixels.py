@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .models.registry import InputSpec
+from .postprocess.device import resize_torch
 from .preprocess import ResizeTransform
 from .sources.yuv import MATRICES
-
-_INTERPOLATION = {"cubic": "bicubic", "linear": "bilinear", "area": "area"}
-
 
 def rgb_from_yuv420(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: bool) -> torch.Tensor:
     """y uint8[N, H, W], uv uint8[N, 2, ceil(H/2), ceil(W/2)] (U then V) -> RGB float32[N, 3, H, W], whole
@@ -89,10 +87,7 @@ def _inputs_of(y: torch.Tensor, uv: torch.Tensor, matrix: str, full_range: bool,
 
 def _resized(rgb: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """float32[N, 3, H, W] -> [N, 3, size[1], size[0]], half-pixel aligned, whole levels 0-255."""
-    mode = _INTERPOLATION[interpolation]
-    options = {} if mode == "area" else {"align_corners": False}
-    out = F.interpolate(rgb, size=(size[1], size[0]), mode=mode, **options)
-    return out.round_().clamp_(0.0, 255.0)
+    return resize_torch(rgb, size, interpolation).round_().clamp_(0.0, 255.0)
 
 
 def _padded(rgb: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:

@@ -35,9 +35,16 @@ import torch.nn.functional as F
 from ..config import PostprocessConfig
 from ..skeleton import Skeleton
 from .limbs import LimbCandidates
-from .peaks import Peaks
+from .peaks import Peaks, earlier_neighbours
 
-_TORCH_MODES = {"cubic": "bicubic", "linear": "bilinear", "nearest": "nearest"}
+# The project's interpolation names (InputSpec.interpolation, PostprocessConfig.upsample_interpolation) as
+# torch's modes; all but nearest and area take align_corners=False: half-pixel aligned, as OpenCV.
+_TORCH_MODES = {"cubic": "bicubic", "linear": "bilinear", "nearest": "nearest", "area": "area"}
+
+
+def _interpolation_options(interpolation: str) -> dict:
+    mode = _TORCH_MODES[interpolation]
+    return {"mode": mode} if mode in ("nearest", "area") else {"mode": mode, "align_corners": False}
 
 
 def upsample_torch(fields: torch.Tensor, factor: int, interpolation: str = "cubic") -> torch.Tensor:
@@ -48,14 +55,13 @@ def upsample_torch(fields: torch.Tensor, factor: int, interpolation: str = "cubi
     """
     if factor == 1:
         return fields.clone()
-    mode = _TORCH_MODES[interpolation]
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(fields, scale_factor=factor, mode=mode, **kwargs)
+    return F.interpolate(fields, scale_factor=factor, **_interpolation_options(interpolation))
 
 
-def resize_torch(fields: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[N, C, h, w] -> [N, C, size[1], size[0]]: cubic, half-pixel aligned (cv2.INTER_CUBIC's geometry)."""
-    return F.interpolate(fields, size=(size[1], size[0]), mode="bicubic", align_corners=False)
+def resize_torch(fields: torch.Tensor, size: tuple[int, int], interpolation: str = "cubic") -> torch.Tensor:
+    """[N, C, h, w] -> [N, C, size[1], size[0]]: half-pixel aligned (cubic: cv2.INTER_CUBIC's geometry), no
+    antialiasing."""
+    return F.interpolate(fields, size=(size[1], size[0]), **_interpolation_options(interpolation))
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,10 +95,7 @@ def peak_mask(smoothed: torch.Tensor, config: PostprocessConfig) -> torch.Tensor
     is_peak = (smoothed == maxed) & (smoothed > config.peak_threshold)
     height, width = smoothed.shape[-2:]
     padded = F.pad(smoothed, (pad, pad, pad, pad), value=float("-inf"))
-    window = config.nms_window
-    # the pixels before the centre in raster order (peaks.earlier_neighbours), in plain Python so that
-    # torch.compile traces it (postprocess.device_fixed)
-    for dy, dx in ((dy, dx) for dy in range(window) for dx in range(window) if (dy, dx) < (pad, pad)):
+    for dy, dx in earlier_neighbours(config.nms_window):
         is_peak = is_peak & (smoothed > padded[..., dy : dy + height, dx : dx + width])
     return is_peak
 

@@ -74,13 +74,13 @@ def smooth(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
-def earlier_neighbours(window: int) -> np.ndarray:
-    """uint8[window, window] mask of the window pixels before the centre in raster order."""
+def earlier_neighbours(window: int) -> list[tuple[int, int]]:
+    """(dy, dx) offsets, within a window x window square, of the pixels before its centre in raster order.
+
+    Plain Python (no numpy), so that torch.compile traces the device path through it (.device.peak_mask).
+    """
     centre = window // 2
-    mask = np.zeros((window, window), np.uint8)
-    mask[:centre] = 1
-    mask[centre, :centre] = 1
-    return mask
+    return [(dy, dx) for dy in range(window) for dx in range(window) if (dy, dx) < (centre, centre)]
 
 
 def local_maxima(smoothed: np.ndarray, window: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +120,7 @@ def maxima_in_frame(framed: np.ndarray, radius: int, window: int, threshold: flo
     channel, y, x = np.unravel_index(flat, framed.shape)
     value = framed.reshape(-1)[flat]
     keep = np.ones(len(flat), bool)
-    for dy, dx in zip(*np.nonzero(earlier_neighbours(window))):
+    for dy, dx in earlier_neighbours(window):
         ny, nx = y + dy - radius, x + dx - radius  # rows of the frame are -inf: no bound check needed
         inside = (nx >= 0) & (nx < width)
         neighbour = np.full(len(flat), -np.inf, np.float32)
