@@ -24,7 +24,6 @@ import posixpath
 import tarfile
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from ..drawing import pose_map
@@ -32,7 +31,7 @@ from ..exports import OPENPOSE_JSON_VERSION, openpose_person
 from ..person import Person
 from ..skeleton import Skeleton
 from ..sources.webdataset import sample_key
-from .media import media_path_for
+from .media import encode_image, media_path_for
 
 
 def pose_shard_path(source: str) -> str:
@@ -55,10 +54,8 @@ def pose_shard_bytes(frames: Sequence, people: Sequence[list[Person]], skeleton:
                 document.update(people=[], error=meta.error, error_kind=meta.error_kind)
             _add(archive, f"{name}.pose.json", json.dumps(document).encode())
             if with_maps and meta.status == "ok":
-                ok, png = cv2.imencode(".png", pose_map(meta.height, meta.width, persons, skeleton))
-                if not ok:
-                    raise RuntimeError(f"OpenCV could not encode the pose map of {meta.member!r}")
-                _add(archive, f"{name}.pose.png", png.tobytes())
+                _add(archive, f"{name}.pose.png", encode_image(pose_map(meta.height, meta.width, persons, skeleton),
+                                                              ".png"))
     return buffer.getvalue()
 
 
