@@ -42,7 +42,6 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from .backends import OpenVINONetwork, choose_backend, openvino_network
@@ -274,11 +273,8 @@ class InferenceEngine:
         if isinstance(first, PlanarImage):
             inputs = self._planar_inputs([prepared[i] for i in chunk], batch_size)
         else:
-            inputs = []
-            for scale, example in enumerate(first.inputs):
-                slot = self.transfers.inputs.take((batch_size, *example.shape))
-                np.stack([prepared[i].inputs[scale] for i in chunk], out=slot.buffer[: len(chunk)].numpy())
-                inputs.append(self.transfers.to_device(slot, len(chunk)))
+            inputs = [self.transfers.stacked([prepared[i].inputs[scale] for i in chunk], batch_size)
+                      for scale in range(len(first.inputs))]
         outputs = [self.network_fields(batch) for batch in inputs]
         runs, tensors, kept, start = [], [], [], 0
         for _, run in itertools.groupby(chunk, key=lambda i: _geometry(prepared[i], stride)):
@@ -295,15 +291,12 @@ class InferenceEngine:
 
     def _planar_inputs(self, frames: Sequence["PlanarImage"], batch_size: int) -> list[torch.Tensor]:
         """Frames of one batch_key as YUV planes on the device, made into uint8 network inputs there (one per scale)."""
-        rows, planes = len(frames), frames[0].planes
-        luma = self.transfers.inputs.take((batch_size, *planes.y.shape))
-        chroma = self.transfers.inputs.take((batch_size, 2, *planes.u.shape))
-        np.stack([f.planes.y for f in frames], out=luma.buffer[:rows].numpy())
-        chroma_host = chroma.buffer[:rows].numpy()
-        np.stack([f.planes.u for f in frames], out=chroma_host[:, 0])
-        np.stack([f.planes.v for f in frames], out=chroma_host[:, 1])
-        return network_inputs(self.transfers.to_device(luma, rows), self.transfers.to_device(chroma, rows),
-                              planes.matrix, planes.full_range, frames[0].transforms, self.entry.input_spec)
+        luma = self.transfers.stacked([f.planes.y for f in frames], batch_size)
+        chroma = torch.stack([self.transfers.stacked([getattr(f.planes, plane) for f in frames], batch_size)
+                              for plane in "uv"], dim=1)  # on the device: no copy of the planes on the host
+        planes = frames[0].planes
+        return network_inputs(luma, chroma, planes.matrix, planes.full_range, frames[0].transforms,
+                              self.entry.input_spec)
 
     @staticmethod
     def _land(landing: Landing, on_host: Callable, results: list) -> None:

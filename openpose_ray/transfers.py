@@ -6,7 +6,8 @@ On CUDA:
   shape, in turn, across chunks and calls (shards): no chunk allocates or pins memory. A buffer is
   handed out again once the device has read it (the event of its copy), which for a ring of 3 is
   long past: chunk k+3 is stacked while chunk k+1 runs.
-- :meth:`Transfers.to_device` copies on a stream of its own, so a chunk's input travels while the
+- :meth:`Transfers.stacked` stacks a chunk's frames into such a buffer and hands it to
+  :meth:`Transfers.to_device`, which copies on a stream of its own, so a chunk's input travels while the
   previous chunk computes; the compute stream waits for the copy's event, not for the host.
 - :meth:`Transfers.to_host` queues the copies of a chunk's results into pinned memory on the
   compute stream, behind the chunk's work, and returns a :class:`Landing`; ``Landing.wait`` is the
@@ -18,8 +19,10 @@ On a CPU the same calls run in order: no pinning, no streams, nothing to wait fo
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 # Input shapes whose buffers stay pinned: a job's frames fall into a few geometries (fit's aspect
@@ -102,6 +105,13 @@ class Transfers:
         on_device.record_stream(compute)  # allocated on the copy stream, used on the compute stream
         slot.read = copied
         return on_device
+
+    def stacked(self, arrays: Sequence[np.ndarray], capacity: int) -> torch.Tensor:
+        """``arrays`` (equal shapes and dtype uint8) stacked into the ring's buffer of ``capacity`` rows of their
+        shape, then :meth:`to_device`: [len(arrays), *shape] on the device."""
+        slot = self.inputs.take((capacity, *arrays[0].shape))
+        np.stack(arrays, out=slot.buffer[: len(arrays)].numpy())
+        return self.to_device(slot, len(arrays))
 
     def to_host(self, tensors: list[torch.Tensor], kept: object = None) -> Landing:
         """Queue copies of device tensors into pinned host memory behind the work that makes them."""
