@@ -2,10 +2,11 @@
 
 For each video (default: the two shared videos), every frame, in one process:
 
-1. the decode task's work per frame, as prepare_shard does it: cpu = decode, swscale to BGR, resize
-   to the network input (cv2); yuv = decode, copy the YUV 4:2:0 planes (no conversion, no resize).
-   CPU ms per frame (process time: FFmpeg's threads included) and wall frames/s;
-2. the bytes a frame's record carries to the actor (packed PreparedShard, pipeline.records.pack);
+1. the job's decode task (pipeline.stages.prepare_shard) per frame: cpu = decode, swscale to BGR,
+   resize to the network input (cv2); yuv = decode, copy the YUV 4:2:0 planes (no conversion, no
+   resize); both pack the record. CPU ms per frame (process time: FFmpeg's threads included) and wall
+   frames/s;
+2. the bytes a frame's record carries to the actor (the packed PreparedShard);
 3. the network inputs the actor makes from the planes (device_pixels, here on the CPU) against the
    CPU path's: largest and mean difference in levels;
 4. with ``--people``: people found both ways (PoseEstimator, peaks on the device path, CPU):
@@ -28,11 +29,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from openpose_ray.jobconfig import S3Config, SourcesConfig  # noqa: E402
+from openpose_ray.jobconfig import JobConfig, S3Config, SourcesConfig  # noqa: E402
 from openpose_ray.models.registry import get_entry  # noqa: E402
-from openpose_ray.pipeline.records import FrameMeta, PreparedShard, ShardFrames, StageSeconds, pack  # noqa: E402
-from openpose_ray.preprocess import prepare_image, prepare_planar, resolve_input_spec  # noqa: E402
-from openpose_ray.sources.decoding import decode_frames  # noqa: E402
+from openpose_ray.pipeline.records import from_row, to_row  # noqa: E402
+from openpose_ray.pipeline.stages import prepare_shard  # noqa: E402
+from openpose_ray.preprocess import resolve_input_spec  # noqa: E402
 from openpose_ray.sources.listing import iter_objects  # noqa: E402
 from openpose_ray.sources.planning import plan_video  # noqa: E402
 
@@ -40,24 +41,20 @@ DATA = REPO.parent / "shared" / "data" / "videos"
 LOCAL = S3Config()
 
 
-def decode_task(video: Path, decoder: str, spec) -> tuple[list, dict]:
-    """Every frame prepared as the decode task does for ``decoder``; (items, cost)."""
-    sources = SourcesConfig(decoder=decoder)
-    (obj,) = iter_objects(str(video), sources, LOCAL)
-    (shard,) = plan_video(obj, 100_000, LOCAL)
+def decode_task(video: Path, decoder: str) -> tuple[list, dict]:
+    """The job's decode task (pipeline.stages.prepare_shard) on the whole video as one shard under ``decoder``:
+    (its frames' PreparedImage / PlanarImage, cost). Like the job's, it runs the process at idle priority."""
+    config = JobConfig(input=(str(video),), output="unused", sources=SourcesConfig(decoder=decoder,
+                                                                                 frames_per_segment=100_000))
+    (obj,) = iter_objects(str(video), config.sources, LOCAL)
+    (shard,) = plan_video(obj, config.sources.frames_per_segment, LOCAL)
     wall, cpu = time.perf_counter(), time.process_time()
-    items = []
-    for frame in decode_frames(shard, sources, LOCAL, planes=decoder == "yuv"):
-        if frame.planes is not None:
-            items.append(prepare_planar(frame.planes, spec, spec.net_size, (1.0,)))
-        else:
-            items.append(prepare_image(frame.image, spec, spec.net_size, (1.0,)))
+    row = prepare_shard(to_row(shard), config)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    meta = FrameMeta(str(video), None, 0, 0.0, 0, 0, "ok", None)
-    frames = ShardFrames("s", "video", None, (meta,) * 16, (None,) * 16)
-    record = PreparedShard(frames, tuple(items[:16]), StageSeconds())
+    items = list(from_row(row).inputs)
     return items, {"frames": len(items), "cpu_ms_per_frame": round(1000 * cpu / len(items), 2),
-                   "frames_per_s": round(len(items) / wall, 1), "record_bytes_per_frame": len(pack(record)) // 16}
+                   "frames_per_s": round(len(items) / wall, 1),
+                   "record_bytes_per_frame": len(row["record"]) // len(items)}
 
 
 def input_difference(cpu_items, yuv_items, spec) -> dict:
@@ -70,7 +67,7 @@ def input_difference(cpu_items, yuv_items, spec) -> dict:
     for cpu, yuv in zip(cpu_items, yuv_items):
         planes = yuv.planes
         start = time.perf_counter()
-        made = network_inputs(torch.from_numpy(planes.y)[None], torch.from_numpy(np.stack([planes.u, planes.v]))[None],
+        made = network_inputs(torch.tensor(planes.y)[None], torch.tensor(np.stack([planes.u, planes.v]))[None],
                               planes.matrix, planes.full_range, yuv.transforms, spec)[0][0].numpy()
         seconds += time.perf_counter() - start
         difference = np.abs(made.astype(np.int16) - cpu.inputs[0].astype(np.int16))
@@ -116,8 +113,8 @@ def main() -> None:
     spec = resolve_input_spec(get_entry("mobilenet_thin").input_spec)
     results = {}
     for video in args.video or [DATA / "street_720p_h264.avi", DATA / "sports_994p_vp9.mp4"]:
-        cpu_items, cpu_cost = decode_task(video, "cpu", spec)
-        yuv_items, yuv_cost = decode_task(video, "yuv", spec)
+        cpu_items, cpu_cost = decode_task(video, "cpu")
+        yuv_items, yuv_cost = decode_task(video, "yuv")
         result = {"cpu": cpu_cost, "yuv": yuv_cost, "network_inputs": input_difference(cpu_items, yuv_items, spec)}
         if args.people:
             result["people"] = people_difference(cpu_items, yuv_items)
